@@ -1,0 +1,46 @@
+# Set-up commands (README): `make demo` and `make test` each create .venv, install, and run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format sample bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,slurm]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/retina-raf demo
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Rebuild the embedded sample from the full data set (DESIGN.md 6).
+CIFAR ?= ../shared/data/cifar10/cifar10_uint8.npz
+sample: install
+	$(VENV)/bin/retina-raf data sample --source $(CIFAR) --out data/cifar10_gray_sample.npz \
+		--train-per-class 400 --test-per-class 100
+
+bench: install
+	$(PY) benchmarks/feedback_step.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/rf_extraction.py
+	$(PY) benchmarks/metrics_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from retina_raf.cli import main
+
+main()

@@ -1,0 +1,378 @@
+"""Configuration: every setting of a run as validated dataclasses, read from and written to YAML.
+
+This module owns configuration. A run is fully described by a :class:`RunConfig`
+(``preset``, ``seed`` and the ``model``, ``train`` and ``data`` sections); later parts add
+fields here rather than new config systems. Validation happens on load: unknown keys and
+out-of-range values raise :class:`~retina_raf.errors.ConfigError` naming the key and the
+allowed values.
+
+The paper's conditions (DESIGN.md section 5) are presets: functions of the preset name
+that fill model fields (``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bottleneck-<k>``).
+"""
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retina_raf.errors import ConfigError
+
+RULES = ("bp", "raf", "fa", "kp")
+P_RULES = ("oja", "pca", "fixed")
+
+
+def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
+    """A dataclass field with validation metadata (inclusive ``low``/``high`` or ``choices``)."""
+    meta = {"low": low, "high": high, "choices": choices, "doc": doc}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class ModelConfig:
+    """The Lindsey retina/VVS network (DESIGN.md 5) and each layer's learning rule."""
+
+    in_channels: int = spec(1, low=1, high=3, doc="input channels (1: grayscale)")
+    image_size: int = spec(32, low=8, high=512)
+    retina_channels: int = spec(32, low=1, high=4096, doc="channels of retina_1")
+    n_bn: int = spec(32, low=1, high=4096, doc="retina output channels (feedforward bottleneck)")
+    vvs_channels: int = spec(32, low=1, high=4096)
+    vvs_layers: int = spec(3, low=1, high=16, doc="number of VVS conv layers (paper 3, Lindsey 2)")
+    kernel_size: int = spec(9, low=1, high=31, doc="odd kernel size of every conv layer")
+    fc_units: int = spec(1024, low=1, high=65536)
+    dropout: float = spec(0.5, low=0.0, high=0.99)
+    num_classes: int = spec(10, low=2, high=1000)
+    input_noise: float = spec(
+        0.0, low=0.0, high=10.0, doc="std of Gaussian noise on the input (training only)"
+    )
+    retina_noise: float = spec(
+        0.0, low=0.0, high=10.0, doc="std of Gaussian noise on the retina output (training only)"
+    )
+    retina_activity_l1: float = spec(
+        0.0, low=0.0, high=1.0, doc="L1 penalty on retina output activity"
+    )
+    retina_weight_l1: float = spec(0.0, low=0.0, high=1.0, doc="L1 penalty on retina conv weights")
+    rule: str = spec(
+        "bp", choices=RULES, doc="learning rule of every layer not named in layer_rule"
+    )
+    layer_rule: dict = spec({}, doc="layer name -> rule (bp, raf, fa, kp)")
+    layer_rank: dict = spec({}, doc="layer name -> feedback rank (default: full)")
+    p_rule: str = spec("oja", choices=P_RULES, doc="how RAF learns P")
+    direct_target: str | None = spec(None, doc="layer whose output receives direct feedback (dRAF)")
+    direct_source: str | None = spec(
+        None, doc="source layer of the direct error (default: last VVS layer)"
+    )
+    direct_rank: int | None = spec(
+        None, low=1, high=65536, doc="rank of the direct feedback (default: full)"
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The optimization recipe (paper appendix C) and the hardware settings."""
+
+    epochs: int = spec(120, low=0, high=100000)
+    batch_size: int = spec(64, low=1, high=65536)
+    optimizer: str = spec("rmsprop", choices=("rmsprop", "adam", "sgd"))
+    lr: float = spec(1e-4, low=1e-12, high=10.0)
+    weight_decay: float = spec(1e-5, low=0.0, high=1.0)
+    lr_decay: float = spec(
+        0.985, low=1e-6, high=1.0, doc="exponential learning-rate decay per epoch"
+    )
+    momentum: float = spec(0.0, low=0.0, high=0.9999)
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"))
+    amp: bool = spec(False, doc="bf16 autocast on CUDA")
+    channels_last: bool = spec(True, doc="channels_last memory format on CUDA")
+    deterministic: bool = spec(True, doc="deterministic algorithms on the CPU")
+    num_threads: int = spec(0, low=0, high=1024, doc="torch CPU threads (0: torch's default)")
+    diagnostics: bool = spec(True, doc="record feedback diagnostics every epoch")
+    progress: bool = spec(True, doc="tqdm progress bars")
+
+
+@dataclass
+class DataConfig:
+    """Which images, and how they are presented."""
+
+    path: str | None = spec(None, doc="npz or cifar-10-batches-py folder (None: embedded sample)")
+    gray: str = spec("mean", choices=("mean", "luma"))
+    standardize: bool = spec(True, doc="subtract the training mean, divide by the training std")
+    augment: bool = spec(True)
+    max_shift: float = spec(
+        0.1, low=0.0, high=0.49, doc="random shifts up to this fraction of the image"
+    )
+    flip: bool = spec(True, doc="random horizontal flips")
+    train_limit: int | None = spec(
+        None, low=1, high=10**7, doc="use only the first N training images"
+    )
+    test_limit: int | None = spec(None, low=1, high=10**7, doc="use only the first N test images")
+
+
+@dataclass
+class RunConfig:
+    """One training run: a preset, a seed, and every setting."""
+
+    preset: str = spec("bp")
+    seed: int = spec(0, low=0, high=2**31 - 1)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# ------------------------------------------------------------------------- validation
+def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: null is not allowed")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    elif tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        value = dict(value)
+    choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"{key}: {value!r} is not allowed (allowed: {', '.join(map(str, choices))})"
+        )
+    if low is not None and value < low or high is not None and value > high:
+        raise ConfigError(f"{key}: {value!r} is out of range (allowed: {low} to {high})")
+    return value
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build and validate dataclass ``cls`` from a (possibly nested) dict."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (allowed: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, key + ".")
+        else:
+            kwargs[name] = _check_value(key, value, tp, fields[name].metadata)
+    obj = cls(**kwargs)
+    return obj
+
+
+def to_dict(cfg) -> dict:
+    """A plain nested dict of a config dataclass (YAML-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; ConfigError for a missing, unreadable or non-mapping file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def dump_yaml(cfg) -> str:
+    """The config as YAML text."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def load_run_config(path: str | Path) -> "RunConfig":
+    """Read and validate a ``config.yaml`` of a run."""
+    cfg = from_dict(RunConfig, load_yaml(path))
+    check_run_config(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- overrides
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict:
+    """``["train.epochs=3", "n_bn=4"]`` -> nested dict. Values are parsed as YAML scalars.
+
+    A key without a section (``epochs``) is looked up in the sections of :class:`RunConfig`
+    and must name exactly one field.
+    """
+    sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    hints = typing.get_type_hints(RunConfig)
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from exc
+        parts = key.split(".")
+        if len(parts) == 1 and key not in sections:
+            owners = [
+                s
+                for s in sections
+                if dataclasses.is_dataclass(hints[s])
+                and key in {f.name for f in dataclasses.fields(hints[s])}
+            ]
+            if len(owners) != 1:
+                allowed = sorted(
+                    {
+                        f"{s}.{f.name}"
+                        for s in sections
+                        if dataclasses.is_dataclass(hints[s])
+                        for f in dataclasses.fields(hints[s])
+                    }
+                )
+                raise ConfigError(f"unknown key '{key}' (allowed: {', '.join(allowed)})")
+            parts = [owners[0], key]
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins. Mapping-valued fields (layer_rule) merge too."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- presets
+PRESET_PATTERNS = {
+    "bp": "backprop everywhere, no bottleneck",
+    "bp-bottleneck-<k>": "backprop, k retina output channels (paper: 1, 2, 4)",
+    "raf-r<k>": "RAF everywhere; the feedback into the retina (vvs_1's) has rank k "
+    "(paper: 2, 4, 32)",
+    "draf-bottleneck-<k>": "k retina output channels; the retina output receives a direct "
+    "full-rank error from the last VVS layer (dRAF); the rest RAF",
+}
+
+
+def preset_model_fields(preset: str, others: str = "raf") -> dict:
+    """The model fields a preset sets (DESIGN.md 5).
+
+    Args:
+        preset: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>`` or ``draf-bottleneck-<k>``.
+        others: learning rule of the layers the condition does not constrain, ``raf``
+            (default, at full rank) or ``bp``; ignored by the backprop presets.
+    """
+    if others not in ("raf", "bp"):
+        raise ConfigError(f"others: {others!r} is not allowed (allowed: raf, bp)")
+    if preset == "bp":
+        return {"rule": "bp", "n_bn": 32}
+    if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
+        return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
+    if m := re.fullmatch(r"raf-r(\d+)", preset):
+        return {
+            "rule": others,
+            "n_bn": 32,
+            "layer_rule": {"vvs_1": "raf"},
+            "layer_rank": {"vvs_1": _width(m.group(1), preset)},
+        }
+    if m := re.fullmatch(r"draf-bottleneck-(\d+)", preset):
+        return {"rule": others, "n_bn": _width(m.group(1), preset), "direct_target": "retina_2"}
+    raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESET_PATTERNS)})")
+
+
+def _width(text: str, preset: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ConfigError(f"preset {preset!r}: the width/rank must be >= 1")
+    return value
+
+
+def resolve_run_config(
+    preset: str, seed: int = 0, overrides: dict | None = None, others: str = "raf"
+) -> RunConfig:
+    """Preset + seed + overrides (nested dict) -> a validated :class:`RunConfig`."""
+    base = {"preset": preset, "seed": seed, "model": preset_model_fields(preset, others)}
+    cfg = from_dict(RunConfig, merge(base, overrides or {}))
+    check_run_config(cfg)
+    return cfg
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Cross-field checks: layer names, ranks within layer widths, odd kernels."""
+    m = cfg.model
+    if m.kernel_size % 2 == 0:
+        raise ConfigError(f"model.kernel_size: {m.kernel_size} must be odd (same padding)")
+    widths = layer_out_widths(m)
+    for table in ("layer_rule", "layer_rank"):
+        for name, value in getattr(m, table).items():
+            if name not in widths:
+                raise ConfigError(
+                    f"model.{table}: unknown layer {name!r} (allowed: {', '.join(widths)})"
+                )
+            if table == "layer_rule" and value not in RULES:
+                raise ConfigError(
+                    f"model.layer_rule.{name}: {value!r} is not allowed "
+                    f"(allowed: {', '.join(RULES)})"
+                )
+            if table == "layer_rank":
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not 1 <= value <= widths[name]
+                ):
+                    raise ConfigError(
+                        f"model.layer_rank.{name}: {value!r} is out of range "
+                        f"(allowed: 1 to {widths[name]}, the layer's output width)"
+                    )
+    for key in ("direct_target", "direct_source"):
+        name = getattr(m, key)
+        if name is not None and name not in widths:
+            raise ConfigError(f"model.{key}: unknown layer {name!r} (allowed: {', '.join(widths)})")
+    if m.direct_target is not None:
+        names = list(widths)
+        source = m.direct_source or f"vvs_{m.vvs_layers}"
+        if names.index(source) <= names.index(m.direct_target):
+            raise ConfigError(
+                f"model.direct_source: {source!r} must come after direct_target {m.direct_target!r}"
+            )
+        if m.direct_rank is not None and m.direct_rank > widths[source]:
+            raise ConfigError(
+                f"model.direct_rank: {m.direct_rank} is out of range "
+                f"(allowed: 1 to {widths[source]})"
+            )
+
+
+def layer_out_widths(m: ModelConfig) -> dict[str, int]:
+    """Layer name -> output channels/features, in forward order."""
+    widths = {"retina_1": m.retina_channels, "retina_2": m.n_bn}
+    widths.update({f"vvs_{i}": m.vvs_channels for i in range(1, m.vvs_layers + 1)})
+    widths.update({"fc_1": m.fc_units, "fc_2": m.num_classes})
+    return widths

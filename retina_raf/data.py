@@ -1,0 +1,368 @@
+"""Grayscale CIFAR-10: loading, the embedded sample, and batched augmentation (DESIGN.md 6).
+
+Images are kept as uint8 grayscale arrays ``(N, 32, 32)`` (exactly what the shared
+``cifar10_gray_uint8.npz`` holds) and become floats in [0, 1] only per batch, so the whole
+training set fits on a GPU as one uint8 tensor and augmentation runs there.
+
+Sources accepted by :func:`load_cifar10`:
+
+- an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8; RGB ``N x 32 x 32 x 3`` or
+  gray ``N x 32 x 32``);
+- a torchvision ``cifar-10-batches-py`` folder (or the folder that contains it);
+- ``None``: the embedded sample shipped in ``data/``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retina_raf.errors import DataError
+from retina_raf.io import atomic_path
+
+CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SIZE = 32
+GRAY_CONVERSIONS = ("mean", "luma")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_SAMPLE = REPO_ROOT / "data" / "cifar10_gray_sample.npz"
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# ITU-R 601-2 luma, the weights of torchvision's Grayscale / PIL's "L" mode.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class GrayCifar10:
+    """Grayscale CIFAR-10 (or a subset of it), as uint8 arrays.
+
+    Attributes:
+        x_train: (N_train, 32, 32) uint8, 0..255.
+        y_train: (N_train,) int64 labels 0..9.
+        x_test: (N_test, 32, 32) uint8.
+        y_test: (N_test,) int64.
+        source: where it was read from.
+        gray: the grayscale conversion applied to RGB sources (``mean`` or ``luma``);
+            ``as stored`` when the source was already gray.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+    gray: str
+
+    def train_stats(self) -> tuple[float, float]:
+        """Mean and (population) std of the training pixels in [0, 1] units."""
+        x = self.x_train.astype(np.float64) / 255.0
+        return float(x.mean()), float(x.std())
+
+
+# ---------------------------------------------------------------------------- loading
+def to_gray(x_rgb: np.ndarray, method: str = "mean") -> np.ndarray:
+    """Convert uint8 RGB images ``(N, H, W, 3)`` to uint8 gray ``(N, H, W)``.
+
+    ``mean`` averages R, G and B (Lindsey et al.'s code); ``luma`` uses ITU-R 601 weights.
+    Both round to the nearest integer (ties to even), as the shared gray file does.
+    """
+    if method not in GRAY_CONVERSIONS:
+        raise DataError(f"unknown grayscale conversion {method!r} (allowed: mean, luma)")
+    x = x_rgb.astype(np.float64)
+    gray = x.mean(axis=-1) if method == "mean" else x @ _LUMA
+    return np.rint(gray).astype(np.uint8)
+
+
+def load_cifar10(
+    path: str | Path | None = None,
+    gray: str = "mean",
+    download: bool = False,
+) -> GrayCifar10:
+    """Load CIFAR-10 as grayscale uint8 arrays.
+
+    Args:
+        path: an ``.npz`` file, a ``cifar-10-batches-py`` folder or its parent, or ``None``
+            for the embedded sample. With ``download=True``, a folder where torchvision
+            downloads the data set if it is not there yet.
+        gray: ``mean`` (default) or ``luma``; applied to RGB sources only.
+        download: fetch with ``torchvision.datasets.CIFAR10`` (needs internet).
+
+    Raises:
+        DataError: missing path, unreadable/corrupt file, missing arrays, wrong shapes,
+            dtypes or labels.
+    """
+    if gray not in GRAY_CONVERSIONS:
+        raise DataError(f"unknown grayscale conversion {gray!r} (allowed: mean, luma)")
+    if path is None:
+        if download:
+            raise DataError("download=True needs a folder to download into")
+        path = EMBEDDED_SAMPLE
+    path = Path(path)
+    if download:
+        _download(path)
+    if not path.exists():
+        hint = " (run `make sample` or pass --data)" if path == EMBEDDED_SAMPLE else ""
+        raise DataError(f"no such file or folder: {path}{hint}")
+    arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
+    return _validate(arrays, source=str(path), gray=gray)
+
+
+def _download(root: Path) -> None:
+    import torchvision
+
+    try:
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(f"could not download CIFAR-10 into {root}: {exc}") from exc
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [name for name in _ARRAYS if name not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{path} has no array {missing[0]!r} (an .npz needs {', '.join(_ARRAYS)})"
+                )
+            return {name: npz[name] for name in _ARRAYS}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read {path}: truncated or corrupt .npz ({exc})") from exc
+
+
+def _read_folder(path: Path) -> dict[str, np.ndarray]:
+    if (path / "cifar-10-batches-py").is_dir():
+        path = path / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    missing = [n for n in [*names, "test_batch"] if not (path / n).is_file()]
+    if missing:
+        raise DataError(f"{path} is not a cifar-10-batches-py folder: {missing[0]} is missing")
+    train = [_read_batch(path / n) for n in names]
+    x_test, y_test = _read_batch(path / "test_batch")
+    return {
+        "x_train": np.concatenate([x for x, _ in train]),
+        "y_train": np.concatenate([y for _, y in train]),
+        "x_test": x_test,
+        "y_test": y_test,
+    }
+
+
+def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled torchvision/CIFAR batch -> (N, 32, 32, 3) uint8 and (N,) labels."""
+    try:
+        with open(file, "rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")))
+        images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    except Exception as exc:  # any unpickling or reshape failure means a bad file
+        raise DataError(f"cannot read {file}: truncated or corrupt batch ({exc})") from exc
+    return np.ascontiguousarray(images), labels
+
+
+def _validate(arrays: dict[str, np.ndarray], source: str, gray: str) -> GrayCifar10:
+    out: dict[str, np.ndarray] = {}
+    was_rgb = False
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8:
+            raise DataError(f"{source}: x_{split} has dtype {x.dtype}, expected uint8")
+        if x.ndim == 4 and x.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3):
+            x = to_gray(x, gray)
+            was_rgb = True
+        elif not (x.ndim == 3 and x.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE)):
+            raise DataError(
+                f"{source}: x_{split} has shape {x.shape}, expected N x 32 x 32 x 3 or N x 32 x 32"
+            )
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{source}: y_{split} has shape {y.shape}, expected ({len(x)},)")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: y_{split} has dtype {y.dtype}, expected integers")
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise DataError(
+                f"{source}: y_{split} has labels in {y.min()}..{y.max()}, expected 0..9"
+            )
+        if len(x) == 0:
+            raise DataError(f"{source}: x_{split} is empty")
+        out[f"x_{split}"] = np.ascontiguousarray(x)
+        out[f"y_{split}"] = y.astype(np.int64)
+    return GrayCifar10(**out, source=source, gray=gray if was_rgb else "as stored")
+
+
+def describe(ds: GrayCifar10) -> str:
+    """A short human-readable summary: counts, per-class counts, shape, mean and std."""
+    mean, std = ds.train_stats()
+    lines = [f"source: {ds.source} (gray: {ds.gray})"]
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        counts = np.bincount(y, minlength=10)
+        lines.append(f"{split}: {len(y)} images, per class: " + " ".join(map(str, counts)))
+    lines.append(f"image shape: {ds.x_train.shape[1]} x {ds.x_train.shape[2]} (gray, uint8)")
+    lines.append(f"train mean {mean:.4f}, std {std:.4f} (pixels in [0, 1])")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- the embedded sample
+def make_sample(
+    source: str | Path,
+    out: str | Path,
+    train_per_class: int = 400,
+    test_per_class: int = 100,
+    gray: str = "mean",
+) -> Path:
+    """Write a class-balanced grayscale subset of CIFAR-10 as a compressed ``.npz``.
+
+    Deterministic: the first ``train_per_class`` (``test_per_class``) images of each class
+    in the original order, kept in that order. Written atomically.
+    """
+    full = load_cifar10(source, gray=gray)
+    picked = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        x, y = getattr(full, f"x_{split}"), getattr(full, f"y_{split}")
+        counts = np.bincount(y, minlength=10)
+        if counts.min() < per_class:
+            raise DataError(
+                f"{source}: a class has only {counts.min()} {split} images, fewer than {per_class}"
+            )
+        index = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
+        picked[f"x_{split}"], picked[f"y_{split}"] = x[index], y[index].astype(np.uint8)
+    meta = {
+        "source": Path(source).name,
+        "gray": full.gray,
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "selection": "first N per class, original order",
+    }
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise DataError(f"--out must end in .npz, got {out}")
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                **picked,
+                classes=np.array(CLASSES),
+                meta=np.array(json.dumps(meta, sort_keys=True)),
+            )
+    return out
+
+
+# ----------------------------------------------------------------------- tensors on device
+class DeviceData:
+    """One split of the data set as a single uint8 tensor on a device, served in batches.
+
+    Args:
+        images: (N, 32, 32) uint8 array.
+        labels: (N,) int array.
+        device: where the tensors live (augmentation runs there too).
+        mean, std: standardization in [0, 1] units (``None``: leave pixels in [0, 1]).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        device="cpu",
+        mean: float | None = None,
+        std: float | None = None,
+    ):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).unsqueeze(1)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to_float(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1, H, W) -> float32 in [0, 1], standardized if mean/std were given."""
+        x = images_uint8.float().div_(255.0)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+    def batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        augmenter: Augmenter | None = None,
+    ):
+        """Yield ``(x, y)`` float batches; shuffled when ``generator`` is given."""
+        n = len(self)
+        order = (
+            torch.randperm(n, generator=generator, device=generator.device)
+            if generator is not None
+            else torch.arange(n, device=self.device)
+        )
+        order = order.to(self.device)
+        for start in range(0, n, batch_size):
+            index = order[start : start + batch_size]
+            x = self.to_float(self.images[index])
+            if augmenter is not None:
+                x = augmenter(x)
+            yield x, self.labels[index]
+
+
+# ------------------------------------------------------------------------- augmentation
+class Augmenter:
+    """Batched random shifts and horizontal flips, as tensor ops on the batch's device.
+
+    Lindsey et al. used Keras' ``width/height_shift_range=0.1`` and horizontal flips. Here
+    each image is shifted by an integer number of pixels drawn uniformly from
+    ``[-s, s]`` with ``s = floor(max_shift * size)`` (3 pixels on 32 x 32) independently in
+    y and x; pixels shifted in copy the nearest edge pixel (Keras' default ``nearest``
+    fill). Each image is mirrored left-right with probability ``flip_prob``.
+
+    Args:
+        seed: seeds the augmenter's own generator, so a run is reproducible.
+        device: device of the generator; must match the batches it augments.
+        max_shift: fraction of the image size.
+        flip_prob: probability of a horizontal flip (0 disables flips).
+        train: ``False`` makes the augmenter the identity (evaluation mode).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        device="cpu",
+        max_shift: float = 0.1,
+        flip_prob: float = 0.5,
+        train: bool = True,
+    ):
+        if not 0.0 <= max_shift < 0.5:
+            raise ValueError(f"max_shift must be in [0, 0.5), got {max_shift}")
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.max_shift, self.flip_prob, self.train = max_shift, flip_prob, train
+
+    def eval(self) -> Augmenter:
+        self.train = False
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment a batch ``(B, C, H, W)``; returns a new tensor of the same shape."""
+        if not self.train:
+            return x
+        b, _, h, w = x.shape
+        s = int(self.max_shift * min(h, w))
+        dev = self.generator.device
+        shift = torch.randint(-s, s + 1, (2, b), generator=self.generator, device=dev)
+        flip = torch.rand(b, generator=self.generator, device=dev) < self.flip_prob
+        shift, flip = shift.to(x.device), flip.to(x.device)
+        if s > 0:
+            # output pixel (i, j) reads input pixel (i - dy, j - dx), clamped to the image
+            rows = (torch.arange(h, device=x.device)[None, :] - shift[0][:, None]).clamp_(0, h - 1)
+            cols = (torch.arange(w, device=x.device)[None, :] - shift[1][:, None]).clamp_(0, w - 1)
+            x = x.gather(2, rows[:, None, :, None].expand(-1, x.shape[1], -1, w))
+            x = x.gather(3, cols[:, None, None, :].expand(-1, x.shape[1], h, -1))
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
