@@ -67,6 +67,271 @@ def data_sample(
     click.echo(describe(load_cifar10(path)))
 
 
+# ---------------------------------------------------------------------------- train
+@cli.command("train")
+@click.option(
+    "--preset",
+    required=True,
+    help="bp, bp-bottleneck-<k>, raf-r<k> or draf-bottleneck-<k> (DESIGN.md 5).",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1))
+@click.option("--epochs", default=None, type=click.IntRange(0), help="Default: 120 (paper).")
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(path_type=str),
+    help="CIFAR-10 .npz or cifar-10-batches-py folder (default: the embedded sample).",
+)
+@click.option(
+    "--out",
+    default="runs",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Parent folder of run folders.",
+)
+@click.option("--name", default=None, help="Run folder name (default: <preset>-s<seed>).")
+@click.option(
+    "--device",
+    default=None,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Default: cuda when available.",
+)
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option(
+    "--others",
+    default="raf",
+    show_default=True,
+    type=click.Choice(["raf", "bp"]),
+    help="Rule of the layers the preset does not constrain.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any config field, e.g. --set train.batch_size=128 --set n_bn=8.",
+)
+@click.option("--config-only", is_flag=True, help="Print the resolved config and exit.")
+def train_cmd(preset, seed, epochs, data, out, name, device, amp, others, sets, config_only):
+    """Train one run (or resume it, or skip it when finished) into OUT/<preset>-s<seed>/."""
+    from retina_raf.config import dump_yaml
+    from retina_raf.train import config_from_cli, train
+
+    cfg = config_from_cli(preset, seed, epochs, data, device, amp, others, sets)
+    if config_only:
+        click.echo(dump_yaml(cfg), nl=False)
+        return
+    run_dir = train(cfg, out, name=name, log=lambda msg: click.echo(msg, err=True))
+    click.echo(str(run_dir))
+
+
+# --------------------------------------------------------------------------- report
+@cli.command("report")
+@click.argument("notebook", type=click.Path(path_type=str))
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    type=(str, str),
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Override a notebook parameter; VALUE is read as YAML (3, 0.5, true, text).",
+)
+@click.option(
+    "--out",
+    default="reports",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Folder of all reports; this one goes to OUT/NAME/.",
+)
+@click.option("--name", default=None, help="Report name (default: the notebook's file stem).")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Per-cell progress bar on stderr.",
+)
+@click.pass_context
+def report(
+    ctx: click.Context, notebook: str, parameters: tuple, out: str, name: str | None, progress: bool
+) -> None:
+    """Execute a parameterized NOTEBOOK (papermill) into an executed .ipynb and an HTML page."""
+    from analysis.report import parse_parameter_value, run_report
+    from retina_raf.errors import RunError
+
+    values = {}
+    for key, text in parameters:
+        if key in values:
+            raise click.BadParameter(f"parameter {key!r} given twice", param_hint="-p")
+        values[key] = parse_parameter_value(text)
+    try:
+        html = run_report(notebook, values, out_dir=out, name=name, progress_bar=progress)
+    except RunError as exc:  # the notebook itself failed: exit 1, bad input stays exit 2
+        click.echo(f"retina-raf: error: {exc}", err=True)
+        ctx.exit(1)
+    click.echo(f"report: {html}")
+    click.echo(f"executed notebook: {html.with_suffix('.ipynb')}")
+
+
+# -------------------------------------------------------------------------- figures
+@cli.command("figures")
+@click.argument("results", type=click.Path(path_type=str))
+@click.option(
+    "--out",
+    default="reports/figures",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Folder of the exported panels.",
+)
+@click.option(
+    "--dpi",
+    default=300,
+    show_default=True,
+    type=click.IntRange(50, 2400),
+    help="Resolution of the PNG copies.",
+)
+def figures_command(results: str, out: str, dpi: int) -> None:
+    """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file."""
+    import warnings
+
+    from analysis.figures import PanelSkipped, export_paper_panels
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PanelSkipped)
+        written = export_paper_panels(results, out, dpi=dpi)
+    for warning in caught:
+        if issubclass(warning.category, PanelSkipped):
+            click.echo(f"note: {warning.message}", err=True)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    panels = sorted({path.stem for path in written})
+    click.echo(f"wrote {len(panels)} panels (pdf, svg, png) to {out}: {', '.join(panels)}")
+
+
+# ------------------------------------------------------------------------------ rfs
+@cli.command("rfs")
+@click.argument("run_dir", type=click.Path(path_type=str))
+@click.option("--layer", default="retina_2", show_default=True, help="Layer whose RFs to map.")
+@click.option(
+    "--method",
+    default="actmax",
+    show_default=True,
+    type=click.Choice(["gradient", "actmax", "sta"]),
+    help="Input gradient, activation maximization, or white-noise STA (DESIGN.md 8).",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="NetCDF file (default: RUN_DIR/rfs_<layer>_<method>.nc); a PNG montage goes beside it.",
+)
+@click.option("--channels", default=None, help="Comma-separated channel indices (default: all).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--base", default=None, type=click.Choice(["zeros", "gray"]), help="Base image.")
+@click.option("--gray-level", default=None, type=float, help="Pixel value of the gray base.")
+@click.option("--n-starts", default=None, type=click.IntRange(1), help="actmax: random starts.")
+@click.option("--start", default=None, type=click.Choice(["noise", "zeros"]), help="actmax.")
+@click.option("--steps", "n_steps", default=None, type=click.IntRange(0), help="actmax: steps.")
+@click.option("--step-size", default=None, type=click.FloatRange(0, min_open=True), help="actmax.")
+@click.option(
+    "--norm",
+    default=None,
+    type=click.FloatRange(0, min_open=True),
+    help="actmax: L2 norm of the input perturbation.",
+)
+@click.option("--n-samples", default=None, type=click.IntRange(2), help="sta: noise images.")
+@click.option("--noise-std", default=None, type=click.FloatRange(0, min_open=True), help="sta.")
+@click.option("--batch-size", default=None, type=click.IntRange(1), help="Images per pass.")
+@click.option("--no-montage", is_flag=True, help="Skip the PNG montage.")
+def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage, **options):
+    """Extract the RFs of a trained run's LAYER into a NetCDF file and a PNG montage.
+
+    Options that do not belong to the method (e.g. --n-starts with --method gradient) are
+    rejected; omitted options take the defaults of analysis.rf.METHOD_OPTIONS.
+    """
+    from pathlib import Path
+
+    from analysis.montage import montage_title, save_montage
+    from analysis.rf import extract_rfs
+    from retina_raf.io import write_netcdf
+
+    options = {name: value for name, value in options.items() if value is not None}
+    channel_list = None
+    if channels is not None:
+        try:
+            channel_list = [int(c) for c in channels.split(",") if c.strip()]
+        except ValueError:
+            raise click.BadParameter(
+                f"{channels!r} is not a comma-separated list of integers", param_hint="--channels"
+            ) from None
+    out = Path(out) if out else Path(run_dir) / f"rfs_{layer}_{method}.nc"
+    rfs = extract_rfs(
+        run_dir, layer, method, channels=channel_list, seed=seed, device=device, **options
+    )
+    write_netcdf(rfs, out)
+    click.echo(f"wrote {out} ({int(rfs.responsive.sum())}/{rfs.sizes['channel']} responsive)")
+    if not no_montage:
+        png = save_montage(rfs, out.with_suffix(".png"), title=montage_title(rfs))
+        click.echo(f"wrote {png}")
+
+
+# ---------------------------------------------------------------------------- sweep
+@cli.command("sweep")
+@click.argument("file", type=click.Path(path_type=str))
+@click.option("--executor", default="local", show_default=True,
+              type=click.Choice(["local", "slurm"]),
+              help="local: one process per visible GPU, or sequential on the CPU; "
+                   "slurm: one job per run (job arrays) through submitit.")
+@click.option("--dry-run", is_flag=True, help="List the runs and their states; train nothing.")
+@click.option("--collect", is_flag=True,
+              help="Combine the finished runs into one dataset for the notebooks.")
+@click.option("--out", default=None, type=click.Path(path_type=str),
+              help="Output folder (default: the file's `out`, else runs/<name>).")
+@click.option("--data", default=None, type=click.Path(path_type=str),
+              help="Image data set of every run (not part of run ids).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting of every run (changes the run ids).")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="local: parallel worker processes (default: one per visible GPU, or 1).")
+@click.option("--partition", default=None, help="slurm: partition.")
+@click.option("--time-min", default=None, type=click.IntRange(1), help="slurm: minutes per job.")
+@click.option("--gpus-per-job", default=None, type=click.IntRange(0), help="slurm: GPUs per job.")
+@click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="slurm: any other option, e.g. --slurm account=lab --slurm mail-type=END.")
+@click.option("--no-wait", is_flag=True, help="slurm: submit and return without waiting.")
+def sweep_command(file, executor, dry_run, collect, out, data, sets, workers, partition,
+                  time_min, gpus_per_job, slurm_options, no_wait):
+    """Train every run of the experiment FILE (presets x ranks x grid x seeds) that is not
+    finished: finished runs are skipped, interrupted ones resume, the rest start."""
+    from pathlib import Path
+
+    from retina_raf.config import load_experiment, update_experiment
+    from retina_raf.errors import RunError
+    from retina_raf import sweep
+
+    named = {"partition": partition, "time_min": time_min, "gpus_per_job": gpus_per_job}
+    slurm_options = [f"{k}={v}" for k, v in named.items() if v is not None] + list(slurm_options)
+    exp = update_experiment(load_experiment(file), data, sets, slurm_options)
+    out = Path(out or exp.out or Path("runs") / exp.name)
+    if dry_run:
+        click.echo(sweep.dry_run(exp, out))
+        return
+    if collect:
+        click.echo(f"wrote {sweep.collect(exp, out)}")
+        return
+    rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
+    if rep is None:
+        click.echo(f"check progress with: retina-raf sweep {file} --dry-run --out {out}")
+        return
+    click.echo(rep.summary())
+    if rep.failed:
+        raise RunError(f"{len(rep.failed)} of {len(rep.states)} runs did not finish "
+                       "(listed above); run the sweep again to resume them")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: one-line errors and exit status 2 on bad input."""
     try:

@@ -11,6 +11,7 @@ that fill model fields (``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bott
 """
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -22,8 +23,9 @@ import yaml
 
 from retina_raf.errors import ConfigError
 
-RULES = ("bp", "raf", "fa", "kp")
-P_RULES = ("oja", "pca", "fixed")
+# bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
+# kp: Kolen-Pollack; fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
+RULES = ("bp", "raf", "raf_pca", "kp", "fa", "lowrank_fa")
 
 
 def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
@@ -62,9 +64,8 @@ class ModelConfig:
     rule: str = spec(
         "bp", choices=RULES, doc="learning rule of every layer not named in layer_rule"
     )
-    layer_rule: dict = spec({}, doc="layer name -> rule (bp, raf, fa, kp)")
+    layer_rule: dict = spec({}, doc="layer name -> rule (bp, raf, raf_pca, kp, fa, lowrank_fa)")
     layer_rank: dict = spec({}, doc="layer name -> feedback rank (default: full)")
-    p_rule: str = spec("oja", choices=P_RULES, doc="how RAF learns P")
     direct_target: str | None = spec(None, doc="layer whose output receives direct feedback (dRAF)")
     direct_source: str | None = spec(
         None, doc="source layer of the direct error (default: last VVS layer)"
@@ -152,6 +153,10 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         value = dict(value)
+    elif tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        value = list(value)
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
     if choices is not None and value not in choices:
         raise ConfigError(
@@ -376,3 +381,226 @@ def layer_out_widths(m: ModelConfig) -> dict[str, int]:
     widths.update({f"vvs_{i}": m.vvs_channels for i in range(1, m.vvs_layers + 1)})
     widths.update({"fc_1": m.fc_units, "fc_2": m.num_classes})
     return widths
+
+
+# -------------------------------------------------------------------------- experiments
+# An experiment file (DESIGN.md 10) is a grid: presets x ranks x seeds x grid overrides.
+# ``retina_raf.sweep`` expands it into runs; this section only reads and validates it.
+@dataclass
+class SlurmConfig:
+    """What ``retina-raf sweep --executor slurm`` asks SLURM for: one job per run, as arrays."""
+
+    partition: str | None = spec(None, doc="partition (default: the cluster's default)")
+    time_min: int = spec(
+        24 * 60,
+        low=1,
+        high=365 * 24 * 60,
+        doc="time limit of one job in minutes; a job that reaches it is requeued and its "
+        "run resumes from its checkpoint",
+    )
+    gpus_per_job: int = spec(1, low=0, high=64)
+    cpus_per_task: int = spec(4, low=1, high=1024)
+    mem_gb: float | None = spec(None, low=0.1, high=1e5, doc="memory per job (default: SLURM's)")
+    array_parallelism: int = spec(64, low=1, high=100000, doc="jobs of one array running at once")
+    account: str | None = spec(None)
+    qos: str | None = spec(None)
+    constraint: str | None = spec(None, doc="node features, e.g. a100")
+    setup: list = spec([], doc="shell lines run in each job before Python (module load ...)")
+    additional: dict = spec({}, doc="any other sbatch option: name -> value (mail-type: END)")
+
+
+@dataclass
+class ExperimentConfig:
+    """An experiment file: which runs to train, and where and how to run them."""
+
+    name: str = spec("", doc="experiment name (default: the file's stem)")
+    description: str = spec("")
+    presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
+    others: str = spec("raf", choices=("raf", "bp"), doc="rule of the layers a preset leaves free")
+    ranks: list = spec(
+        [None], doc="feedback ranks into the retina (model.layer_rank.vvs_1); null: the preset's"
+    )
+    seeds: list = spec([0], doc="seeds; an integer n in the file means 0..n-1")
+    overrides: dict = spec({}, doc="settings of every run: train.epochs: 3, or nested mappings")
+    grid: dict = spec({}, doc="setting -> list of values; every combination is a run")
+    data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
+    out: str | None = spec(None, doc="output folder (default: runs/<name>)")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+# Settings that say where and how fast a run trains, not what it learns: they may differ
+# between a laptop and a cluster and do not enter run ids.
+PLACEMENT_KEYS = ("data.path", "train.device", "train.progress", "train.num_threads")
+
+
+def normalize_overrides(mapping: dict, where: str) -> dict:
+    """Overrides as written (``epochs: 3``, ``train.epochs: 3`` or nested) -> nested dict.
+
+    Short and dotted keys are resolved exactly as ``--set`` resolves them; ``preset`` and
+    ``seed`` are axes of the grid, not overrides. Errors name ``where`` and the key.
+    """
+    items = []
+    for key, value in flatten_dict(mapping).items():
+        if key.split(".")[0] in ("preset", "seed"):
+            raise ConfigError(f"{where}: '{key}' is an axis of the grid (use presets/seeds)")
+        # JSON is YAML, so every value parses back exactly as it was written.
+        items.append(f"{key}={json.dumps(value)}")
+    try:
+        return parse_overrides(items)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def flatten_dict(mapping: dict, prefix: str = "") -> dict:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (empty mappings kept as values)."""
+    out = {}
+    for key, value in mapping.items():
+        key = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_dict(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file.
+
+    Every key is checked, and every combination of preset, rank and grid values is
+    resolved into a :class:`RunConfig`, so a bad override fails here, naming the file and
+    the key, before anything is trained or submitted.
+    """
+    path = Path(path)
+    raw = load_yaml(path)
+    try:
+        if isinstance(raw.get("seeds"), int) and not isinstance(raw["seeds"], bool):
+            if raw["seeds"] < 1:
+                raise ConfigError(f"seeds: {raw['seeds']} must be >= 1")
+            raw["seeds"] = list(range(raw["seeds"]))
+        exp = from_dict(ExperimentConfig, raw)
+        exp.name = exp.name or path.stem
+        check_experiment(exp)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return exp
+
+
+def check_experiment(exp: ExperimentConfig) -> None:
+    """Validate the axes and resolve every (preset, rank, grid point); normalizes in place."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", exp.name):
+        raise ConfigError(f"name: {exp.name!r} must be letters, digits, '_', '.', '+', '-'")
+    _check_axis("presets", exp.presets, str)
+    _check_axis("seeds", exp.seeds, int, low=0, high=2**31 - 1)
+    _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
+    for preset in exp.presets:
+        try:
+            preset_model_fields(preset, exp.others)
+        except ConfigError as exc:
+            raise ConfigError(f"presets: {exc}") from None
+    exp.overrides = normalize_overrides(exp.overrides, "overrides")
+    fixed = flatten_dict(exp.overrides)
+    grid = {}
+    for key, values in exp.grid.items():
+        _check_axis(f"grid.{key}", values, object)
+        # A scalar placeholder gives the setting's full dotted name (epochs -> train.epochs).
+        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"grid.{key}"))
+        if dotted in fixed:
+            raise ConfigError(f"grid.{key}: also set in overrides; set it in one place")
+        if dotted in grid:
+            raise ConfigError(f"grid.{key}: the same setting as grid.{grid[dotted][0]}")
+        grid[dotted] = (key, values)
+    exp.grid = {dotted: values for dotted, (_, values) in grid.items()}
+    for point in grid_points(exp.grid):
+        where = "grid" if point else "overrides"
+        for preset in exp.presets:
+            for rank in exp.ranks:
+                overrides = experiment_overrides(exp, rank, point)
+                try:
+                    cfg = resolve_run_config(preset, exp.seeds[0], overrides, exp.others)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+                retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
+                if rank is not None and retina_rule != "raf":
+                    raise ConfigError(
+                        f"ranks: preset {preset!r} sends {retina_rule} into the retina; a "
+                        "feedback rank needs RAF there (use a raf-r<k> preset)"
+                    )
+    slurm = exp.slurm
+    if not all(isinstance(line, str) for line in slurm.setup):
+        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
+
+
+def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
+    if not isinstance(values, list):
+        raise ConfigError(f"{key}: expected a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{key}: needs at least one value")
+    for value in values:
+        if value is None and allow_none:
+            continue
+        bad_type = tp is not object and (
+            not isinstance(value, tp) or isinstance(value, bool) and tp is int
+        )
+        if bad_type or tp is object and isinstance(value, (dict, list)) and not value:
+            raise ConfigError(f"{key}: {value!r} is not a valid value")
+        if low is not None and value < low or high is not None and value > high:
+            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {low} to {high})")
+    seen = [json.dumps(v, sort_keys=True) for v in values]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"{key}: a value is listed twice")
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, in file order: ``[{key: value, ...}, ...]``."""
+    points = [{}]
+    for key, values in grid.items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points
+
+
+def experiment_overrides(exp: ExperimentConfig, rank: int | None, point: dict) -> dict:
+    """The nested overrides of one run: fixed overrides, its grid point, its rank, the data."""
+    overrides = exp.overrides
+    for key, value in point.items():
+        overrides = merge(overrides, normalize_overrides({key: value}, f"grid.{key}"))
+    if rank is not None:
+        overrides = merge(overrides, {"model": {"layer_rank": {"vvs_1": rank}}})
+    if exp.data is not None:
+        overrides = merge(overrides, {"data": {"path": exp.data}})
+    return overrides
+
+
+def update_experiment(
+    exp: ExperimentConfig,
+    data: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    slurm_options: list[str] | tuple[str, ...] = (),
+) -> ExperimentConfig:
+    """Command-line changes to an experiment, validated like the file.
+
+    Args:
+        data: the image data set of every run (``--data``; not part of run ids).
+        sets: ``KEY=VALUE`` overrides of every run (``--set``; they change run ids).
+        slurm_options: ``KEY=VALUE``: a :class:`SlurmConfig` field (``partition=gpu``,
+            ``time_min=600``) or else any sbatch option (``mail-type=END``).
+    """
+    exp = dataclasses.replace(exp)
+    if data is not None:
+        exp.data = data
+    if sets:
+        exp.overrides = merge(exp.overrides, parse_overrides(list(sets)))
+    if slurm_options:
+        slurm = to_dict(exp.slurm)
+        names = {f.name for f in dataclasses.fields(SlurmConfig)}
+        for item in slurm_options:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--slurm expects key=value, got {item!r}")
+            key, value = key.strip().replace("-", "_"), yaml.safe_load(raw) if raw else None
+            if key in names:
+                slurm[key] = value
+            else:
+                slurm["additional"] = {**slurm["additional"], key.replace("_", "-"): value}
+        exp.slurm = from_dict(SlurmConfig, slurm, "slurm.")
+    check_experiment(exp)
+    return exp

@@ -1,0 +1,179 @@
+"""Training runs (DESIGN.md 7): run folders, resume, atomic checkpoints, divergence, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import xarray as xr
+
+import retina_raf.train as train_module
+from retina_raf.config import parse_overrides, resolve_run_config
+from retina_raf.errors import RunError
+from retina_raf.train import load_trained, run_identity, train
+
+TINY_SETS = [
+    "model.retina_channels=4", "model.n_bn=4", "model.vvs_channels=4", "model.vvs_layers=1",
+    "model.kernel_size=5", "model.fc_units=16", "train.batch_size=50", "train.progress=false",
+    "train.num_threads=1", "data.train_limit=200", "data.test_limit=100", "train.lr=0.001",
+]  # fmt: skip
+
+
+def tiny_config(preset="raf-r2", epochs=2, seed=0, extra=()):
+    sets = [*TINY_SETS, f"train.epochs={epochs}", *extra]
+    if preset.startswith("raf-r"):
+        sets = [s for s in sets if not s.startswith("model.n_bn")]
+    return resolve_run_config(preset, seed, parse_overrides(sets))
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "model.pt", weights_only=False)["model"]
+
+
+def test_run_folder_contents(tmp_path):
+    """A run writes config.yaml, checkpoint.pt, history.nc (one row per epoch, with the
+    feedback diagnostics), model.pt and DONE; load_trained gives an eval-mode model."""
+    run_dir = train(tiny_config(), tmp_path, log=lambda m: None)
+    for name in ("config.yaml", "checkpoint.pt", "history.nc", "model.pt", "DONE"):
+        assert (run_dir / name).is_file(), name
+    with xr.open_dataset(run_dir / "history.nc", engine="h5netcdf") as history:
+        assert history.sizes["epoch"] == 2
+        for var in ("train_loss", "test_loss", "train_acc", "test_acc", "lr"):
+            assert history[var].notnull().all(), var
+        assert "alignment_deg" in history and "layer" in history.dims
+        assert history.attrs["preset"] == "raf-r2"
+    model, config = load_trained(run_dir)
+    assert not model.training and config["preset"] == "raf-r2"
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    assert run_identity(config) == {"preset": "raf-r2", "rank": 2, "n_bn": 32, "seed": 0,
+                                    "rule": "raf"}  # fmt: skip
+
+
+def test_finished_run_is_not_retrained(tmp_path):
+    """Running a finished run again trains nothing and says so."""
+    cfg = tiny_config(epochs=1)
+    run_dir = train(cfg, tmp_path, log=lambda m: None)
+    before = (run_dir / "model.pt").stat().st_mtime_ns
+    messages = []
+    train(cfg, tmp_path, log=messages.append)
+    assert any("already finished" in m for m in messages)
+    assert (run_dir / "model.pt").stat().st_mtime_ns == before
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch(n):
+    def log(message):
+        if f"epoch {n}/" in message:
+            raise _Stop
+
+    return log
+
+
+@pytest.mark.parametrize("preset", ["raf-r2", "bp-bottleneck-2", "draf-bottleneck-2"])
+def test_resumed_run_ends_with_identical_weights(tmp_path, preset):
+    """A run stopped after epoch 1 and resumed ends with exactly the weights of the same run
+    done in one go (CPU, deterministic)."""
+    cfg = tiny_config(preset, epochs=2)
+    whole = train(cfg, tmp_path / "whole", log=lambda m: None)
+    with pytest.raises(_Stop):
+        train(cfg, tmp_path / "split", log=_stop_after_epoch(1))
+    assert not (tmp_path / "split" / whole.name / "model.pt").exists()
+    messages = []
+    split = train(cfg, tmp_path / "split", log=messages.append)
+    assert any("resuming after epoch 1" in m for m in messages)
+    a, b = _weights(whole), _weights(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:  # a feedback layer's extra state (e.g. its update counter)
+            assert a[key] == b[key], key
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path):
+    """Asking a finished run for more epochs continues it from its checkpoint."""
+    train(tiny_config(epochs=1), tmp_path, log=lambda m: None)
+    messages = []
+    run_dir = train(tiny_config(epochs=2), tmp_path, log=messages.append)
+    assert any("resuming after epoch 1" in m for m in messages)
+    assert train_module.finished_epochs(run_dir) == 2
+
+
+def test_killed_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    """A process killed while writing a checkpoint leaves the previous checkpoint loadable
+    and no half-written file under a real name."""
+    cfg = tiny_config(epochs=3)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: write half of it, then die
+            with open(path, "wb") as handle:
+                handle.write(b"\x80\x02partial")
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, log=lambda m: None)
+    run_dir = tmp_path / "raf-r2-s0"
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert len(state["history"]) == 1
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
+    monkeypatch.setattr(train_module.torch, "save", real_save)
+    train(cfg, tmp_path, log=lambda m: None)
+    assert train_module.finished_epochs(run_dir) == 3
+
+
+def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+    """A non-finite loss stops the run with a clear message; the last good checkpoint stays."""
+    cfg = tiny_config(epochs=3)
+    real = train_module.F.cross_entropy
+    state = {"calls": 0}
+
+    def poisoned(logits, target, *args, **kwargs):
+        state["calls"] += 1
+        loss = real(logits, target, *args, **kwargs)
+        return loss * float("nan") if state["calls"] > 5 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    with pytest.raises(RunError, match="diverged"):
+        train(cfg, tmp_path, log=lambda m: None)
+    run_dir = tmp_path / "raf-r2-s0"
+    assert len(torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]) == 1
+    assert not (run_dir / "DONE").exists()
+
+
+def test_cli_trains_and_reports(tmp_path, run_cli):
+    """`retina-raf train` writes the run folder and prints its path."""
+    sets = [a for s in TINY_SETS if "n_bn" not in s for a in ("--set", s)]
+    args = ["train", "--preset", "bp-bottleneck-2", "--epochs", "1", "--out", tmp_path,
+            "--device", "cpu", *sets]  # fmt: skip
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert out.strip().endswith("bp-bottleneck-2-s0")
+    assert "epoch 1/1" in err
+    code, out, err = run_cli(*args)
+    assert code == 0 and "already finished" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "nonsense"], "unknown preset"),
+        (["--preset", "raf-r64"], "out of range"),
+        (["--preset", "bp-bottleneck-0"], ">= 1"),
+        (["--preset", "bp", "--set", "train.nonsense=3"], "unknown key"),
+        (["--preset", "bp", "--set", "lr=-1"], "out of range"),
+        (["--preset", "bp", "--set", "epochs"], "key=value"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, run_cli, args, message):
+    """Invalid presets, ranks larger than the layer, widths < 1, unknown --set keys."""
+    code, _, err = run_cli("train", *args, "--out", tmp_path)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not any(tmp_path.iterdir())
