@@ -190,7 +190,16 @@ def report(
     type=click.IntRange(50, 2400),
     help="Resolution of the PNG copies.",
 )
-def figures_command(results: str, out: str, dpi: int) -> None:
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    default=("pdf", "svg", "png"),
+    show_default=True,
+    type=click.Choice(["pdf", "svg", "png"]),
+    help="File format(s) to write; repeat the option for several.",
+)
+def figures_command(results: str, out: str, dpi: int, formats: tuple) -> None:
     """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file."""
     import warnings
 
@@ -198,7 +207,7 @@ def figures_command(results: str, out: str, dpi: int) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PanelSkipped)
-        written = export_paper_panels(results, out, dpi=dpi)
+        written = export_paper_panels(results, out, dpi=dpi, formats=formats)
     for warning in caught:
         if issubclass(warning.category, PanelSkipped):
             click.echo(f"note: {warning.message}", err=True)
@@ -207,7 +216,7 @@ def figures_command(results: str, out: str, dpi: int) -> None:
                 warning.message, warning.category, warning.filename, warning.lineno
             )
     panels = sorted({path.stem for path in written})
-    click.echo(f"wrote {len(panels)} panels (pdf, svg, png) to {out}: {', '.join(panels)}")
+    click.echo(f"wrote {len(panels)} panels ({', '.join(formats)}) to {out}: {', '.join(panels)}")
 
 
 # ------------------------------------------------------------------------------ rfs
@@ -281,29 +290,69 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 # ---------------------------------------------------------------------------- sweep
 @cli.command("sweep")
 @click.argument("file", type=click.Path(path_type=str))
-@click.option("--executor", default="local", show_default=True,
-              type=click.Choice(["local", "slurm"]),
-              help="local: one process per visible GPU, or sequential on the CPU; "
-                   "slurm: one job per run (job arrays) through submitit.")
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "slurm"]),
+    help="local: one process per visible GPU, or sequential on the CPU; "
+    "slurm: one job per run (job arrays) through submitit.",
+)
 @click.option("--dry-run", is_flag=True, help="List the runs and their states; train nothing.")
-@click.option("--collect", is_flag=True,
-              help="Combine the finished runs into one dataset for the notebooks.")
-@click.option("--out", default=None, type=click.Path(path_type=str),
-              help="Output folder (default: the file's `out`, else runs/<name>).")
-@click.option("--data", default=None, type=click.Path(path_type=str),
-              help="Image data set of every run (not part of run ids).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting of every run (changes the run ids).")
-@click.option("--workers", default=None, type=click.IntRange(1),
-              help="local: parallel worker processes (default: one per visible GPU, or 1).")
+@click.option(
+    "--collect", is_flag=True, help="Combine the finished runs into one dataset for the notebooks."
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Output folder (default: the file's `out`, else runs/<name>).",
+)
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Image data set of every run (not part of run ids).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a setting of every run (changes the run ids).",
+)
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1),
+    help="local: parallel worker processes (default: one per visible GPU, or 1).",
+)
 @click.option("--partition", default=None, help="slurm: partition.")
 @click.option("--time-min", default=None, type=click.IntRange(1), help="slurm: minutes per job.")
 @click.option("--gpus-per-job", default=None, type=click.IntRange(0), help="slurm: GPUs per job.")
-@click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
-              help="slurm: any other option, e.g. --slurm account=lab --slurm mail-type=END.")
+@click.option(
+    "--slurm",
+    "slurm_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="slurm: any other option, e.g. --slurm account=lab --slurm mail-type=END.",
+)
 @click.option("--no-wait", is_flag=True, help="slurm: submit and return without waiting.")
-def sweep_command(file, executor, dry_run, collect, out, data, sets, workers, partition,
-                  time_min, gpus_per_job, slurm_options, no_wait):
+def sweep_command(
+    file,
+    executor,
+    dry_run,
+    collect,
+    out,
+    data,
+    sets,
+    workers,
+    partition,
+    time_min,
+    gpus_per_job,
+    slurm_options,
+    no_wait,
+):
     """Train every run of the experiment FILE (presets x ranks x grid x seeds) that is not
     finished: finished runs are skipped, interrupted ones resume, the rest start."""
     from pathlib import Path
@@ -328,8 +377,79 @@ def sweep_command(file, executor, dry_run, collect, out, data, sets, workers, pa
         return
     click.echo(rep.summary())
     if rep.failed:
-        raise RunError(f"{len(rep.failed)} of {len(rep.states)} runs did not finish "
-                       "(listed above); run the sweep again to resume them")
+        raise RunError(
+            f"{len(rep.failed)} of {len(rep.states)} runs did not finish "
+            "(listed above); run the sweep again to resume them"
+        )
+
+
+# --------------------------------------------------------------------------- theory
+@cli.command("theory")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder for fig2b..fig2g (.pdf, .png) and fig2.nc.",
+)
+@click.option("--steps", default=None, type=int, help="Training steps per run [default: 2400].")
+@click.option("--lr", default=None, type=float, help="Learning rate [default: 0.005].")
+@click.option("--seed", default=0, show_default=True, type=int, help="First seed.")
+@click.option(
+    "--seeds",
+    "n_seeds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seeds per condition (panels f, g use all; b-e the first).",
+)
+@click.option("--rank", default=8, show_default=True, type=int, help="Low feedback rank r.")
+@click.option("--dim", default=None, type=int, help="Rank d of the task [default: 16].")
+@click.option("--dpi", default=300, show_default=True, type=click.IntRange(50, 1200))
+def theory_command(out, steps, lr, seed, n_seeds, rank, dim, dpi):
+    """Paper Fig. 2: linear-network simulations (solid) against the ODE theory (dashed)."""
+    from pathlib import Path
+
+    from retina_raf.io import write_netcdf
+    from retina_raf.linear_theory import figure2_data, plot_figure2
+
+    params = {"steps": steps, "lr": lr, "d": dim}
+    params = {key: value for key, value in params.items() if value is not None}
+    seeds = range(seed, seed + n_seeds)
+    data = figure2_data(low_rank=rank, seeds=seeds, progress=True, **params)
+    for line in plot_figure2(data, out, dpi=dpi):
+        click.echo(line)
+    click.echo(f"wrote {write_netcdf(data, Path(out) / 'fig2.nc')} and 12 panel files")
+
+
+# -------------------------------------------------------------------------- metrics
+@cli.command("metrics")
+@click.argument("rfs_file", metavar="RFS.nc", type=click.Path(path_type=str))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Output NetCDF of the per-RF metrics (written atomically).",
+)
+def metrics_command(rfs_file: str, out: str) -> None:
+    """Shape metrics and rf_class of every RF in RFS.nc (its DataArray "rf"; DESIGN.md 9).
+
+    Prints one line per condition (the preset, else the whole file): fraction
+    center-surround and oriented, mean symmetry and mean OSI over the responsive RFs.
+    """
+    from pathlib import Path
+
+    from analysis.metrics import load_rfs, rf_metrics, summarize
+    from retina_raf.io import write_netcdf
+
+    if Path(out).resolve() == Path(rfs_file).resolve():
+        raise click.BadParameter("must differ from the input RFs file", param_hint="--out")
+    rfs = load_rfs(rfs_file)
+    metrics = rf_metrics(rfs, progress=True)
+    metrics.attrs["metrics_input"] = str(rfs_file)
+    write_netcdf(metrics, out)
+    for line in summarize(metrics, default_condition=Path(rfs_file).stem):
+        click.echo(line)
+    click.echo(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> None:

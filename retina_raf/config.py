@@ -66,6 +66,9 @@ class ModelConfig:
     )
     layer_rule: dict = spec({}, doc="layer name -> rule (bp, raf, raf_pca, kp, fa, lowrank_fa)")
     layer_rank: dict = spec({}, doc="layer name -> feedback rank (default: full)")
+    track_error_covariance: bool = spec(
+        True, doc="feedback layers keep a moving average of their error covariance (diagnostics)"
+    )
     direct_target: str | None = spec(None, doc="layer whose output receives direct feedback (dRAF)")
     direct_source: str | None = spec(
         None, doc="source layer of the direct error (default: last VVS layer)"
@@ -439,16 +442,20 @@ def normalize_overrides(mapping: dict, where: str) -> dict:
     Short and dotted keys are resolved exactly as ``--set`` resolves them; ``preset`` and
     ``seed`` are axes of the grid, not overrides. Errors name ``where`` and the key.
     """
-    items = []
+    out: dict = {}
     for key, value in flatten_dict(mapping).items():
         if key.split(".")[0] in ("preset", "seed"):
             raise ConfigError(f"{where}: '{key}' is an axis of the grid (use presets/seeds)")
-        # JSON is YAML, so every value parses back exactly as it was written.
-        items.append(f"{key}={json.dumps(value)}")
-    try:
-        return parse_overrides(items)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        try:  # resolve the key as --set does (a placeholder value), then put the real value
+            (full_key,) = flatten_dict(parse_overrides([f"{key}=0"]))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        node = out
+        *parents, leaf = full_key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def flatten_dict(mapping: dict, prefix: str = "") -> dict:

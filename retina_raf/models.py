@@ -78,7 +78,8 @@ def _make_conv(cfg: ModelConfig, name: str, c_in: int, c_out: int) -> nn.Conv2d:
     if rule == "bp":
         return nn.Conv2d(c_in, c_out, cfg.kernel_size, padding=pad)
     options = rule_options(rule, rank or c_out, c_out, what=name)
-    return RAFConv2d(c_in, c_out, cfg.kernel_size, padding=pad, rank=rank, **options)
+    return RAFConv2d(c_in, c_out, cfg.kernel_size, padding=pad, rank=rank, **options,
+                     track_error_covariance=cfg.track_error_covariance)  # fmt: skip
 
 
 def _make_linear(cfg: ModelConfig, name: str, n_in: int, n_out: int) -> nn.Linear:
@@ -86,7 +87,8 @@ def _make_linear(cfg: ModelConfig, name: str, n_in: int, n_out: int) -> nn.Linea
     if rule == "bp":
         return nn.Linear(n_in, n_out)
     options = rule_options(rule, rank or n_out, n_out, what=name)
-    return RAFLinear(n_in, n_out, rank=rank, **options)
+    return RAFLinear(n_in, n_out, rank=rank, **options,
+                     track_error_covariance=cfg.track_error_covariance)  # fmt: skip
 
 
 class RetinaNet(nn.Module):
@@ -133,6 +135,7 @@ class RetinaNet(nn.Module):
             source_shape=source_shape,
             rank=cfg.direct_rank,
             kernel_size=cfg.kernel_size,
+            track_error_covariance=cfg.track_error_covariance,
         )
 
     def __getattr__(self, name: str):

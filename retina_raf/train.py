@@ -219,7 +219,9 @@ def history_dataset(rows: list[dict], cfg: RunConfig) -> xr.Dataset:
 def _diagnostics(model: RetinaNet) -> dict:
     out = {}
     for name, values in feedback_diagnostics(model).items():
-        out[name] = {k: float(v) for k, v in values.items() if _is_number(v)}
+        # "layers.vvs_1.conv" -> "vvs_1": the model's own layer names
+        short = name.removeprefix("layers.").removesuffix(".conv").removesuffix(".linear")
+        out[short] = {k: float(v) for k, v in values.items() if _is_number(v)}
     return out
 
 

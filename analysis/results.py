@@ -1,0 +1,211 @@
+"""Results as xarray (DESIGN.md 11): many run folders -> one labelled dataset.
+
+``combine_runs(run_dirs)`` maps the RFs of one layer of every run (:mod:`analysis.rf`),
+measures them (:mod:`analysis.metrics`), reads each run's ``history.nc``, and stacks it all
+along a ``run`` dimension::
+
+    dims    run, channel, y, x, epoch, layer (feedback layers of the diagnostics)
+    coords  run_id, preset, rank, n_bn, seed, rule   (on run; ``ds.groupby("rank")`` works)
+    vars    rf (run, channel, y, x), rf_spread, responsive, present (run, channel),
+            metrics (run, channel): osi, symmetry, orientedness, dog_r2, gabor_r2, rf_class ...
+            history (run, epoch): train_loss, test_loss, train_acc, test_acc, lr ...
+            diagnostics (run, epoch, layer): alignment_deg ...
+    attrs   rf_layer, rf_method, rf options, package version, git commit, date
+
+Runs with fewer channels (feedforward bottlenecks) are padded: ``present`` is False there,
+numeric variables NaN and ``rf_class`` the empty string. Each run's analysis is cached next
+to its weights (``<run>/analysis/<layer>-<method>.nc``) and reused when its options match.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+import retina_raf
+from retina_raf.errors import DataError, RunError
+from retina_raf.io import write_netcdf
+
+RUN_COORDS = ("run_id", "preset", "rank", "n_bn", "seed", "rule")
+
+
+def _options_key(layer: str, method: str, seed: int, options: dict) -> str:
+    text = json.dumps({"layer": layer, "method": method, "seed": seed, **options}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def analyze_run(
+    run_dir: str | Path,
+    layer: str = "retina_2",
+    method: str = "actmax",
+    *,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    recompute: bool = False,
+    **rf_options,
+) -> xr.Dataset:
+    """RFs and their metrics for one finished run, as a Dataset with dims (channel, y, x).
+
+    Cached in ``<run_dir>/analysis/<layer>-<method>.nc`` (written atomically); the cache is
+    used when it was made with the same layer, method, seed and options.
+    """
+    from analysis.metrics import rf_metrics
+    from analysis.rf import extract_rfs
+
+    run_dir = Path(run_dir)
+    key = _options_key(layer, method, seed, rf_options)
+    cache = run_dir / "analysis" / f"{layer}-{method}.nc"
+    if cache.exists() and not recompute:
+        with xr.open_dataset(cache, engine="h5netcdf") as cached:
+            if cached.attrs.get("options_key") == key:
+                return cached.load()
+    rfs = extract_rfs(run_dir, layer, method, seed=seed, device=device, progress=progress,
+                      **rf_options)  # fmt: skip
+    metrics = rf_metrics(rfs)
+    ds = metrics.drop_vars([c for c in metrics.coords if c not in ("channel",)], errors="ignore")
+    ds["rf"] = rfs.reset_coords(drop=True)
+    ds["rf_spread"] = rfs["spread"].reset_coords(drop=True)
+    for name in ("responsive", "activation"):
+        ds[name] = rfs[name].reset_coords(drop=True)
+    ds.attrs = {**{f"rf_{k}": v for k, v in rfs.attrs.items()}, **metrics.attrs,
+                "options_key": key}  # fmt: skip
+    write_netcdf(ds, cache)
+    return ds
+
+
+def _history(run_dir: Path) -> xr.Dataset | None:
+    path = run_dir / "history.nc"
+    if not path.exists():
+        return None
+    with xr.open_dataset(path, engine="h5netcdf") as history:
+        return history.load().drop_attrs()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(**extra) -> dict:
+    """Attributes every results file carries: package version, git commit, date, ..."""
+    return {
+        "retina_raf_version": retina_raf.__version__,
+        "git_commit": _git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def run_dataset(
+    run_dir: str | Path, layer: str = "retina_2", method: str = "actmax", **kwargs
+) -> xr.Dataset:
+    """One run's RFs, metrics and history with its identity as ``run``-dim coordinates."""
+    from retina_raf.config import RunConfig, dump_yaml, from_dict
+    from retina_raf.train import load_trained, run_identity
+
+    run_dir = Path(run_dir)
+    _, config = load_trained(run_dir)  # validates the folder before the long extraction
+    ds = analyze_run(run_dir, layer, method, **kwargs)
+    history = _history(run_dir)
+    if history is not None:
+        ds = xr.merge([ds, history], combine_attrs="override")
+    ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
+    ds = ds.expand_dims("run")
+    identity = {"run_id": run_dir.name, **run_identity(config)}
+    ds = ds.assign_coords({k: ("run", [v]) for k, v in identity.items()})
+    ds["config"] = ("run", [dump_yaml(from_dict(RunConfig, config))])
+    return ds
+
+
+def combine_runs(
+    run_dirs: Sequence[str | Path],
+    layer: str = "retina_2",
+    method: str = "actmax",
+    *,
+    progress: bool = True,
+    **kwargs,
+) -> xr.Dataset:
+    """Stack the analyses of many run folders along ``run`` (module docstring has the schema).
+
+    Args:
+        run_dirs: finished run folders (each with ``model.pt``).
+        layer, method: which RFs; ``**kwargs`` go to :func:`analyze_run` (seed, device,
+            RF options).
+
+    Raises:
+        RunError: an unfinished or missing run folder; DataError: no run folders at all.
+    """
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise DataError("no run folders to combine")
+    parts = []
+    for run_dir in tqdm(run_dirs, desc="analyzing runs", unit="run", disable=not progress):
+        parts.append(run_dataset(run_dir, layer, method, progress=False, **kwargs))
+    attrs = parts[0].attrs
+    for part in parts:  # encodings of the cached files (e.g. int dtypes) do not fit padding
+        for var in part.variables.values():
+            var.encoding = {}
+    combined = xr.concat(parts, dim="run", join="outer", combine_attrs="drop_conflicts",
+                         data_vars="all", coords="minimal", compat="override")  # fmt: skip
+    combined["present"] = combined["present"].fillna(False).astype(bool)
+    combined["responsive"] = combined["responsive"].fillna(False).astype(bool)
+    if "rf_class" in combined:
+        combined["rf_class"] = combined["rf_class"].fillna("").astype(str)
+    inherited = {
+        k: v
+        for k, v in attrs.items()
+        if k.startswith(("rf_", "threshold", "classification")) and k != "rf_run_dir"
+    }
+    combined.attrs = provenance(**{**inherited, "rf_layer": layer, "rf_method": method})
+    return combined
+
+
+def write_results(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write a results dataset to NetCDF atomically (h5netcdf)."""
+    return write_netcdf(ds, path)
+
+
+def open_results(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
+    """Open one results file, or many concatenated along ``run`` (dask-backed, lazily).
+
+    Raises:
+        DataError: a missing file or one that is not a results dataset.
+    """
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"no such results file: {path}")
+    try:
+        if len(paths) == 1:
+            ds = xr.open_dataset(paths[0], engine="h5netcdf")
+        else:
+            ds = xr.open_mfdataset(paths, engine="h5netcdf", combine="nested", concat_dim="run",
+                                   join="outer", combine_attrs="drop_conflicts")  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read results {paths[0]}: {exc}") from exc
+    if "run" not in ds.dims:
+        raise DataError(f"{paths[0]} is not a results dataset (no 'run' dimension)")
+    return ds
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Finished run folders (holding ``model.pt``) under ``root``, sorted by name."""
+    root = Path(root)
+    if not root.exists():
+        raise RunError(f"no such folder: {root}")
+    if (root / "model.pt").exists():
+        return [root]
+    return sorted(p.parent for p in root.glob("*/model.pt"))

@@ -1,0 +1,96 @@
+"""How well a feedback pathway works (DESIGN.md 4.4): cheap, on demand, plain floats.
+
+- alignment: angle (degrees) between B = Q P and W^T; 0 = backprop's direction, 90 = unrelated.
+  Linear: B (n, m) against W^T (n, m). Conv: B as a kernel in W's layout,
+  ``einsum('rm,rnyx->mnyx', P, Q)``, against W (m, n, kh, kw). The angle is
+  ``arccos(<B, W^T> / (|B| |W|))`` with the Frobenius inner product of the flattened tensors.
+- principal angles (radians) between P's row space and the top-r eigenspace of the error
+  covariance (the moving average the layer keeps when ``track_error_covariance`` or "pca").
+- effective rank of the error: participation ratio ``(sum l)^2 / sum l^2`` of the covariance's
+  eigenvalues l (1 for a one-dimensional error, m for an isotropic one); "entropy" gives
+  ``exp(-sum p log p)`` with p = l / sum l instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from retina_raf.errors import ConfigError
+from retina_raf.feedback.base import FeedbackMixin
+from retina_raf.feedback.direct import DirectFeedback
+from retina_raf.feedback.rules import top_eigenvectors
+
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Angle (degrees) between two tensors of the same shape, flattened."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    cosine = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300)
+    return math.degrees(math.acos(float(cosine.clamp(-1.0, 1.0))))
+
+
+def alignment_angle(layer: nn.Module) -> float:
+    """Angle (degrees) between the layer's feedback B = Q P and W^T (see module docstring)."""
+    feedback = layer.feedback_matrix()
+    weight = layer.weight if feedback.dim() == 4 else layer.weight.t()
+    return angle_degrees(feedback, weight)
+
+
+def principal_angles(p: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """Principal angles (radians, ascending, shape (r,)) between the row space of P (r, m)
+    and the span of the r leading eigenvectors of the symmetric covariance (m, m)."""
+    p = p.detach().double()
+    rank = p.shape[0]
+    rows_basis, _ = torch.linalg.qr(p.t())  # (m, r) orthonormal basis of P's row space
+    top = top_eigenvectors(covariance.detach().double(), rank).t()
+    cosines = torch.linalg.svdvals(rows_basis.t() @ top).clamp(-1.0, 1.0)
+    return torch.arccos(cosines).flip(0)
+
+
+def effective_rank(covariance: torch.Tensor, method: str = "participation") -> float:
+    """Effective dimensionality of a covariance (m, m): "participation" or "entropy"."""
+    eigenvalues = torch.linalg.eigvalsh(covariance.detach().double()).clamp_min(0.0)
+    total = eigenvalues.sum()
+    if total <= 0:
+        return 0.0
+    if method == "participation":
+        return float(total.square() / eigenvalues.square().sum())
+    if method == "entropy":
+        probabilities = eigenvalues / total
+        probabilities = probabilities[probabilities > 0]
+        return float(torch.exp(-(probabilities * probabilities.log()).sum()))
+    raise ConfigError(
+        f"effective_rank: method must be 'participation' or 'entropy', got {method!r}"
+    )
+
+
+def layer_diagnostics(layer: FeedbackMixin) -> dict[str, float]:
+    """``rank``, ``alignment_deg``, ``principal_angle_max_rad``, ``error_effective_rank``,
+    ``p_orthonormality_error`` (|P P^T - I|_F) of one feedback layer; NaN where undefined
+    (no W for direct feedback, no error covariance kept)."""
+    nan = float("nan")
+    p = layer.p.detach().double()
+    identity = torch.eye(p.shape[0], dtype=p.dtype, device=p.device)
+    result = {
+        "rank": float(layer.feedback_rank),
+        "alignment_deg": nan if isinstance(layer, DirectFeedback) else alignment_angle(layer),
+        "principal_angle_max_rad": nan,
+        "error_effective_rank": nan,
+        "p_orthonormality_error": float(torch.linalg.matrix_norm(p @ p.t() - identity)),
+    }
+    if layer.track_error_covariance:
+        covariance = layer.error_covariance
+        result["principal_angle_max_rad"] = float(principal_angles(layer.p, covariance).max())
+        result["error_effective_rank"] = effective_rank(covariance)
+    return result
+
+
+def feedback_diagnostics(model: nn.Module) -> dict[str, dict[str, float]]:
+    """:func:`layer_diagnostics` of every feedback layer of ``model``, by qualified name."""
+    return {
+        name: layer_diagnostics(module)
+        for name, module in model.named_modules()
+        if isinstance(module, FeedbackMixin)
+    }

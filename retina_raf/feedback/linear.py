@@ -1,0 +1,141 @@
+"""RAFLinear: nn.Linear whose input gradient goes through a rank-r feedback ``B = Q P``.
+
+Input h (N x n, any leading dims), weight W (m x n), error delta = dL/dz (N x m):
+
+    gradient sent to h   (delta P^T) Q^T          Q: n x r,  P: r x m
+    W.grad, bias.grad    delta^T h, sum_N delta   (exact, as nn.Linear)
+    q.grad               h^T (delta P^T)           (Kolen-Pollack; = W.grad^T P^T)
+    p.grad               -(P C (I - P^T P))       (Oja, C the trace-normalized delta^T delta)
+
+The signs are for a descent optimizer: ``q -= lr * q.grad`` is paper eq. (7),
+``dQ = eta h (P e)^T`` with e = -delta, and ``p -= lr * p.grad`` is eq. (8) on the error.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retina_raf.feedback.base import FeedbackMixin
+from retina_raf.feedback.rules import (
+    autocast_inputs,
+    check_rank,
+    no_autocast,
+    oja_gradient,
+    rule_options,
+)
+
+
+class RAFLinearFunction(torch.autograd.Function):
+    """Forward: ``F.linear``. Backward: exact W/bias gradients, input gradient through Q P."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, q, p, layer):
+        x, weight, bias = autocast_inputs(x, weight, bias)
+        ctx.layer = layer
+        ctx.save_for_backward(x)  # W is not needed: the input gradient goes through Q
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        need_x, need_w, need_b, need_q, need_p, _ = ctx.needs_input_grad
+        need_q = need_q and layer.train_q
+        need_p = need_p and layer.p_rule == "oja"
+        grad_x = grad_w = grad_b = grad_q = grad_p = None
+        with no_autocast(grad_output.device.type):
+            delta = grad_output.reshape(-1, grad_output.shape[-1])
+            rows = x.reshape(-1, x.shape[-1])
+            if need_w:
+                grad_w = delta.t().mm(rows)
+            if need_b:
+                grad_b = delta.sum(0)
+            if need_x or need_q or need_p:
+                p = layer.p.to(delta.dtype)
+                p_delta = delta if layer.p_rule == "identity" else delta.mm(p.t())
+                if need_x:
+                    grad_x = p_delta.mm(layer.q.to(delta.dtype).t()).view(x.shape)
+                if need_q:
+                    grad_q = rows.t().mm(p_delta)
+                if need_p:
+                    grad_p = oja_gradient(layer.p, p_delta, delta)
+            layer._observe_error(delta)
+        return grad_x, grad_w, grad_b, grad_q, grad_p, None
+
+
+class RAFLinear(FeedbackMixin, nn.Linear):
+    """nn.Linear with restricted adaptive feedback (DESIGN.md 4.1).
+
+    Args:
+        in_features, out_features, bias: as nn.Linear (same init, same forward output).
+        rank: feedback rank r in 1..out_features; None or "full" = out_features.
+        train_q: train Q by the Kolen-Pollack rule (False: Q stays random, as in FA).
+        p_rule: "oja" | "pca" | "fixed" | "identity" (see ``retina_raf.feedback.rules``).
+        track_error_covariance: keep an EMA of the error covariance for diagnostics
+            (always on for "pca"; costs one m x m Gram matrix per backward pass).
+        pca_interval: "pca" recomputes P every this many backward passes.
+        covariance_momentum: EMA factor of the error covariance.
+
+    Parameters: ``weight`` (m, n), ``bias`` (m,), ``q`` (n, r), ``p`` (r, m).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        rank: int | str | None = None,
+        train_q: bool = True,
+        p_rule: str = "oja",
+        *,
+        track_error_covariance: bool = False,
+        pca_interval: int = 100,
+        covariance_momentum: float = 0.99,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        what = f"RAFLinear({in_features}, {out_features})"
+        rank = check_rank(rank, out_features, what)
+        self._setup_feedback(
+            error_channels=out_features,
+            rank=rank,
+            q_shape=(in_features, rank),
+            q_fan_in=rank,
+            train_q=train_q,
+            p_rule=p_rule,
+            track_error_covariance=track_error_covariance,
+            pca_interval=pca_interval,
+            covariance_momentum=covariance_momentum,
+            what=what,
+            device=device,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def from_rule(
+        cls, rule: str, in_features: int, out_features: int, rank=None, **kwargs
+    ) -> RAFLinear:
+        """Build the layer of a named rule ("raf", "raf_pca", "kp", "fa", "lowrank_fa")."""
+        what = f"RAFLinear({in_features}, {out_features})"
+        options = rule_options(rule, check_rank(rank, out_features, what), out_features, what)
+        return cls(in_features, out_features, rank=rank, **options, **kwargs)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # W and bias exactly as nn.Linear draws them
+        if hasattr(self, "q"):
+            self.reset_feedback_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)
+        return RAFLinearFunction.apply(x, self.weight, self.bias, self.q, self.p, self)
+
+    def feedback_matrix(self) -> torch.Tensor:
+        """B = Q P (n, m): what the backward pass uses in place of W^T."""
+        return self.q @ self.p
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._feedback_repr()}"

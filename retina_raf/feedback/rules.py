@@ -1,0 +1,189 @@
+"""Names of the learning rules and the small tensor maths they share.
+
+A feedback layer sends ``B delta`` to its input instead of ``W^T delta``, with ``B = Q P``:
+P (rank x m) projects the m-dimensional error onto ``rank`` channels, Q maps them back to the
+n inputs. Two switches define a rule (DESIGN.md 4.1):
+
+- ``train_q``: Q follows the Kolen-Pollack update (True) or stays at its random init (False);
+- ``p_rule``: ``"oja"`` (Oja's subspace rule on the error), ``"pca"`` (P set to the top
+  eigenvectors of a moving average of the error covariance), ``"fixed"`` (random, frozen) or
+  ``"identity"`` (P = I, full rank only).
+
+The named rules below are the paper's conditions; ``rule_options`` turns a name into switches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from retina_raf.errors import ConfigError
+
+P_RULES = ("oja", "pca", "fixed", "identity")
+
+# rule name -> (train_q, p_rule at full rank, p_rule below full rank; None = not allowed)
+RULES = {
+    "raf": (True, "oja", "oja"),  # restricted adaptive feedback (paper eq. 11)
+    "raf_pca": (True, "pca", "pca"),  # RAF with the normative PCA rule for P
+    "kp": (True, "identity", None),  # Kolen-Pollack: B = Q, trained
+    "fa": (False, "identity", "fixed"),  # feedback alignment: B = Q (or Q P) random, frozen
+    "lowrank_fa": (True, "fixed", "fixed"),  # "low-rank FA" of Fig. 2b,c: Q trained, P random
+}
+RULE_NAMES = ("bp", *RULES)
+
+
+def check_rank(rank: int | str | None, full: int, what: str) -> int:
+    """Return the feedback rank as an int in 1..full; None or "full" mean ``full``."""
+    if rank is None or rank == "full":
+        return full
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ConfigError(f"{what}: feedback rank must be an int or 'full', got {rank!r}")
+    if not 1 <= rank <= full:
+        raise ConfigError(
+            f"{what}: feedback rank must be in 1..{full} (the error's size), got {rank}"
+        )
+    return rank
+
+
+def check_p_rule(p_rule: str, rank: int, full: int, what: str) -> str:
+    """Validate ``p_rule``; "identity" needs a full-rank feedback (P = I is m x m)."""
+    if p_rule not in P_RULES:
+        raise ConfigError(f"{what}: p_rule must be one of {', '.join(P_RULES)}; got {p_rule!r}")
+    if p_rule == "identity" and rank != full:
+        raise ConfigError(
+            f"{what}: p_rule='identity' needs the full rank {full}, got rank {rank} "
+            "(use p_rule='fixed' or 'oja' for a low-rank feedback)"
+        )
+    return p_rule
+
+
+def rule_options(rule: str, rank: int, full: int, what: str = "feedback") -> dict:
+    """``dict(train_q=..., p_rule=...)`` of a named rule at a given rank.
+
+    ``fa`` is B = Q at full rank and B = Q P with both random below it; ``kp`` exists at
+    full rank only (its low-rank version, Q trained and P random, is ``lowrank_fa``).
+    """
+    if rule not in RULES:
+        raise ConfigError(f"{what}: unknown rule {rule!r}; expected one of {', '.join(RULES)}")
+    train_q, p_full, p_low = RULES[rule]
+    p_rule = p_full if rank == full else p_low
+    if p_rule is None:
+        raise ConfigError(
+            f"{what}: rule {rule!r} needs the full rank {full}, got rank {rank} "
+            "(use 'raf' or 'lowrank_fa' for a low-rank feedback)"
+        )
+    return dict(train_q=train_q, p_rule=p_rule)
+
+
+def rule_name(train_q: bool, p_rule: str, rank: int, full: int) -> str:
+    """Inverse of :func:`rule_options`; "custom" for a combination no name stands for."""
+    for name in RULES:
+        try:
+            if rule_options(name, rank, full) == dict(train_q=train_q, p_rule=p_rule):
+                return name
+        except ConfigError:
+            continue
+    return "custom"
+
+
+def kaiming_uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """Fill in place from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    This is torch's default Kaiming-uniform init of nn.Linear / nn.Conv2d weights
+    (``kaiming_uniform_(w, a=sqrt(5))``) with an explicit fan-in, so that Q and P get the fan-in
+    of the *backward* pathway they sit in (paper appendix B: Kaiming uniform for W, Q and P).
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        return tensor.uniform_(-bound, bound)
+
+
+# ---------------------------------------------------------------- channel maths
+# Errors come as rows (N, m) from linear layers and as maps (b, m, H, W) from conv layers;
+# "channels" are the m features, everything else is summed over (batch, tokens, pixels).
+
+
+def project_channels(p: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``P delta`` per row / pixel: (r, m) x (N, m) -> (N, r), or (b, m, H, W) -> (b, r, H, W)."""
+    if delta.dim() == 2:
+        return delta.mm(p.t())
+    if delta.is_contiguous():  # a batched matmul on the (b, m, H*W) view needs no copy
+        b, m, h, w = delta.shape
+        return torch.matmul(p, delta.view(b, m, h * w)).view(b, -1, h, w)
+    return torch.einsum("rm,bmyx->bryx", p, delta)
+
+
+def channel_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum over rows / pixels of a_i b_j``: (N, i), (N, j) -> (i, j); (B, i, H, W) likewise."""
+    if a.dim() == 2:
+        return a.t().mm(b)
+    if a.is_contiguous() and b.is_contiguous():  # batched matmul, then a small sum over images
+        n_img = a.shape[0]
+        a3, b3 = a.view(n_img, a.shape[1], -1), b.view(n_img, b.shape[1], -1)
+        return torch.bmm(a3, b3.transpose(1, 2)).sum(0)
+    return torch.einsum("bihw,bjhw->ij", a, b)
+
+
+def _accurate(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors; float32/float64 ones as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def squared_norm(delta: torch.Tensor) -> torch.Tensor:
+    """||delta||^2 (a 0-d tensor, at least float32, never 0 so that it can divide)."""
+    norm = _accurate(torch.linalg.vector_norm(delta))
+    return norm.square_().clamp_min_(torch.finfo(norm.dtype).tiny)
+
+
+def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Oja's subspace rule in descent form: ``-(P C (I - P^T P))``, shape of P (r, m).
+
+    C is the error covariance over rows / pixels, trace-normalized: ``C = m delta^T delta /
+    ||delta||^2`` has mean eigenvalue 1 whatever the loss reduction, batch or image size
+    (DESIGN 4.1: any positive rescaling keeps Oja's fixed points). ``P C`` is formed as
+    ``(P delta)^T delta`` (N r m operations), so the m x m matrix C is never built.
+    A descent step ``P -= lr * grad`` is paper eq. (8) with ``y`` replaced by the error; the
+    optimizer's weight decay supplies its ``-lambda P``.
+    """
+    channels, p_dtype = delta.shape[1], p.dtype
+    pc = _accurate(channel_gram(p_delta, delta))  # unnormalized P C, (r, m)
+    p = p.detach().to(pc.dtype)
+    gradient = torch.addmm(pc, pc.mm(p.t()), p, beta=-1)  # (P C P^T) P - P C
+    return gradient.mul_(channels / squared_norm(delta)).to(p_dtype)
+
+
+def error_covariance(delta: torch.Tensor) -> torch.Tensor:
+    """Trace-normalized covariance (m, m) of an error batch (N, m) or (b, m, H, W)."""
+    gram = _accurate(channel_gram(delta, delta))
+    return gram.mul_(delta.shape[1] / squared_norm(delta))
+
+
+def top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
+    """Rows = the ``rank`` leading eigenvectors of a symmetric (m, m) matrix, largest first."""
+    _, vectors = torch.linalg.eigh(covariance)
+    return vectors[:, -rank:].flip(-1).t()
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+def autocast_inputs(*tensors: torch.Tensor | None) -> tuple:
+    """Cast floating tensors to the autocast dtype when autocast is on for their device.
+
+    Custom Functions must do autocast's work themselves so that what they save for backward has
+    the dtype the forward computed in (bf16 under CPU autocast), as nn.Linear/nn.Conv2d would.
+    """
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
+def no_autocast(device_type: str):
+    """Context that switches autocast off (backward computes in the dtypes it was given)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
