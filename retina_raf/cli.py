@@ -338,6 +338,17 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     help="slurm: any other option, e.g. --slurm account=lab --slurm mail-type=END.",
 )
 @click.option("--no-wait", is_flag=True, help="slurm: submit and return without waiting.")
+@click.option(
+    "--layer", default="retina_2", show_default=True, help="--collect: RFs of this layer."
+)
+@click.option(
+    "--method",
+    default="actmax",
+    show_default=True,
+    type=click.Choice(["actmax", "gradient", "sta"]),
+    help="--collect: RF method.",
+)
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="--collect.")
 def sweep_command(
     file,
     executor,
@@ -352,14 +363,20 @@ def sweep_command(
     gpus_per_job,
     slurm_options,
     no_wait,
+    layer,
+    method,
+    device,
 ):
     """Train every run of the experiment FILE (presets x ranks x grid x seeds) that is not
-    finished: finished runs are skipped, interrupted ones resume, the rest start."""
+    finished: finished runs are skipped, interrupted ones resume, the rest start.
+
+    --dry-run lists the runs and their states; --collect combines the finished runs into
+    OUT/results_<layer>_<method>.nc (RFs, metrics, histories) for the notebooks."""
     from pathlib import Path
 
+    from retina_raf import sweep
     from retina_raf.config import load_experiment, update_experiment
     from retina_raf.errors import RunError
-    from retina_raf import sweep
 
     named = {"partition": partition, "time_min": time_min, "gpus_per_job": gpus_per_job}
     slurm_options = [f"{k}={v}" for k, v in named.items() if v is not None] + list(slurm_options)
@@ -369,7 +386,7 @@ def sweep_command(
         click.echo(sweep.dry_run(exp, out))
         return
     if collect:
-        click.echo(f"wrote {sweep.collect(exp, out)}")
+        click.echo(f"wrote {sweep.collect(exp, out, layer, method, device)}")
         return
     rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
     if rep is None:
@@ -452,6 +469,66 @@ def metrics_command(rfs_file: str, out: str) -> None:
     click.echo(f"wrote {out}")
 
 
+# -------------------------------------------------------------------------- results
+@cli.command("results")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(path_type=str), help="Output .nc file.")
+@click.option("--layer", default="retina_2", show_default=True, help="Layer whose RFs to map.")
+@click.option(
+    "--method",
+    default="actmax",
+    show_default=True,
+    type=click.Choice(["actmax", "gradient", "sta"]),
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
+def results_cmd(runs, out, layer, method, seed, device):
+    """Combine run folders (or folders of runs) into one results dataset (NetCDF).
+
+    Maps the RFs of LAYER in every finished run, measures them, reads each history and
+    stacks everything along a `run` dimension with coordinates preset, rank, n_bn, seed, rule.
+    """
+    from analysis.results import combine_runs, find_runs, write_results
+
+    run_dirs = [run for root in runs for run in find_runs(root)]
+    if not run_dirs:
+        raise click.ClickException(f"no finished run folders (with model.pt) under {runs[0]}")
+    ds = combine_runs(run_dirs, layer, method, seed=seed, device=device)
+    path = write_results(ds, out)
+    click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {method}")
+
+
+# ----------------------------------------------------------------------------- demo
+@cli.command("demo")
+@click.option(
+    "--out",
+    default="data/demo",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Where the demo's runs and results go.",
+)
+@click.option(
+    "--reports",
+    default="reports",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Where the rendered notebooks go.",
+)
+def demo_cmd(out, reports):
+    """Train bp, raf-r2 and raf-r32 briefly on the embedded sample, map and measure the
+    retina RFs, and render the compare_ranks and rf_atlas reports (about 10 min on 2 cores).
+
+    Far too little data and training for scientific conclusions: it shows the pipeline.
+    """
+    from analysis.pipeline import run_demo
+
+    paths = run_demo(out, reports, log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"results: {paths['results']}")
+    for name, path in paths.items():
+        if name != "results":
+            click.echo(f"report {name}: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: one-line errors and exit status 2 on bad input."""
     try:
@@ -465,7 +542,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"retina-raf: error: {exc.format_message()}", err=True)
         sys.exit(2)
     except RetinaRafError as exc:
-        click.echo(f"retina-raf: error: {exc}", err=True)
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        click.echo(f"retina-raf: error: {message}", err=True)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)
 
