@@ -256,7 +256,7 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple) -> None:
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Images per pass.")
 @click.option("--no-montage", is_flag=True, help="Skip the PNG montage.")
 def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage, **options):
-    """Extract the RFs of a trained run's LAYER into a NetCDF file and a PNG montage.
+    """Extract the RFs of one layer of the trained run RUN_DIR into NetCDF and a PNG montage.
 
     Options that do not belong to the method (e.g. --n-starts with --method gradient) are
     rejected; omitted options take the defaults of analysis.rf.METHOD_OPTIONS.
