@@ -1,1 +1,5 @@
-"""analysis: everything that reads a trained model or a results dataset (RFs, metrics, results, figures)."""
+"""analysis: everything that reads a trained model or a results dataset.
+
+Receptive fields (``rf``), their metrics (``metrics``, ``synthetic``), results datasets
+(``results``), statistics (``stats``), figures (``figures``) and reports (``report``).
+"""

@@ -1,0 +1,104 @@
+"""RF extraction: all channels in one batched pass vs one channel at a time (DESIGN.md 13).
+
+Times ``analysis.rf.extract_rfs`` on the full retina/VVS model (``build_model("bp")``,
+32 retina_2 channels) for each method, batched (every channel in one batch) and looped
+(``channels=[c]`` for each channel c), and prints the ratio measured in the same run.
+Weights are random: the cost does not depend on training. The step and sample counts are
+smaller than the defaults so that the loop finishes on a laptop CPU; both sides use the
+same options, so the ratio is what matters.
+
+    .venv/bin/python benchmarks/rf_extraction.py [--threads N] [--device cpu|cuda] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from analysis.rf import extract_rfs
+from retina_raf.models import build_model
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` wall-clock runs, in seconds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layer", default="retina_2")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--starts", type=int, default=2, help="actmax n_starts")
+    parser.add_argument("--steps", type=int, default=5, help="actmax n_steps")
+    parser.add_argument("--samples", type=int, default=256, help="sta n_samples")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--methods", default="gradient,actmax,sta")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = build_model("bp", seed=0).to(args.device)
+    n_channels = model.activation(torch.zeros(1, 1, 32, 32, device=args.device), args.layer)
+    n_channels = n_channels.shape[1]
+    options = {
+        "gradient": {},
+        "actmax": {"n_starts": args.starts, "n_steps": args.steps},
+        "sta": {"n_samples": args.samples, "batch_size": args.samples},
+    }
+    common = {"device": args.device, "progress": False}
+
+    print(f"RF extraction, layer {args.layer} of build_model('bp'): {n_channels} channels")
+    print(f"hardware: {cpu_name()}; device {args.device}; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} CPU threads")  # fmt: skip
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    print()
+    header = f"{'method':<9} {'options':<26} {'batched s':>10} {'loop s':>10} {'loop/batched':>13}"
+    print(header)
+    print("-" * len(header))
+    for method in args.methods.split(","):
+        opts = options[method]
+
+        def batched(method=method, opts=opts):
+            return extract_rfs(model, args.layer, method, **common, **opts)
+
+        def looped(method=method, opts=opts):
+            return [
+                extract_rfs(model, args.layer, method, channels=[c], **common, **opts)
+                for c in range(n_channels)
+            ]
+
+        t_batched = best_time(batched, args.repeats)
+        t_looped = best_time(looped, args.repeats)
+        described = ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"
+        print(f"{method:<9} {described:<26} {t_batched:>10.3f} {t_looped:>10.3f} "
+              f"{t_looped / t_batched:>12.1f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
