@@ -44,7 +44,13 @@ from retina_raf.models import RetinaNet, model_from_config
 
 DEFAULT_OUT = "runs"
 # settings that may differ when a run is resumed (they do not change what is computed)
-RESUMABLE_KEYS = {("train", "epochs"), ("train", "progress"), ("train", "device")}
+RESUMABLE_KEYS = {
+    ("train", "epochs"),
+    ("train", "progress"),
+    ("train", "device"),
+    ("train", "num_threads"),
+    ("data", "path"),  # the same data may live elsewhere on another machine
+}
 
 
 # --------------------------------------------------------------------------- identity

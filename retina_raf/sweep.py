@@ -1,0 +1,700 @@
+"""Experiment grids and the executors that train them (DESIGN.md 10).
+
+An experiment file (schema: :class:`retina_raf.config.ExperimentConfig`) is a grid of
+presets x ranks x grid overrides x seeds. :func:`expand` turns it into :class:`Run`s with
+stable, readable ids; :func:`run_sweep` trains those that are not finished yet with an
+executor, so one file runs unchanged on a laptop, a multi-GPU box and a SLURM cluster:
+
+- ``local``: sequentially in this process on the CPU, or one worker process per visible GPU;
+- ``slurm``: one SLURM job per run, submitted as job arrays through submitit.
+
+Everything lives in the sweep's output folder::
+
+    <out>/<run_id>/             the run folder of retina_raf.train (DONE when finished)
+    <out>/.locks/<run_id>.lock  held (fcntl.flock) by the process that trains the run
+    <out>/sweep.log             journal: one line per start/resume/done/failed/busy event
+    <out>/logs/<run_id>.err     traceback of a run's last failure
+    <out>/logs/worker-<i>.log   output of the local worker processes
+    <out>/slurm/<job_id>/       submitit's files and the SLURM logs of each job
+
+Concurrency: only the process holding a run's lock trains it, and the DONE check happens
+under the lock, so two sweeps (or two jobs) never train one run twice nor write one run
+folder at once. The OS releases the lock of a process that dies (kill -9, node failure, a
+SLURM time limit), and the run then resumes from its checkpoint. flock works on local disks
+and on NFS (Linux emulates it with NFS byte-range locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from retina_raf.config import (
+    PLACEMENT_KEYS,
+    ExperimentConfig,
+    RunConfig,
+    SlurmConfig,
+    experiment_overrides,
+    flatten_dict,
+    grid_points,
+    resolve_run_config,
+    to_dict,
+)
+from retina_raf.errors import ConfigError, DataError, RunError
+from retina_raf.io import write_text
+
+STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
+DONE_FILE = "DONE"
+
+
+# ------------------------------------------------------------------------------ runs
+@dataclass(frozen=True)
+class Run:
+    """One training run of an experiment.
+
+    Attributes:
+        run_id: folder name, ``<preset>[-rank<r>][-<grid labels>]-s<seed>[-<hash>]``; the
+            hash covers every setting that differs from the preset's defaults.
+        preset, seed, rank: the run's place on the axes (rank None: the preset's own).
+        point: the run's grid values, full dotted key -> value.
+        overrides: nested overrides for :func:`retina_raf.config.resolve_run_config`.
+        others: rule of the layers the preset leaves free.
+    """
+
+    run_id: str
+    preset: str
+    seed: int
+    rank: int | None
+    point: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    others: str = "raf"
+
+    def config(self) -> RunConfig:
+        """The run's complete, validated config."""
+        return resolve_run_config(self.preset, self.seed, self.overrides, self.others)
+
+
+def expand(exp: ExperimentConfig) -> list[Run]:
+    """All runs of an experiment, seed-major (every condition's seed 0 comes first, so a
+    sweep cut short still covers every condition). Raises ConfigError for two grid points
+    that are the same configuration."""
+    runs: list[Run] = []
+    seen: dict[str, Run] = {}
+    for seed in exp.seeds:
+        for preset in exp.presets:
+            for rank in exp.ranks:
+                for point in grid_points(exp.grid):
+                    overrides = experiment_overrides(exp, rank, point)
+                    cfg = resolve_run_config(preset, seed, overrides, exp.others)
+                    run = Run(
+                        run_id=run_id(cfg, rank, point),
+                        preset=preset,
+                        seed=seed,
+                        rank=rank,
+                        point=dict(point),
+                        overrides=overrides,
+                        others=exp.others,
+                    )
+                    if run.run_id in seen:
+                        raise ConfigError(
+                            f"grid: two points give the same run {run.run_id!r} "
+                            f"({seen[run.run_id].point} and {run.point})"
+                        )
+                    seen[run.run_id] = run
+                    runs.append(run)
+    return runs
+
+
+def run_id(cfg: RunConfig, rank: int | None = None, point: dict | None = None) -> str:
+    """Stable, readable id of a run: preset, rank and grid labels, seed, settings hash.
+
+    The hash (8 hex digits of SHA-1) covers every setting of ``cfg`` that differs from the
+    preset's defaults, except :data:`~retina_raf.config.PLACEMENT_KEYS` (where and how fast
+    it trains); it does not depend on how the file spelled the keys or on Python's hash seed.
+    """
+    labels = [cfg.preset]
+    if rank is not None:
+        labels.append(f"rank{rank}")
+    labels += [_label(key, value) for key, value in (point or {}).items()]
+    labels.append(f"s{cfg.seed}")
+    diff = identity_settings(cfg)
+    if diff:
+        text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
+        labels.append(hashlib.sha1(text.encode()).hexdigest()[:8])
+    return "-".join(labels)
+
+
+def identity_settings(cfg: RunConfig) -> dict:
+    """Flat ``{dotted key: value}`` of the settings that differ from the preset's defaults."""
+    base = flatten_dict(to_dict(resolve_run_config(cfg.preset, cfg.seed)))
+    flat = flatten_dict(to_dict(cfg))
+    return {
+        key: value
+        for key, value in flat.items()
+        if key not in PLACEMENT_KEYS and (key not in base or base[key] != value)
+    }
+
+
+def _label(key: str, value) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    text = "".join(c if c.isalnum() or c in "._+" else "_" for c in text)
+    return f"{key.rsplit('.', 1)[-1]}{text}"
+
+
+# ------------------------------------------------------------------ run folder state
+def run_dir(out: Path, run: Run) -> Path:
+    """The run's folder, ``<out>/<run_id>``."""
+    return Path(out) / run.run_id
+
+
+def error_file(out: Path, run: Run) -> Path:
+    """Where the traceback of the run's last failure is kept."""
+    return Path(out) / "logs" / f"{run.run_id}.err"
+
+
+def run_state(out: Path, run: Run, queued: dict | None = None) -> str:
+    """One of :data:`STATES`: ``done`` (DONE written), ``running`` (a process holds its
+    lock), ``queued`` (its SLURM job, in ``queued``, is waiting), ``failed`` (the last
+    attempt raised), ``interrupted`` (has a checkpoint to resume from) or ``pending``."""
+    folder = run_dir(out, run)
+    if (folder / DONE_FILE).exists():
+        return "done"
+    if lock_holder(out, run) is not None:
+        return "running"
+    if queued and run.run_id in queued:
+        return "queued"
+    if error_file(out, run).exists():
+        return "failed"
+    if (folder / "checkpoint.pt").exists():
+        return "interrupted"
+    return "pending"
+
+
+def _lock_path(out: Path, run: Run) -> Path:
+    return Path(out) / ".locks" / f"{run.run_id}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, run: Run) -> Iterator[bool]:
+    """Try to take the run's lock without waiting; yields whether this process has it.
+
+    The lock is an ``flock`` on ``<out>/.locks/<run_id>.lock``: the OS drops it when the
+    process exits or dies. The file is never deleted (deleting a lock file races with a
+    process that has just opened it); it holds ``host pid job`` of the current holder.
+    """
+    path = _lock_path(out, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{_whoami()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def lock_holder(out: Path, run: Run) -> str | None:
+    """``"host pid=... [job=...]"`` of the process training the run, or None if nobody is."""
+    path = _lock_path(out, run)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return path.read_text().strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _whoami() -> str:
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        f"{socket.gethostname()} pid={os.getpid()}"
+        + (f" job={job}" if job else "")
+        + (f" gpu={gpu}" if gpu else "")
+    )
+
+
+def journal(out: Path, event: str, run: Run, detail: str = "") -> None:
+    """Append one line to ``<out>/sweep.log`` (one ``write`` with O_APPEND: lines of
+    concurrent processes do not interleave)."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    line = f"{stamp} {_whoami()} {event} {run.run_id}" + (f" {detail}" if detail else "")
+    path = Path(out) / "sweep.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------- one run
+def train_run(run: Run, out: Path) -> str:
+    """Train one run unless it is finished or another process is training it.
+
+    Returns ``"trained"``, ``"done"`` (finished before) or ``"busy"`` (locked elsewhere).
+    A failure writes ``<out>/logs/<run_id>.err`` and re-raises; an interrupted run (Ctrl-C,
+    a signal, a time limit) keeps its checkpoint and resumes next time.
+    """
+    from retina_raf.train import train
+
+    out = Path(out)
+    with run_lock(out, run) as mine:
+        if not mine:
+            journal(out, "busy", run, f"held by {lock_holder(out, run)}")
+            return "busy"
+        folder = run_dir(out, run)
+        if (folder / DONE_FILE).exists():
+            return "done"
+        resume = (folder / "checkpoint.pt").exists()
+        journal(out, "resume" if resume else "start", run)
+        try:
+            train(run.config(), out, name=run.run_id)
+        except Exception:
+            write_text(traceback.format_exc(), error_file(out, run))
+            journal(out, "failed", run, f"see {error_file(out, run)}")
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a signal handler
+            journal(out, "interrupted", run, type(exc).__name__)
+            raise
+        error_file(out, run).unlink(missing_ok=True)
+        journal(out, "done", run)
+        return "trained"
+
+
+# ------------------------------------------------------------------------- report
+@dataclass
+class SweepReport:
+    """What a sweep left behind: each run's state, and where to look for failures."""
+
+    out: Path
+    states: dict[str, str]  # run_id -> state
+    logs: dict[str, list[str]] = field(default_factory=dict)  # run_id -> log files
+    reasons: dict[str, str] = field(default_factory=dict)  # run_id -> one-line reason
+
+    @property
+    def failed(self) -> list[str]:
+        busy = ("done", "running", "queued")
+        return [rid for rid, state in self.states.items() if state not in busy]
+
+    def summary(self) -> str:
+        counts = {s: list(self.states.values()).count(s) for s in STATES}
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        lines = [f"{len(self.states)} runs in {self.out}: " + ", ".join(parts)]
+        for rid in self.failed:
+            reason = self.reasons.get(rid, self.states[rid])
+            logs = ", ".join(self.logs.get(rid, [])) or "no log"
+            lines.append(f"  FAILED {rid}: {reason} (logs: {logs})")
+        for rid, state in self.states.items():
+            if state == "running":
+                lines.append(f"  running in another process: {rid}")
+            elif state == "queued":
+                lines.append(f"  queued as a SLURM job of an earlier sweep: {rid}")
+        return "\n".join(lines)
+
+
+def report(out: Path, runs: list[Run], extra_logs: dict | None = None) -> SweepReport:
+    """The state of every run, with the error file and any job logs of unfinished ones."""
+    queued = queued_jobs(out, runs)
+    rep = SweepReport(Path(out), {run.run_id: run_state(out, run, queued) for run in runs})
+    for run in runs:
+        logs = list((extra_logs or {}).get(run.run_id, []))
+        err = error_file(out, run)
+        if err.exists():
+            logs.insert(0, str(err))
+            lines = [line for line in err.read_text().splitlines() if line.strip()]
+            if lines:
+                rep.reasons[run.run_id] = lines[-1].strip()
+        rep.logs[run.run_id] = logs
+    return rep
+
+
+# ------------------------------------------------------------------ local executor
+def visible_gpus() -> list[str]:
+    """Ids of the GPUs this process may use (respecting CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in listed.split(",") if x.strip()] if listed else []
+    return ids[:count] if len(ids) >= count else [str(i) for i in range(count)]
+
+
+def run_local(runs: list[Run], out: Path, workers: int | None = None) -> SweepReport:
+    """Train ``runs``: one after the other in this process on the CPU or a single GPU, or
+    with one worker process per visible GPU (``workers`` overrides the number of processes;
+    several workers share the GPUs round-robin).
+
+    Workers take runs in order, skipping any run another process holds, so they share the
+    work without a queue. A failed run is recorded and the sweep goes on.
+    """
+    out = Path(out)
+    gpus = [] if all(run.config().train.device == "cpu" for run in runs) else visible_gpus()
+    n_workers = workers or max(1, len(gpus))
+    if n_workers == 1:
+        for i, run in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {run.run_id}", flush=True)
+            try:
+                train_run(run, out)
+            except Exception as exc:
+                print(f"[{i}/{len(runs)}] {run.run_id} FAILED: {exc}", flush=True)
+        return report(out, runs)
+
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps([asdict(run) for run in runs])
+    procs = []
+    for i in range(n_workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        log = open(log_dir / f"worker-{i}.log", "a")  # closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "retina_raf.sweep", str(out)],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+        )
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        procs.append((proc, log))
+    where = f"GPUs {', '.join(gpus)}" if gpus else "the CPU"
+    print(f"{n_workers} workers on {where}; logs in {log_dir}", flush=True)
+    try:
+        _progress(out, runs, lambda: all(p.poll() is not None for p, _ in procs))
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+            log.close()
+    logs = {
+        run.run_id: [str(log_dir / f"worker-{i}.log") for i in range(n_workers)] for run in runs
+    }
+    return report(out, runs, logs)
+
+
+def _worker_main(out: str) -> None:
+    """A local worker: train the runs (JSON on stdin) that nobody else has taken."""
+    runs = [Run(**item) for item in json.loads(sys.stdin.read())]
+    for run in runs:
+        try:
+            train_run(run, Path(out))
+        except Exception:
+            traceback.print_exc()
+
+
+def _progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None:
+    """A progress bar of finished runs until ``finished()`` says the executor is done."""
+    from tqdm import tqdm
+
+    def n_done() -> int:
+        return sum((run_dir(out, run) / DONE_FILE).exists() for run in runs)
+
+    # disable=None: no bar when the output is not a terminal (logs, CI)
+    with tqdm(total=len(runs), desc="runs", unit="run", initial=n_done(), disable=None) as bar:
+        while True:
+            over = finished()
+            bar.n = n_done()
+            bar.refresh()
+            if over:
+                return
+            time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------ slurm executor
+class RunJob:
+    """The callable one SLURM job runs (pickled by submitit). It has a ``checkpoint``
+    method, so submitit requeues the job when it reaches its time limit, and the run then
+    resumes from its own checkpoint."""
+
+    def __init__(self, run: Run, out: str):
+        self.run = run
+        self.out = out
+
+    def __call__(self) -> str:
+        return train_run(self.run, Path(self.out))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def submitit_parameters(name: str, slurm: SlurmConfig) -> dict:
+    """``AutoExecutor.update_parameters`` arguments for one run per job."""
+    params = {
+        "name": f"retina-raf-{name}",
+        "timeout_min": slurm.time_min,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": slurm.cpus_per_task,
+        "slurm_array_parallelism": slurm.array_parallelism,
+    }
+    if slurm.gpus_per_job:  # no --gpus-per-node=0: clusters without GPUs may reject it
+        params["gpus_per_node"] = slurm.gpus_per_job
+    if slurm.mem_gb is not None:
+        params["mem_gb"] = slurm.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(slurm, key) is not None:
+            params[f"slurm_{key}"] = getattr(slurm, key)
+    if slurm.setup:
+        params["slurm_setup"] = list(slurm.setup)
+    if slurm.additional:
+        params["slurm_additional_parameters"] = {
+            k.replace("-", "_"): v for k, v in slurm.additional.items()
+        }
+    return params
+
+
+def run_slurm(
+    runs: list[Run],
+    out: Path,
+    name: str,
+    slurm: SlurmConfig,
+    cluster: str = "slurm",
+    wait: bool = True,
+    poll_s: float = 5.0,
+) -> SweepReport | None:
+    """Submit one job per run as job arrays through submitit; with ``wait``, wait for the
+    jobs to end and report which runs failed and where their logs are.
+
+    ``cluster="local"`` runs the same jobs with submitit's local executor (no SLURM).
+    Job states come from the run folders and ``squeue``, not ``sacct``: many small clusters
+    run without the accounting database that ``sacct`` needs.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(
+            "the slurm executor needs submitit: pip install 'retina-raf[slurm]'"
+        ) from None
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise RunError("sbatch not found: the slurm executor needs a SLURM cluster")
+    out = Path(out)
+    logging.getLogger("submitit").addFilter(lambda rec: "sacct" not in rec.getMessage())
+    executor = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster=cluster)
+    executor.update_parameters(**submitit_parameters(name, slurm))
+    with executor.batch():
+        jobs = [executor.submit(RunJob(run, str(out))) for run in runs]
+    ids = sorted({job.job_id.split("_")[0] for job in jobs})
+    if cluster == "slurm":
+        for run, job in zip(runs, jobs, strict=True):
+            write_text(f"{job.job_id}\n", _queued_path(out, run))
+    print(f"submitted {len(jobs)} jobs ({', '.join(ids)}); files in {out / 'slurm'}", flush=True)
+    if not wait:
+        return None
+    slurm_jobs = cluster == "slurm"
+    _progress(out, runs, lambda: _jobs_over(jobs, slurm_jobs), poll_s=poll_s)
+    for run in runs:  # their jobs are over (a job that is completing would look queued)
+        _queued_path(out, run).unlink(missing_ok=True)
+    logs, reasons = {}, {}
+    for run, job in zip(runs, jobs, strict=True):
+        logs[run.run_id] = [str(job.paths.stderr), str(job.paths.stdout)]
+        reasons[run.run_id] = _job_reason(job)
+    rep = report(out, runs, logs)
+    for rid, reason in reasons.items():
+        rep.reasons.setdefault(rid, reason)
+    return rep
+
+
+def _jobs_over(jobs, slurm_jobs: bool) -> bool:
+    active = _active_slurm_jobs({j.job_id.split("_")[0] for j in jobs}) if slurm_jobs else None
+    for job in jobs:
+        if job.paths.result_pickle.exists():
+            continue
+        if slurm_jobs:
+            if active is None or job.job_id in active:
+                return False
+        elif not job.done():
+            return False
+    return True
+
+
+def _queued_path(out: Path, run: Run) -> Path:
+    return Path(out) / ".queued" / run.run_id
+
+
+def queued_jobs(out: Path, runs: list[Run]) -> dict[str, str]:
+    """run_id -> SLURM job id, for runs whose job (submitted by an earlier sweep) SLURM
+    still lists as pending or running: such runs are not submitted again."""
+    submitted = {}
+    for run in runs:
+        path = _queued_path(out, run)
+        if path.exists():
+            submitted[run.run_id] = path.read_text().strip()
+    if not submitted or shutil.which("squeue") is None:
+        return {}
+    active = _active_slurm_jobs({job.split("_")[0] for job in submitted.values()}) or set()
+    return {rid: job for rid, job in submitted.items() if job in active}
+
+
+def _active_slurm_jobs(base_ids: set[str]) -> set[str] | None:
+    """Ids (``123`` or ``123_4``) of our jobs that SLURM still lists as pending or running;
+    None when ``squeue`` cannot tell (controller busy or down)."""
+    # COMPLETING too: a job being requeued (time limit) passes through it
+    states = "PENDING,RUNNING,CONFIGURING,COMPLETING,REQUEUED,REQUEUE_HOLD,RESIZING,SUSPENDED"
+    cmd = ["squeue", "-h", "-r", "-o", "%i", "-t", states, "-j", ",".join(sorted(base_ids))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return set() if "Invalid job id" in proc.stderr else None
+    return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+
+
+def _job_reason(job) -> str:
+    """One line on how a job ended, from its result file."""
+    from submitit.core.utils import pickle_load
+
+    if not job.paths.result_pickle.exists():
+        return f"job {job.job_id} ended without a result (killed, out of memory or time?)"
+    outcome, value = pickle_load(job.paths.result_pickle)
+    if outcome == "success":
+        return f"job {job.job_id}: {value}"
+    lines = [line for line in str(value).splitlines() if line.strip()]
+    return f"job {job.job_id}: {lines[-1].strip() if lines else 'error'}"
+
+
+# -------------------------------------------------------------------------- sweep
+def run_sweep(
+    exp: ExperimentConfig,
+    out: Path,
+    executor: str = "local",
+    workers: int | None = None,
+    wait: bool = True,
+    slurm_cluster: str = "slurm",
+) -> SweepReport | None:
+    """Train every run of ``exp`` that is not finished: skip ``done`` and ``running`` runs,
+    resume ``interrupted`` and ``failed`` ones from their checkpoints, start the rest."""
+    out = Path(out)
+    runs = expand(exp)
+    queued = queued_jobs(out, runs)
+    todo = [run for run in runs if run_state(out, run, queued) not in ("done", "running", "queued")]
+    _check_data(todo)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(_experiment_yaml(exp), out / "experiment.yaml")
+    print(
+        f"{exp.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running or queued, "
+        f"{len(todo)} to train ({executor})",
+        flush=True,
+    )
+    if todo:
+        if executor == "local":
+            run_local(todo, out, workers)
+        elif executor == "slurm":
+            rep = run_slurm(todo, out, exp.name, exp.slurm, cluster=slurm_cluster, wait=wait)
+            if rep is None:
+                return None
+            return _merge_reports(report(out, runs), rep)
+        else:
+            raise ConfigError(f"unknown executor {executor!r} (allowed: local, slurm)")
+    return report(out, runs)
+
+
+def _check_data(runs: list[Run]) -> None:
+    """Fail before training or submitting anything when a run's data set is missing."""
+    for path in {run.config().data.path for run in runs} - {None}:
+        if not Path(path).exists():
+            raise DataError(f"data set not found: {path} (set `data:` in the file or --data)")
+
+
+def _merge_reports(full: SweepReport, part: SweepReport) -> SweepReport:
+    for rid in part.states:
+        full.logs[rid] = list(dict.fromkeys(full.logs.get(rid, []) + part.logs.get(rid, [])))
+        if rid in part.reasons:
+            full.reasons.setdefault(rid, part.reasons[rid])
+    return full
+
+
+def _experiment_yaml(exp: ExperimentConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(asdict(exp), sort_keys=False)
+
+
+def dry_run(exp: ExperimentConfig, out: Path) -> str:
+    """A table of every run with its state and folder, then the counts per state."""
+    runs = expand(exp)
+    queued = queued_jobs(out, runs)
+    width = max(len(run.run_id) for run in runs)
+    lines = []
+    for run in runs:
+        state = run_state(out, run, queued)
+        extra = f"  ({lock_holder(out, run)})" if state == "running" else ""
+        extra = f"  (job {queued[run.run_id]})" if state == "queued" else extra
+        lines.append(f"{run.run_id:<{width}}  {state:<11}  {run_dir(out, run)}{extra}")
+    counts = [f"{sum(line.split()[1] == s for line in lines)} {s}" for s in STATES]
+    lines.append(f"{len(runs)} runs: " + ", ".join(c for c in counts if not c.startswith("0 ")))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ collect
+def collect(
+    exp: ExperimentConfig,
+    out: Path,
+    layer: str = "retina_2",
+    method: str = "actmax",
+    device: str | None = None,
+) -> Path:
+    """The results dataset (DESIGN.md 11) of the experiment's finished runs, for the notebooks:
+    ``<out>/results_<layer>_<method>.nc``.
+
+    :func:`analysis.results.combine_runs` maps and measures the RFs of ``layer`` in every
+    finished run and stacks them with the histories along ``run`` (coordinates run_id,
+    preset, rank, n_bn, seed, rule); each grid setting is a ``run`` coordinate too (named by
+    its last part, e.g. ``lr``). Unfinished runs are left out and listed in the
+    ``missing_runs`` attribute.
+    """
+    from analysis.results import combine_runs, write_results
+
+    out = Path(out)
+    runs = expand(exp)
+    finished = [run for run in runs if (run_dir(out, run) / DONE_FILE).exists()]
+    if not finished:
+        raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
+    ds = combine_runs([run_dir(out, run) for run in finished], layer, method, device=device)
+    for key in exp.grid:
+        name = key.rsplit(".", 1)[-1]
+        if name not in ds.coords:
+            values = [json.dumps(v) if isinstance(v, (dict, list)) else v
+                      for v in (run.point[key] for run in finished)]  # fmt: skip
+            ds = ds.assign_coords({name: ("run", values)})
+    ds.attrs.update(
+        experiment=exp.name,
+        experiment_yaml=_experiment_yaml(exp),
+        missing_runs=" ".join(run.run_id for run in runs if run not in finished),
+    )
+    return write_results(ds, out / f"results_{layer}_{method}.nc")
+
+
+if __name__ == "__main__":  # a local worker process (see run_local)
+    _worker_main(sys.argv[1])
