@@ -29,8 +29,8 @@ class FeedbackMixin:
 
     Attributes: ``error_channels`` (m, the size of the error that P projects),
     ``feedback_rank`` (r), ``train_q``, ``p_rule``, ``track_error_covariance``; parameters
-    ``q`` and ``p`` (r x m); buffer ``error_covariance`` (m x m, trace-normalized, exponential
-    moving average with ``covariance_momentum``) when tracked.
+    ``q`` (shape set by the layer) and ``p`` (r, m); buffer ``error_covariance`` (m x m,
+    trace-normalized, exponential moving average with ``covariance_momentum``) when tracked.
     """
 
     def _setup_feedback(
@@ -55,7 +55,7 @@ class FeedbackMixin:
         self.feedback_rank = rank
         self.p_rule = check_p_rule(p_rule, rank, error_channels, what)
         self.train_q = bool(train_q)
-        if not (isinstance(pca_interval, int) and pca_interval >= 1):
+        if isinstance(pca_interval, bool) or not isinstance(pca_interval, int) or pca_interval < 1:
             raise ConfigError(f"{what}: pca_interval must be an int >= 1, got {pca_interval!r}")
         if not 0.0 <= covariance_momentum < 1.0:
             raise ConfigError(
@@ -111,8 +111,10 @@ class FeedbackMixin:
             # multiple of I leaves the eigenvectors, hence P and the principal angles, unchanged.
             self.error_covariance.lerp_(batch_covariance, 1.0 - self.covariance_momentum)
             if self.p_rule == "pca" and self._covariance_updates % self.pca_interval == 0:
-                top = top_eigenvectors(self.error_covariance, self.feedback_rank)
-                self.p.copy_(top.to(self.p.dtype))
+                # A diverged run (non-finite error) keeps its P; the training loop reports it.
+                if torch.isfinite(self.error_covariance).all():
+                    top = top_eigenvectors(self.error_covariance, self.feedback_rank)
+                    self.p.copy_(top.to(self.p.dtype))
             self._covariance_updates += 1
 
     # The update counter decides when "pca" recomputes P: keep it in the state_dict so a

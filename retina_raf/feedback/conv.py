@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from retina_raf.errors import ConfigError
 from retina_raf.feedback.base import FeedbackMixin
@@ -59,6 +60,7 @@ class RAFConv2dFunction(torch.autograd.Function):
         return F.conv2d(x, weight, bias, layer.stride, layer.explicit_padding, layer.dilation)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
         layer = ctx.layer

@@ -14,7 +14,11 @@ from retina_raf.feedback.rules import RULE_NAMES, check_rank, rule_options
 
 
 def _matches(name: str, patterns) -> bool:
-    return any(name == pattern or fnmatchcase(name, pattern) for pattern in patterns)
+    """Exact name, a module that contains it ("vvs_1" selects "vvs_1.conv"), or a glob."""
+    return any(
+        name == pattern or name.startswith(pattern + ".") or fnmatchcase(name, pattern)
+        for pattern in patterns
+    )
 
 
 def _as_patterns(value, what: str) -> tuple[str, ...] | None:
@@ -29,12 +33,12 @@ def _as_patterns(value, what: str) -> tuple[str, ...] | None:
 
 
 def _rank_for(name: str, rank, used: set) -> int | str | None:
-    """The rank asked for layer ``name``: an int/None/"full" for all, or the first dict key
-    (exact qualified name or glob pattern) that matches; unmatched layers get full rank."""
+    """The rank asked for layer ``name``: an int/None/"full" for all, or the value of the first
+    dict key that matches (as in :func:`_matches`); unmatched layers get full rank."""
     if not isinstance(rank, dict):
         return rank
     for key, value in rank.items():
-        if name == key or fnmatchcase(name, key):
+        if _matches(name, (key,)):
             used.add(key)
             return value
     return None
@@ -117,7 +121,8 @@ def convert(
         rank: feedback rank for every converted layer (int, None / "full" = full rank), or a
             dict {qualified name or glob pattern: rank}; layers no key matches get full rank.
             A rank above a layer's outputs raises ConfigError.
-        include: qualified module names or glob patterns (e.g. "vvs_*.conv") to convert;
+        include: qualified module names or glob patterns (e.g. "vvs_*.conv") to convert; a
+            module name also selects the layers inside it ("retina_2" -> "retina_2.conv").
             None = every Linear / Conv2d.
         exclude: names or patterns to leave alone (applied after ``include``).
         **layer_kwargs: passed to every new layer (e.g. track_error_covariance=True).
@@ -151,7 +156,7 @@ def convert(
         if (include is None or _matches(name, include))
         and not (exclude is not None and _matches(name, exclude))
     ]
-    replaced: dict[int, nn.Module] = {}  # a module used at several places stays shared
+    replaced: dict[int, nn.Module] = {}  # a layer used at several places stays shared
     used_rank_keys: set = set()
     for name, layer in selected:
         layer_rank = _rank_for(name, rank, used_rank_keys)
@@ -167,7 +172,7 @@ def convert(
         if unused:
             raise ConfigError(f"convert: rank keys {unused} match no converted layer")
 
-    for name, layer in selected:
+    for name, layer in candidates:  # every place a selected layer is used, selected or not
         new = replaced.get(id(layer))
         if new is None:
             continue
@@ -179,6 +184,9 @@ def convert(
         if layer.bias is not None:
             new.bias.requires_grad_(layer.bias.requires_grad)
         new.train(layer.training)
+        if layer.weight.dim() == 4 and not layer.weight.is_contiguous():
+            if layer.weight.is_contiguous(memory_format=torch.channels_last):
+                new.to(memory_format=torch.channels_last)
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, new)

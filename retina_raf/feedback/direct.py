@@ -25,9 +25,11 @@ DirectFeedback modules share a source by sharing one ErrorTap (``source=``).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from retina_raf.errors import ConfigError
 from retina_raf.feedback.base import FeedbackMixin
@@ -49,7 +51,7 @@ class FeedbackWiringError(RuntimeError):
 class _ErrorSlot:
     """Where one tap call leaves delta_s for one injection (freed once used)."""
 
-    __slots__ = ("delta",)
+    __slots__ = ("delta", "__weakref__")
 
     def __init__(self) -> None:
         self.delta = None
@@ -74,13 +76,18 @@ class ErrorTap(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: list[_ErrorSlot] = []
+        # Weak references: an injection whose graph is gone (a forward pass stopped before
+        # the source, e.g. to read an activation) must not keep its slot alive here.
+        self._pending: list[weakref.ref] = []
 
     def _bind(self, slot: _ErrorSlot) -> None:
-        self._pending.append(slot)
+        if len(self._pending) >= 64:
+            self._pending = [ref for ref in self._pending if ref() is not None]
+        self._pending.append(weakref.ref(slot))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        slots, self._pending = self._pending, []
+        refs, self._pending = self._pending, []
+        slots = [slot for slot in (ref() for ref in refs) if slot is not None]
         if not slots or not torch.is_grad_enabled():
             return z
         return _TapFunction.apply(z, slots)
@@ -94,6 +101,7 @@ class _InjectFunction(torch.autograd.Function):
         return a.view_as(a)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_from_above):  # discarded: a_l learns from delta_s only
         (a,) = ctx.saved_tensors
         feedback, slot = ctx.feedback, ctx.slot

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.rules import (
@@ -38,6 +39,7 @@ class RAFLinearFunction(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
         layer = ctx.layer

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 
 import torch
 
@@ -38,8 +39,9 @@ def check_rank(rank: int | str | None, full: int, what: str) -> int:
     """Return the feedback rank as an int in 1..full; None or "full" mean ``full``."""
     if rank is None or rank == "full":
         return full
-    if isinstance(rank, bool) or not isinstance(rank, int):
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise ConfigError(f"{what}: feedback rank must be an int or 'full', got {rank!r}")
+    rank = int(rank)
     if not 1 <= rank <= full:
         raise ConfigError(
             f"{what}: feedback rank must be in 1..{full} (the error's size), got {rank}"
@@ -105,13 +107,24 @@ def kaiming_uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 # "channels" are the m features, everything else is summed over (batch, tokens, pixels).
 
 
+def _channels_last_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """(b, c, H, W) stored channels-last as a (b*H*W, c) view; None for other layouts."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    return None
+
+
 def project_channels(p: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``P delta`` per row / pixel: (r, m) x (N, m) -> (N, r), or (b, m, H, W) -> (b, r, H, W)."""
+    """``P delta`` per row / pixel: (r, m) x (N, m) -> (N, r), or (b, m, H, W) -> (b, r, H, W)
+    in delta's memory format."""
     if delta.dim() == 2:
         return delta.mm(p.t())
+    b, m, h, w = delta.shape
     if delta.is_contiguous():  # a batched matmul on the (b, m, H*W) view needs no copy
-        b, m, h, w = delta.shape
-        return torch.matmul(p, delta.view(b, m, h * w)).view(b, -1, h, w)
+        return torch.bmm(p.expand(b, *p.shape), delta.view(b, m, h * w)).view(b, -1, h, w)
+    rows = _channels_last_rows(delta)
+    if rows is not None:
+        return rows.mm(p.t()).view(b, h, w, -1).permute(0, 3, 1, 2)
     return torch.einsum("rm,bmyx->bryx", p, delta)
 
 
@@ -123,6 +136,9 @@ def channel_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         n_img = a.shape[0]
         a3, b3 = a.view(n_img, a.shape[1], -1), b.view(n_img, b.shape[1], -1)
         return torch.bmm(a3, b3.transpose(1, 2)).sum(0)
+    a_rows, b_rows = _channels_last_rows(a), _channels_last_rows(b)
+    if a_rows is not None and b_rows is not None:
+        return a_rows.t().mm(b_rows)
     return torch.einsum("bihw,bjhw->ij", a, b)
 
 
