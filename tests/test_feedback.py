@@ -630,3 +630,13 @@ def test_layers_run_on_cuda_with_the_same_gradients_as_on_cpu():
     torch.testing.assert_close(grad_cuda.cpu(), grad_cpu)
     for name in ("weight", "q", "p"):
         torch.testing.assert_close(getattr(cuda_layer, name).grad.cpu(), getattr(layer, name).grad)
+
+
+def test_silent_layer_zero_error_keeps_feedback_finite():
+    """A layer whose error is exactly zero (all units downstream silent) leaves P, its Oja
+    gradient and the tracked error covariance finite (no 0 * m / tiny = NaN)."""
+    layer = RAFConv2d(3, 4, 3, padding=1, rank=2, track_error_covariance=True)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    (layer(x) * 0.0).sum().backward()
+    assert torch.isfinite(layer.p.grad).all() and torch.isfinite(layer.error_covariance).all()
+    assert torch.isfinite(x.grad).all()

@@ -167,13 +167,14 @@ def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) ->
     pc = _accurate(channel_gram(p_delta, delta))  # unnormalized P C, (r, m)
     p = p.detach().to(pc.dtype)
     gradient = torch.addmm(pc, pc.mm(p.t()), p, beta=-1)  # (P C P^T) P - P C
-    return gradient.mul_(channels / squared_norm(delta)).to(p_dtype)
+    # multiply, then divide: a zero error (a silent layer) must give 0, not 0 * (m / tiny) = NaN
+    return gradient.mul_(channels).div_(squared_norm(delta)).to(p_dtype)
 
 
 def error_covariance(delta: torch.Tensor) -> torch.Tensor:
     """Trace-normalized covariance (m, m) of an error batch (N, m) or (b, m, H, W)."""
     gram = _accurate(channel_gram(delta, delta))
-    return gram.mul_(delta.shape[1] / squared_norm(delta))
+    return gram.mul_(delta.shape[1]).div_(squared_norm(delta))  # 0 for a zero error, not NaN
 
 
 def top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
