@@ -71,10 +71,17 @@ def data_sample(
 @cli.command("train")
 @click.option(
     "--preset",
-    required=True,
+    default=None,
     help="bp, bp-bottleneck-<k>, raf-r<k> or draf-bottleneck-<k> (DESIGN.md 5).",
 )
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1))
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(path_type=str),
+    help="YAML with any run settings (preset, seed, model, train, data); options override it.",
+)
+@click.option("--seed", default=None, type=click.IntRange(0, 2**31 - 1), help="Default: 0.")
 @click.option("--epochs", default=None, type=click.IntRange(0), help="Default: 120 (paper).")
 @click.option(
     "--data",
@@ -112,12 +119,14 @@ def data_sample(
     help="Override any config field, e.g. --set train.batch_size=128 --set n_bn=8.",
 )
 @click.option("--config-only", is_flag=True, help="Print the resolved config and exit.")
-def train_cmd(preset, seed, epochs, data, out, name, device, amp, others, sets, config_only):
+def train_cmd(
+    preset, config_file, seed, epochs, data, out, name, device, amp, others, sets, config_only
+):
     """Train one run (or resume it, or skip it when finished) into OUT/<preset>-s<seed>/."""
     from retina_raf.config import dump_yaml
     from retina_raf.train import config_from_cli, train
 
-    cfg = config_from_cli(preset, seed, epochs, data, device, amp, others, sets)
+    cfg = config_from_cli(preset, seed, epochs, data, device, amp, others, sets, config_file)
     if config_only:
         click.echo(dump_yaml(cfg), nl=False)
         return

@@ -406,20 +406,32 @@ def load_trained(run_dir: str | Path, device="cpu") -> tuple[RetinaNet, dict]:
 
 
 def config_from_cli(
-    preset: str,
-    seed: int,
-    epochs: int | None,
-    data: str | None,
-    device: str | None,
-    amp: bool,
-    others: str,
-    sets: tuple[str, ...],
+    preset: str | None,
+    seed: int | None,
+    epochs: int | None = None,
+    data: str | None = None,
+    device: str | None = None,
+    amp: bool = False,
+    others: str = "raf",
+    sets: tuple[str, ...] = (),
+    config_file: str | None = None,
 ) -> RunConfig:
-    """The run config that ``retina-raf train`` options describe."""
-    from retina_raf.config import merge, parse_overrides
+    """The run config that ``retina-raf train`` options describe.
 
-    overrides = parse_overrides(list(sets))
-    direct = {"train": {}, "data": {}}
+    Precedence, lowest first: the preset, the YAML ``config_file`` (any :class:`RunConfig`
+    fields, e.g. a ``config.yaml`` of an earlier run), ``--set`` overrides, then the named
+    options (``--epochs``, ``--data``, ``--device``, ``--amp``).
+    """
+    from retina_raf.config import load_yaml, merge, parse_overrides
+
+    base = load_yaml(config_file) if config_file else {}
+    preset = preset or base.pop("preset", None)
+    if preset is None:
+        raise ConfigError("--preset is required (or a 'preset' key in --config)")
+    base.pop("preset", None)
+    seed = seed if seed is not None else base.pop("seed", 0)
+    base.pop("seed", None)
+    direct: dict = {"train": {}, "data": {}}
     if epochs is not None:
         direct["train"]["epochs"] = epochs
     if device is not None:
@@ -428,4 +440,5 @@ def config_from_cli(
         direct["train"]["amp"] = True
     if data is not None:
         direct["data"]["path"] = data
-    return resolve_run_config(preset, seed, merge(overrides, direct), others=others)
+    overrides = merge(merge(base, parse_overrides(list(sets))), direct)
+    return resolve_run_config(preset, seed, overrides, others=others)

@@ -177,3 +177,18 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, run_cli, args, message):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_config_file_is_validated_and_overridden(tmp_path, run_cli):
+    """`--config FILE` supplies run settings (validated on load); CLI options win over it."""
+    good = tmp_path / "good.yaml"
+    good.write_text("preset: raf-r4\nseed: 3\ntrain:\n  epochs: 7\n  batch_size: 16\n")
+    code, out, err = run_cli("train", "--config", good, "--epochs", "2", "--config-only")
+    assert code == 0, err
+    assert "preset: raf-r4" in out and "seed: 3" in out
+    assert "epochs: 2" in out and "batch_size: 16" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: bp\ntrain:\n  epochz: 3\n")
+    code, _, err = run_cli("train", "--config", bad, "--out", tmp_path / "runs")
+    assert code == 2 and "unknown key 'train.epochz'" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
