@@ -1,4 +1,8 @@
-"""What every benchmark prints with its figures: the hardware and software it ran on."""
+"""What every benchmark prints with its figures: the hardware and software it ran on.
+
+Benchmarks run as scripts (``python benchmarks/<name>.py``), so this folder is on their
+import path and they import this module as ``common``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,21 @@ import platform
 import torch
 
 
-def hardware() -> str:
-    """One line: CPU model (or GPU name), torch version and threads."""
-    cpu = platform.processor() or "unknown CPU"
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or what ``platform`` knows)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    line = f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware() -> str:
+    """One line: CPU model (and GPU name), torch version and threads."""
+    line = f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         line += f"; GPU {torch.cuda.get_device_name(0)}"
     return line

@@ -21,25 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 
 import torch
+from common import cpu_name
 from torch import nn
 
 from retina_raf.feedback import convert
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def retina_stack() -> nn.Sequential:
@@ -154,7 +143,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores, load average {load:.1f})")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, load average {load:.1f})")
     layout = "channels-last" if args.channels_last else "NCHW"
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, batch {args.batch}, {layout}")

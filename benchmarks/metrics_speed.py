@@ -18,20 +18,10 @@ import time
 
 import numpy as np
 import scipy
+from common import cpu_name
 
 from analysis import metrics
 from analysis.synthetic import synthetic_rfs
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def best_time(fn, repeats: int) -> float:
@@ -61,7 +51,7 @@ def main() -> None:
         load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     except OSError:
         load = "n/a"
-    print(f"CPU: {cpu_model()} ({cores} logical cores), load average {load}")
+    print(f"CPU: {cpu_name()} ({cores} logical cores), load average {load}")
     print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}")
     print("fits: batched Levenberg-Marquardt in float32, threads over chunks of 64 RFs\n")
 

@@ -13,24 +13,13 @@ same options, so the ratio is what matters.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from common import cpu_name
 
 from analysis.rf import extract_rfs
 from retina_raf.models import build_model
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_time(fn, repeats: int) -> float:

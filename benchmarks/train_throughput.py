@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import hardware
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hardware  # noqa: E402
-
-from retina_raf.config import parse_overrides, resolve_run_config  # noqa: E402
-from retina_raf.models import build_model  # noqa: E402
-from retina_raf.train import make_optimizer, train  # noqa: E402
+from retina_raf.config import parse_overrides, resolve_run_config
+from retina_raf.models import build_model
+from retina_raf.train import make_optimizer, train
 
 
 def cpu_side_by_side(presets, batch_size: int, repeats: int, warmup: int) -> None:
