@@ -28,6 +28,7 @@ import numpy as np
 import seaborn as sns
 import xarray as xr
 from cycler import cycler
+from matplotlib.ticker import MaxNLocator
 
 from retina_raf import __version__
 from retina_raf.errors import ConfigError, DataError
@@ -427,7 +428,11 @@ def _metric_axis(ax, metric: str, values: np.ndarray) -> None:
     if metric in UNIT_INTERVAL_METRICS:
         finite = values[np.isfinite(values)]
         lower = min(0.0, float(finite.min())) if finite.size else 0.0
-        ax.set_ylim(lower, 1.0)
+        # headroom above 1 so that points and means at exactly 1 (a fraction of 1 is
+        # common) are not cut by the frame nor touch the rule headers; the axis line
+        # still ends at 1
+        ax.set_ylim(lower, 1.0 + 0.06 * (1.0 - lower))
+        ax.spines["left"].set_bounds(lower, 1.0)
 
 
 def _axes_or_new(ax, **figure_kw):
@@ -535,7 +540,15 @@ def _mean_and_band(ax, x, runs_by_condition, series: np.ndarray) -> None:
             low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
         if len(runs) > 1:
             ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
-        ax.plot(x, mean, color=color, lw=1.0, label=f"{preset} (n={len(runs)})")
+        marker = "o" if len(x) == 1 else None  # a single epoch is a point, not a line
+        ax.plot(x, mean, color=color, lw=1.0, marker=marker, label=f"{preset} (n={len(runs)})")
+
+
+def _epoch_axis(ax, epochs: np.ndarray) -> None:
+    """Whole epochs as ticks; a single epoch centered instead of a zero-width axis."""
+    low, high = float(epochs.min()), float(epochs.max())
+    ax.set_xlim((low - 0.5, high + 0.5) if low == high else (low, high))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_learning_curves(
@@ -543,7 +556,8 @@ def plot_learning_curves(
 ):
     """Learning curves per condition: the mean over seeds and the range over seeds (band).
 
-    One axis per history variable ``(run, epoch)``; double column, legend at the right.
+    One axis per history variable ``(run, epoch)``; double column, legend at the right. A
+    loss axis spanning more than two decades (a diverging run) is logarithmic.
     Returns the figure.
     """
     _require(results, list(variables), "the learning curves")
@@ -556,29 +570,45 @@ def plot_learning_curves(
             if not conditions:
                 plt.close(fig)
                 raise DataError(f"{name!r} has no finite value in any run")
-            _mean_and_band(ax, epochs, conditions, history.values.astype(float))
+            values = history.values.astype(float)
+            _mean_and_band(ax, epochs, conditions, values)
             ax.set_xlabel("Epoch")
             ax.set_ylabel(METRIC_LABELS.get(name, name))
-            ax.set_xlim(epochs.min(), epochs.max())
+            _epoch_axis(ax, epochs)
+            positive = values[np.isfinite(values) & (values > 0)]
+            if name.endswith("loss") and positive.size and positive.max() > 100 * positive.min():
+                ax.set_yscale("log")  # a diverging run would flatten every other curve
         handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right upper", title="Condition")
     return fig
 
 
+def _network_order(layer: str) -> tuple:
+    """Sort key of layer names in forward order: retina_k, vvs_k, fc_k, then others."""
+    match = re.fullmatch(r"(retina|vvs|fc)_(\d+)", layer)
+    if not match:
+        return (3, 0, layer)
+    return (("retina", "vvs", "fc").index(match.group(1)), int(match.group(2)), layer)
+
+
 def plot_alignment(results: xr.Dataset, max_columns: int = 4):
     """Alignment angle between feedback and forward weights (degrees) over training.
 
-    One axis per layer with any finite angle (BP runs have none); per condition the mean
+    One axis per layer with any finite angle (BP runs have none), in network order
+    (retina, vvs, fc); per condition the mean
     over seeds and the range over seeds. 90 degrees is chance for random matrices.
     Returns the figure (double column).
     """
     _require(results, ["alignment_deg"], "the alignment panel")
     alignment = results["alignment_deg"].transpose("run", "epoch", "layer")
-    layers = [
-        str(layer)
-        for layer in alignment["layer"].values
-        if np.isfinite(alignment.sel(layer=layer).values).any()
-    ]
+    layers = sorted(
+        (
+            str(layer)
+            for layer in alignment["layer"].values
+            if np.isfinite(alignment.sel(layer=layer).values).any()
+        ),
+        key=_network_order,
+    )
     if not layers:
         raise DataError("alignment_deg has no finite value (only BP runs?)")
     epochs = np.asarray(results["epoch"].values)
@@ -598,9 +628,9 @@ def plot_alignment(results: xr.Dataset, max_columns: int = 4):
             angle = alignment.sel(layer=layer)
             _mean_and_band(ax, epochs, _condition_runs(results, angle), angle.values)
             ax.set_title(layer)
-            ax.set_ylim(0, 90)
+            ax.set_ylim(0, 93)  # headroom: angles near 90 (chance) stay visible
             ax.set_yticks([0, 30, 60, 90])
-            ax.set_xlim(epochs.min(), epochs.max())
+            _epoch_axis(ax, epochs)
         for ax in axes.flat[len(layers) :]:
             ax.set_visible(False)
         for ax in axes[-1]:
@@ -717,6 +747,72 @@ def plot_rf_montage(
     return fig
 
 
+def _check_max_rfs(max_rfs) -> None:
+    if max_rfs is not None and (
+        isinstance(max_rfs, bool) or not isinstance(max_rfs, int) or max_rfs < 1
+    ):
+        raise ConfigError(f"max_rfs must be a positive integer or None, not {max_rfs!r}")
+
+
+def rf_atlas_panels(
+    results: xr.Dataset, presets: Sequence[str] | str | None = None, max_rfs: int | None = None
+) -> list[tuple[int, str]]:
+    """The runs of an RF atlas, in condition order then seed: ``[(run position, panel
+    name)]``, the name ``rf_montage_<preset>_seed<seed>``.
+
+    Args:
+        presets: conditions to include (one name or a list); None: all.
+        max_rfs: checked here (positive integer or None) so that a bad value fails early.
+
+    Raises:
+        ConfigError: a preset the results do not hold, or a bad ``max_rfs``.
+    """
+    _check_max_rfs(max_rfs)
+    _require(results, ["rf"], "an RF atlas")
+    available = _run_coord(results, "preset").astype(str)
+    seeds = _run_coord(results, "seed")
+    wanted = [presets] if isinstance(presets, str) else presets
+    if wanted is not None:
+        unknown = sorted({str(p) for p in wanted} - set(available))
+        if unknown:
+            raise ConfigError(
+                f"preset(s) {unknown} not in the results; they hold: "
+                f"{', '.join(sorted(set(available), key=_preset_sort_key))}"
+            )
+    runs = [i for i, p in enumerate(available) if wanted is None or p in wanted]
+    runs.sort(key=lambda i: (_preset_sort_key(available[i]), int(seeds[i])))
+    return [(i, f"rf_montage_{_slug(available[i])}_seed{int(seeds[i])}") for i in runs]
+
+
+def plot_run_rfs(results: xr.Dataset, run: int, max_rfs: int | None = None, **montage_kw):
+    """The RF montage of one run of a results dataset, each RF labelled with its class.
+
+    Args:
+        results: results dataset (``rf``; ``rf_class`` and ``present`` where available).
+        run: position of the run along ``run``.
+        max_rfs: show at most this many RFs (the first channels); None: all.
+        montage_kw: passed to :func:`plot_rf_montage` (default title: "preset, seed s").
+
+    The padding channels of a bottleneck run are left out. Returns the figure.
+    """
+    _require(results, ["rf"], "an RF montage")
+    _check_max_rfs(max_rfs)
+    selected = results.isel(run=run)
+    preset, seed = str(selected["preset"].values), int(selected["seed"].values)
+    rfs = selected["rf"].transpose("channel", "y", "x")
+    # a bottleneck run has fewer real channels; the rest is NaN padding
+    if "present" in selected:
+        real = selected["present"].values.astype(bool)
+    else:
+        real = np.isfinite(rfs.values).any(axis=(1, 2))
+    if not real.any():
+        raise DataError(f"run {run} ({preset}) has no finite RF")
+    channels = np.flatnonzero(real)[:max_rfs]
+    classes = selected["rf_class"].values[channels] if "rf_class" in results else None
+    montage_kw.setdefault("title", f"{preset}, seed {seed}")
+    return plot_rf_montage(rfs.isel(channel=channels), classes=classes, **montage_kw)
+
+
 # --------------------------------------------------------------------------- all panels
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_") or "unnamed"
@@ -731,24 +827,7 @@ def _paper_panels(results: xr.Dataset):
             runs = np.flatnonzero(presets == preset)
             run = int(runs[np.argmin(seeds[runs])])  # the lowest seed: a stable choice
 
-            def montage(run=run, preset=preset):
-                selected = results.isel(run=run)
-                rfs = selected["rf"].transpose("channel", "y", "x")
-                # a bottleneck run has fewer real channels; the rest is NaN padding
-                if "present" in selected:
-                    real = selected["present"].values.astype(bool)
-                else:
-                    real = np.isfinite(rfs.values).any(axis=(1, 2))
-                if not real.any():
-                    raise DataError(f"run {run} ({preset}) has no finite RF")
-                classes = selected["rf_class"].values[real] if "rf_class" in results else None
-                return plot_rf_montage(
-                    rfs.isel(channel=np.flatnonzero(real)),
-                    classes=classes,
-                    title=f"{preset}, seed {int(seeds[run])}",
-                )
-
-            panels.append((f"rf_montage_{_slug(preset)}", montage))
+            panels.append((f"rf_montage_{_slug(preset)}", lambda r=run: plot_run_rfs(results, r)))
     for metric in ("symmetry", "osi", "orientedness"):
         if metric in results:
             panels.append((f"{metric}_vs_rank", lambda m=metric: plot_metric_vs_rank(results, m)))

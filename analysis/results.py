@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its notebook widget needs ipywidgets
 
 import retina_raf
 from retina_raf.errors import DataError, RunError
@@ -198,6 +198,67 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
         raise DataError(f"cannot read results {paths[0]}: {exc}") from exc
     if "run" not in ds.dims:
         raise DataError(f"{paths[0]} is not a results dataset (no 'run' dimension)")
+    return ds
+
+
+def load_results(
+    path: str | Path,
+    metrics: Sequence[str] | str = (),
+    require: Sequence[str] = (),
+    history: Sequence[str] | str = (),
+) -> xr.Dataset:
+    """Open a results file into memory and check it has what a notebook asks for.
+
+    Args:
+        path: the results NetCDF file.
+        metrics: per-unit metrics to be summarized per run: numeric ``(run, channel)``
+            variables (``symmetry``, ``osi``, ...) or ``"fraction_center_surround"`` (needs
+            ``rf_class``); one name or a list.
+        require: other variables that must be present (``rf``, ``rf_class``, ...).
+        history: per-epoch variables to be plotted: numeric ``(run, epoch)`` variables
+            (``train_loss``, ``test_acc``, ...); one name or a list.
+
+    Raises:
+        DataError: a missing or unreadable file, an empty one, an unknown metric or a
+            missing variable; ConfigError: ``metrics`` is not a name or a list of names.
+    """
+    from retina_raf.errors import ConfigError
+
+    def names_of(value, what: str) -> list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{what} must be a name or a list of names, not {value!r}")
+        return list(names)
+
+    names = names_of(metrics, "metrics")
+    history_names = names_of(history, "history variables")
+    with open_results(path) as opened:
+        ds = opened.load()
+    if ds.sizes["run"] == 0:
+        raise DataError(f"{path} holds no runs")
+    per_unit = [
+        name
+        for name, var in ds.data_vars.items()
+        if set(var.dims) == {"run", "channel"} and np.issubdtype(var.dtype, np.number)
+    ]
+    if "rf_class" in ds:
+        per_unit.append("fraction_center_surround")
+    unknown = [m for m in names if m not in per_unit]
+    if unknown:
+        raise DataError(f"no metric {unknown} in {path}; it has: {', '.join(per_unit)}")
+    missing = [name for name in require if name not in ds.variables]
+    if missing:
+        raise DataError(f"{path} lacks {missing}, which this analysis needs")
+    per_epoch = [
+        name
+        for name, var in ds.data_vars.items()
+        if set(var.dims) == {"run", "epoch"} and np.issubdtype(var.dtype, np.number)
+    ]
+    unknown = [name for name in history_names if name not in per_epoch]
+    if unknown:
+        raise DataError(
+            f"no per-epoch variable {unknown} in {path}; it has: {', '.join(per_epoch) or 'none'}"
+        )
     return ds
 
 

@@ -1,0 +1,329 @@
+"""Statistics of a results dataset (DESIGN.md sections 11-12): tables and tests between ranks.
+
+The unit of every comparison is the *run* (one seed of one condition), never the RF: a
+run's value is the mean of a per-unit metric over its responsive units
+(:func:`analysis.figures.per_run_metric`, the same numbers the panels plot). The RFs of one
+network share its training history, so treating them as independent samples would be
+pseudo-replication and would make any difference look significant with enough channels.
+
+Tests (``scipy.stats``, two-sided, nonparametric since a few seeds cannot show normality):
+
+- :func:`compare_ranks`: RAF runs without feedforward bottleneck (``n_bn`` = full width),
+  grouped by the rank of the feedback into the retina; :func:`compare_bottlenecks`: BP runs
+  grouped by ``n_bn``;
+- across all groups a Kruskal-Wallis H test, then every pair of groups by a Mann-Whitney U
+  test, the pairwise p-values Holm-corrected (family-wise error rate ``alpha``).
+
+A group needs at least :data:`MIN_SEEDS` runs with a finite value and a test at least two
+such groups; otherwise the comparison says "n too small" and gives no p-value (a
+Kruskal-Wallis p from one seed per group would be meaningless). With few seeds even a
+perfect separation cannot reach significance (exact Mann-Whitney, 3 vs 3 seeds: p >= 0.1);
+the comparison notes it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats as scipy_stats
+
+from analysis.figures import FULL_WIDTH, _preset_sort_key, per_run_metric
+from retina_raf.errors import ConfigError, DataError
+
+MIN_SEEDS = 2  # runs with a finite value a group needs to enter a test
+RUN_COLUMNS = ["run_id", "preset", "rule", "rank", "n_bn", "seed"]
+PAIRWISE_COLUMNS = ["group_a", "group_b", "n_a", "n_b", "U", "p", "p_holm", "significant"]
+FACTOR_NAMES = {"rank": "feedback rank", "n_bn": "N_bn"}
+
+
+def check_alpha(alpha) -> float:
+    """The significance level as a float in (0, 0.5]; ConfigError otherwise."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ConfigError(f"alpha {alpha!r} is not a number") from None
+    if not 0.0 < value <= 0.5:
+        raise ConfigError(f"alpha {alpha!r} must be in (0, 0.5] (usually 0.05)")
+    return value
+
+
+# ---------------------------------------------------------------------------------- tables
+def run_table(results: xr.Dataset, metrics: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per run: its identity (run_id, preset, rule, rank, n_bn, seed), the number of
+    responsive units and each metric's per-run mean (see module docstring)."""
+    from analysis.figures import responsive_units
+
+    missing = [c for c in RUN_COLUMNS if c not in results.coords and c not in results]
+    if missing:
+        raise DataError(f"the results dataset lacks the run coordinate(s) {missing}")
+    table = pd.DataFrame({c: np.asarray(results[c].values) for c in RUN_COLUMNS})
+    table["n_units"] = responsive_units(results).sum("channel").values.astype(int)
+    for metric in metrics:
+        table[metric] = per_run_metric(results, metric).values
+    return table
+
+
+def silent_runs(results: xr.Dataset) -> list[str]:
+    """``run_id`` of the runs without any responsive unit: they have no per-run value, so
+    the panels and tests leave them out (say so rather than drop them silently)."""
+    table = run_table(results)
+    return [str(r) for r in table.loc[table["n_units"] == 0, "run_id"]]
+
+
+def _condition_order(table: pd.DataFrame) -> pd.DataFrame:
+    key = table["preset"].map(_preset_sort_key)
+    return table.iloc[sorted(range(len(table)), key=lambda i: (key.iloc[i], table["seed"].iloc[i]))]
+
+
+def summary_table(
+    results: xr.Dataset, metrics: Sequence[str] = ("symmetry", "osi", "fraction_center_surround")
+) -> pd.DataFrame:
+    """Per condition (preset): rule, rank, n_bn, the number of seeds, and the mean and
+    standard deviation over seeds (ddof 1; NaN with one seed) of each per-run metric."""
+    table = _condition_order(run_table(results, metrics))
+    rows = []
+    for preset, runs in table.groupby("preset", sort=False):
+        row = {
+            "condition": preset,
+            "rule": runs["rule"].iloc[0],
+            "rank": int(runs["rank"].iloc[0]),
+            "n_bn": int(runs["n_bn"].iloc[0]),
+            "n_seeds": len(runs),
+        }
+        for metric in metrics:
+            values = runs[metric].dropna()
+            row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def class_counts(results: xr.Dataset) -> pd.DataFrame:
+    """Per run: how many of its units fall in each ``rf_class`` (padding excluded)."""
+    from analysis.metrics import CLASSES
+
+    if "rf_class" not in results:
+        raise DataError("the results dataset has no rf_class to count")
+    table = run_table(results).drop(columns="n_units")
+    classes = results["rf_class"].astype(str)
+    present = (
+        results["present"].astype(bool) if "present" in results else classes != ""
+    )  # "" marks the padding of bottleneck runs
+    for name in CLASSES:
+        table[name] = ((classes == name) & present).sum("channel").values.astype(int)
+    return _condition_order(table).reset_index(drop=True)
+
+
+def final_values(results: xr.Dataset, variables: Sequence[str]) -> pd.DataFrame:
+    """Per condition: mean and s.d. over seeds of each ``(run, epoch)`` history variable at
+    each run's last finite epoch."""
+    missing = [v for v in variables if v not in results]
+    if missing:
+        raise DataError(f"the results dataset has no history variable(s) {missing}")
+    table = run_table(results)
+    for name in variables:
+        history = results[name].transpose("run", "epoch").values.astype(float)
+        last = [row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in history]
+        table[name] = last
+    table = _condition_order(table)
+    rows = []
+    for preset, runs in table.groupby("preset", sort=False):
+        row = {"condition": preset, "n_seeds": len(runs)}
+        for name in variables:
+            values = runs[name].dropna()
+            row[f"{name}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{name}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def styled(table: pd.DataFrame, precision: int = 3):
+    """A table for display in a notebook: floats to ``precision`` decimals, p-values to 3
+    significant digits, U statistics as they are, NaN as a dash, no index."""
+    formats = {}
+    for column in table.columns:
+        if column == "p" or str(column).startswith("p_"):
+            formats[column] = "{:.3g}"
+        elif column == "U":
+            formats[column] = "{:g}"
+        elif pd.api.types.is_float_dtype(table[column]):
+            formats[column] = f"{{:.{precision}f}}"
+    # one call: a second Styler.format would reset the columns it does not name
+    return table.style.format(formats, na_rep="\u2013").hide(axis="index")
+
+
+# ----------------------------------------------------------------------------------- tests
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), input order."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for step, index in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, (len(p) - step) * p[index])
+        adjusted[index] = min(1.0, running)
+    return adjusted
+
+
+def min_attainable_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p of an exact Mann-Whitney U test with n_a and n_b samples
+    (complete separation, no ties): 2 / C(n_a + n_b, n_a)."""
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+@dataclass
+class GroupComparison:
+    """A metric compared between groups of runs (see :func:`compare_groups`).
+
+    ``per_run``: the runs in the comparison with their ``value``; ``groups``: per group
+    n, mean, s.d.; ``kruskal_h``/``kruskal_p``: the omnibus test (None when not done);
+    ``pairwise``: one row per pair (columns :data:`PAIRWISE_COLUMNS`); ``status``: "ok",
+    "n too small" or "no data"; ``message``: the result in one sentence.
+    """
+
+    metric: str
+    factor: str
+    alpha: float
+    per_run: pd.DataFrame
+    groups: pd.DataFrame
+    status: str
+    message: str
+    kruskal_h: float | None = None
+    kruskal_p: float | None = None
+    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PAIRWISE_COLUMNS))
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return " ".join([self.message, *self.notes])
+
+
+def _format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def compare_groups(
+    per_run: pd.DataFrame, factor: str, metric: str, alpha: float = 0.05, what: str = ""
+) -> GroupComparison:
+    """Compare ``per_run["value"]`` between the groups of runs sharing ``per_run[factor]``.
+
+    Args:
+        per_run: one row per run with columns ``factor`` and ``value`` (NaN values skipped).
+        factor: the grouping column (``rank``, ``n_bn``).
+        metric: the metric's name (for the messages).
+        alpha: family-wise significance level of the tests.
+        what: which runs these are, for the messages (e.g. "RAF runs, n_bn = 32").
+
+    Kruskal-Wallis across the groups with at least :data:`MIN_SEEDS` finite values, then
+    pairwise Mann-Whitney U (two-sided), Holm-corrected. Fewer than two such groups:
+    status "n too small", no p-value.
+    """
+    alpha = check_alpha(alpha)
+    label = f"{metric} vs {FACTOR_NAMES.get(factor, factor)}" + (f" ({what})" if what else "")
+    finite = per_run[np.isfinite(per_run["value"].astype(float))]
+    groups = (
+        finite.groupby(factor)["value"]
+        .agg(n="count", mean="mean", sd=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan)
+        .reset_index()
+    )
+    common = {"metric": metric, "factor": factor, "alpha": alpha, "per_run": per_run}
+    if groups.empty:
+        message = f"{label}: no data (no run with a finite value); no test."
+        return GroupComparison(**common, groups=groups, status="no data", message=message)
+    testable = groups[groups["n"] >= MIN_SEEDS]
+    if len(testable) < 2:
+        counts = ", ".join(
+            f"{factor} {level}: {n} seed{'s' if n != 1 else ''}"
+            for level, n in zip(groups[factor], groups["n"], strict=True)
+        )
+        message = (
+            f"{label}: n too small for a test (needs at least 2 groups with >= {MIN_SEEDS} "
+            f"seeds each; have {counts}); no p-value."
+        )
+        return GroupComparison(**common, groups=groups, status="n too small", message=message)
+    samples = {
+        level: finite.loc[finite[factor] == level, "value"].to_numpy(float)
+        for level in testable[factor]
+    }
+    notes = []
+    left_out = groups[groups["n"] < MIN_SEEDS][factor].tolist()
+    if left_out:
+        notes.append(f"Left out of the tests (fewer than {MIN_SEEDS} seeds): {factor} {left_out}.")
+    pooled = np.concatenate(list(samples.values()))
+    if np.ptp(pooled) == 0:  # scipy's H is 0/0 here; no difference at all
+        h_statistic, p_value = 0.0, 1.0
+        notes.append("All values are identical.")
+    else:
+        h_statistic, p_value = (float(v) for v in scipy_stats.kruskal(*samples.values()))
+    rows = []
+    for level_a, level_b in combinations(samples, 2):
+        a, b = samples[level_a], samples[level_b]
+        with warnings.catch_warnings():  # identical samples: scipy warns, p is 1
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            u_statistic, p_pair = scipy_stats.mannwhitneyu(a, b, alternative="two-sided")
+        rows.append([level_a, level_b, len(a), len(b), float(u_statistic), float(p_pair)])
+    pairwise = pd.DataFrame(rows, columns=PAIRWISE_COLUMNS[:6])
+    pairwise["p_holm"] = holm(pairwise["p"])
+    pairwise["significant"] = pairwise["p_holm"] < alpha
+    floors = [min_attainable_p(len(a), len(b)) for a, b in combinations(samples.values(), 2)]
+    if min(floors) >= alpha:
+        notes.append(
+            f"With these few seeds no pair can reach significance: the smallest attainable "
+            f"Mann-Whitney p is {min(floors):.3g} >= alpha."
+        )
+    sizes = ", ".join(str(len(v)) for v in samples.values())
+    verdict = "differ" if p_value < alpha else "no significant difference"
+    message = (
+        f"{label}: Kruskal-Wallis H = {h_statistic:.2f}, {_format_p(p_value)} across "
+        f"{len(samples)} groups ({factor} {list(samples)}; n = {sizes} seeds): {verdict} at "
+        f"alpha = {alpha:g}; {int(pairwise['significant'].sum())} of {len(pairwise)} pairs "
+        f"significant after Holm correction."
+    )
+    return GroupComparison(
+        **common,
+        groups=groups,
+        status="ok",
+        message=message,
+        kruskal_h=h_statistic,
+        kruskal_p=p_value,
+        pairwise=pairwise,
+        notes=notes,
+    )
+
+
+def _per_run(results: xr.Dataset, metric: str, keep: np.ndarray) -> pd.DataFrame:
+    table = run_table(results)
+    table["value"] = per_run_metric(results, metric).values
+    return table[keep].reset_index(drop=True)
+
+
+def compare_ranks(
+    results: xr.Dataset, metric: str, alpha: float = 0.05, full_width: int = FULL_WIDTH
+) -> GroupComparison:
+    """``metric`` (per-run mean) between feedback ranks: RAF runs with ``n_bn == full_width``
+    grouped by ``rank``; Kruskal-Wallis, then pairwise Mann-Whitney U with Holm correction.
+
+    The BP runs (the reference in the panels) are not part of this test.
+    """
+    rule, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
+    keep = (rule == "raf") & (n_bn == full_width)
+    what = f"RAF runs, n_bn = {full_width}"
+    return compare_groups(_per_run(results, metric, keep), "rank", metric, alpha, what)
+
+
+def compare_bottlenecks(results: xr.Dataset, metric: str, alpha: float = 0.05) -> GroupComparison:
+    """``metric`` (per-run mean) between feedforward bottlenecks: BP runs grouped by
+    ``n_bn``; the same tests as :func:`compare_ranks`."""
+    keep = np.asarray(results["rule"].values) == "bp"
+    return compare_groups(_per_run(results, metric, keep), "n_bn", metric, alpha, "BP runs")
+
+
+def has_bottleneck_runs(results: xr.Dataset, full_width: int = FULL_WIDTH) -> bool:
+    """Whether any BP run has a feedforward bottleneck (``n_bn < full_width``)."""
+    rule, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
+    return bool(((rule == "bp") & (n_bn < full_width)).any())

@@ -1,0 +1,219 @@
+"""Statistics between conditions (DESIGN.md 12, issue 7): the run (seed) is the unit, a
+Kruskal-Wallis test across feedback ranks, pairwise Mann-Whitney U with Holm correction,
+"n too small" instead of a meaningless p-value, and the per-condition summary table."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis import stats
+from retina_raf.errors import ConfigError
+
+CONDITIONS = {  # preset: (rule, rank, n_bn)
+    "bp": ("bp", 32, 32),
+    "bp-bottleneck-2": ("bp", 2, 2),
+    "raf-r2": ("raf", 2, 32),
+    "raf-r4": ("raf", 4, 32),
+    "raf-r32": ("raf", 32, 32),
+}
+
+
+def make_results(run_values: dict[str, list[float]], n_channels: int = 4, cs_channels=None):
+    """A results dataset whose runs have the given per-run mean symmetry.
+
+    ``run_values``: preset -> one value per seed. Each run's responsive units scatter
+    symmetrically around its value (so the per-run mean is exactly the value); the last
+    channel is unresponsive with a wild value that must not count. ``cs_channels``:
+    preset -> center-surround units per run (the others are oriented).
+    """
+    rows = [(preset, seed, v) for preset, values in run_values.items() for seed, v in
+            enumerate(values)]  # fmt: skip
+    spread = np.linspace(-0.05, 0.05, n_channels - 1)
+    symmetry = np.array([[*(value + spread), 100.0] for _, _, value in rows])
+    responsive = np.ones((len(rows), n_channels), bool)
+    responsive[:, -1] = False
+    rf_class = np.full((len(rows), n_channels), "oriented", dtype=object)
+    rf_class[:, -1] = "unresponsive"
+    for run, (preset, _, _) in enumerate(rows):
+        rf_class[run, : (cs_channels or {}).get(preset, 0)] = "center-surround"
+    return xr.Dataset(
+        {
+            "symmetry": (("run", "channel"), symmetry),
+            "responsive": (("run", "channel"), responsive),
+            "present": (("run", "channel"), np.ones_like(responsive)),
+            "rf_class": (("run", "channel"), rf_class.astype(str)),
+            "train_loss": (("run", "epoch"), np.tile([2.0, 1.5, np.nan], (len(rows), 1))),
+        },
+        coords={
+            "run_id": ("run", [f"{p}-s{s}" for p, s, _ in rows]),
+            "preset": ("run", [p for p, _, _ in rows]),
+            "rule": ("run", [CONDITIONS[p][0] for p, _, _ in rows]),
+            "rank": ("run", [CONDITIONS[p][1] for p, _, _ in rows]),
+            "n_bn": ("run", [CONDITIONS[p][2] for p, _, _ in rows]),
+            "seed": ("run", [s for _, s, _ in rows]),
+            "epoch": [1, 2, 3],
+        },
+    )
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    """Holm: the k-th smallest p times (m - k + 1), made monotone, capped at 1."""
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.5])
+    np.testing.assert_allclose(adjusted, [0.04, 0.09, 0.09, 0.5])
+    assert list(stats.holm([0.6, 0.7])) == [1.0, 1.0]
+
+
+def test_min_attainable_mann_whitney_p():
+    """Exact two-sided Mann-Whitney: 3 vs 3 seeds can never give p < 0.1."""
+    assert stats.min_attainable_p(3, 3) == pytest.approx(0.1)
+    assert stats.min_attainable_p(5, 5) == pytest.approx(2 / 252)
+
+
+def test_clear_difference_between_ranks_gives_small_p():
+    """Low-rank runs with far higher symmetry than full-rank ones: small Kruskal-Wallis p and
+    every pair significant after Holm correction (5 seeds per rank)."""
+    results = make_results(
+        {
+            "raf-r2": [0.80, 0.82, 0.85, 0.81, 0.83],
+            "raf-r4": [0.55, 0.52, 0.57, 0.50, 0.54],
+            "raf-r32": [0.20, 0.22, 0.25, 0.21, 0.19],
+            "bp": [0.9] * 5,  # the reference, not one of the ranks
+        }
+    )
+    comparison = stats.compare_ranks(results, "symmetry")
+    assert comparison.status == "ok"
+    assert comparison.kruskal_p < 0.01
+    assert list(comparison.groups["rank"]) == [2, 4, 32]
+    assert list(comparison.groups["n"]) == [5, 5, 5]
+    np.testing.assert_allclose(comparison.groups["mean"], [0.822, 0.536, 0.214])
+    assert comparison.pairwise["significant"].all()
+    np.testing.assert_allclose(comparison.pairwise["p"], 2 / 252)  # exact, complete split
+    assert "Kruskal-Wallis" in comparison.message and "significant" in comparison.message
+
+
+def test_identical_groups_give_large_p():
+    """The same per-run values under every rank: p = 1, no pair significant."""
+    values = [0.3, 0.5, 0.4, 0.6]
+    results = make_results({"raf-r2": values, "raf-r32": values})
+    comparison = stats.compare_ranks(results, "symmetry")
+    assert comparison.kruskal_p == pytest.approx(1.0)
+    assert not comparison.pairwise["significant"].any()
+    assert "no significant difference" in comparison.message
+
+
+def test_constant_values_give_p_one_without_warning():
+    """All runs equal: scipy's H would be 0/0; the comparison says p = 1 and warns nothing."""
+    results = make_results({"raf-r2": [0.5, 0.5], "raf-r32": [0.5, 0.5]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        comparison = stats.compare_ranks(results, "symmetry")
+    assert comparison.kruskal_p == 1.0 and comparison.pairwise["p"].iloc[0] == 1.0
+    assert "identical" in str(comparison)
+
+
+def test_the_unit_is_the_run_not_the_rf():
+    """Pseudo-replication guard: ten times more RFs per run change neither n nor p."""
+    run_values = {"raf-r2": [0.8, 0.7, 0.75], "raf-r32": [0.3, 0.4, 0.35]}
+    few = stats.compare_ranks(make_results(run_values, n_channels=4), "symmetry")
+    many = stats.compare_ranks(make_results(run_values, n_channels=40), "symmetry")
+    assert len(few.per_run) == len(many.per_run) == 6
+    assert few.kruskal_p == pytest.approx(many.kruskal_p)
+    # 3 vs 3 seeds, perfectly separated, still p = 0.1: said so
+    assert many.pairwise["p"].iloc[0] == pytest.approx(0.1)
+    assert "cannot reach significance" in str(many) or "no pair can reach" in str(many)
+
+
+def test_one_seed_per_condition_says_n_too_small():
+    """The demo (one seed each): no test, a clear "n too small", no NaN p-value, no warning."""
+    results = make_results({"bp": [0.5], "raf-r2": [0.8], "raf-r32": [0.3]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        comparison = stats.compare_ranks(results, "symmetry")
+    assert comparison.status == "n too small"
+    assert comparison.kruskal_p is None and comparison.pairwise.empty
+    assert "n too small" in comparison.message and "rank 2: 1 seed" in comparison.message
+
+
+def test_a_group_with_one_seed_is_left_out_of_the_test():
+    """Groups with enough seeds are compared; a single-seed group is named as left out."""
+    results = make_results({"raf-r2": [0.8, 0.82], "raf-r4": [0.5], "raf-r32": [0.3, 0.31]})
+    comparison = stats.compare_ranks(results, "symmetry")
+    assert comparison.status == "ok"
+    assert set(comparison.pairwise[["group_a", "group_b"]].iloc[0]) == {2, 32}
+    assert "Left out" in str(comparison) and "[4]" in str(comparison)
+
+
+def test_runs_without_responsive_units_are_skipped():
+    """A run whose units are all unresponsive has no value and does not enter the test."""
+    results = make_results({"raf-r2": [0.8, 0.82, 0.81], "raf-r32": [0.3, 0.31]})
+    results["responsive"][0] = False
+    comparison = stats.compare_ranks(results, "symmetry")
+    assert list(comparison.groups["n"]) == [2, 2]
+    assert np.isnan(comparison.per_run["value"].iloc[0])
+
+
+def test_bottleneck_comparison_uses_bp_runs_by_n_bn():
+    """Against N_bn only the feedforward (BP) conditions count, grouped by n_bn."""
+    results = make_results(
+        {"bp": [0.2, 0.25, 0.22], "bp-bottleneck-2": [0.8, 0.85, 0.9], "raf-r2": [0.5, 0.5]}
+    )
+    comparison = stats.compare_bottlenecks(results, "symmetry")
+    assert set(comparison.per_run["preset"]) == {"bp", "bp-bottleneck-2"}
+    assert list(comparison.groups["n_bn"]) == [2, 32]
+    assert stats.has_bottleneck_runs(results)
+    assert not stats.has_bottleneck_runs(make_results({"bp": [0.2], "raf-r2": [0.5]}))
+
+
+def test_summary_table_per_condition():
+    """One row per condition in the project's order: rule, rank, n_bn, n seeds, mean and s.d.
+    over seeds of the per-run means, fraction center-surround among responsive units."""
+    results = make_results(
+        {"bp": [0.2, 0.4], "raf-r2": [0.8], "raf-r32": [0.3, 0.5, 0.4]},
+        cs_channels={"bp": 1, "raf-r2": 3, "raf-r32": 0},
+    )
+    table = stats.summary_table(results, ["symmetry", "fraction_center_surround"])
+    assert list(table["condition"]) == ["bp", "raf-r32", "raf-r2"]
+    bp = table.set_index("condition").loc["bp"]
+    assert bp["n_seeds"] == 2 and bp["rank"] == 32 and bp["n_bn"] == 32
+    assert bp["symmetry_mean"] == pytest.approx(0.3)
+    assert bp["symmetry_sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert bp["fraction_center_surround_mean"] == pytest.approx(1 / 3)
+    single = table.set_index("condition").loc["raf-r2"]
+    assert single["fraction_center_surround_mean"] == 1.0 and np.isnan(single["symmetry_sd"])
+
+
+def test_class_counts_and_final_values():
+    """Class counts per run cover all real units; final values take the last finite epoch."""
+    results = make_results({"bp": [0.2, 0.4], "raf-r2": [0.8]}, cs_channels={"bp": 2})
+    counts = stats.class_counts(results)
+    assert list(counts.loc[0, ["center-surround", "oriented", "unresponsive"]]) == [2, 1, 1]
+    final = stats.final_values(results, ["train_loss"])
+    assert list(final["train_loss_mean"]) == [1.5, 1.5]
+
+
+@pytest.mark.parametrize("alpha", [0, 0.9, "often", None])
+def test_bad_alpha_is_a_config_error(alpha):
+    with pytest.raises(ConfigError, match="alpha"):
+        stats.check_alpha(alpha)
+
+
+def test_styled_table_formats_p_values_and_keeps_text():
+    """Display tables: p-values to 3 significant digits, NaN as a dash, text untouched."""
+    results = make_results({"raf-r2": [0.8, 0.82, 0.85], "raf-r32": [0.2, 0.22, 0.25]})
+    html = stats.styled(stats.compare_ranks(results, "symmetry").pairwise).to_html()
+    assert ">0.1<" in html and ">9<" in html  # p of 3 vs 3 separated seeds, U = 9
+    html = stats.styled(stats.summary_table(results, ["symmetry"])).to_html()
+    assert "raf-r32" in html and ">0.223<" in html and "0.22333" not in html
+    single = stats.summary_table(make_results({"bp": [0.5]}), ["symmetry"])
+    assert "\u2013" in stats.styled(single).to_html()
+
+
+def test_runs_without_responsive_units_are_named():
+    """A run whose units are all silent is reported, not dropped without a word."""
+    results = make_results({"bp": [0.2, 0.3], "raf-r2": [0.8]})
+    results["responsive"][1] = False
+    assert stats.silent_runs(results) == ["bp-s1"]
