@@ -146,6 +146,11 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
@@ -290,6 +295,15 @@ PRESET_PATTERNS = {
 }
 
 
+# The readout (fc_2) sends its exact error W^T e to fc_1 under the RAF presets. With RAF there
+# too, the paper's recipe (RMSprop, lr 1e-4, whose first steps are ~10 lr per weight) drives
+# fc_1's 32,768-input units faster than fc_2 can align with its random feedback, and the loss
+# explodes within ~50 steps (measured: 1e3-1e5 after 60 steps; stable with the readout exact).
+# The readout's error is 10-dimensional, full rank at any rank the presets use, so the retina's
+# error dimensionality is unchanged. `--set model.layer_rule.fc_2=raf` restores RAF there.
+READOUT_RULE = "bp"
+
+
 def preset_model_fields(preset: str, others: str = "raf") -> dict:
     """The model fields a preset sets (DESIGN.md 5).
 
@@ -304,15 +318,21 @@ def preset_model_fields(preset: str, others: str = "raf") -> dict:
         return {"rule": "bp", "n_bn": 32}
     if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
         return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
+    readout = {"fc_2": READOUT_RULE} if others == "raf" else {}
     if m := re.fullmatch(r"raf-r(\d+)", preset):
         return {
             "rule": others,
             "n_bn": 32,
-            "layer_rule": {"vvs_1": "raf"},
+            "layer_rule": {"vvs_1": "raf", **readout},
             "layer_rank": {"vvs_1": _width(m.group(1), preset)},
         }
     if m := re.fullmatch(r"draf-bottleneck-(\d+)", preset):
-        return {"rule": others, "n_bn": _width(m.group(1), preset), "direct_target": "retina_2"}
+        return {
+            "rule": others,
+            "n_bn": _width(m.group(1), preset),
+            "direct_target": "retina_2",
+            "layer_rule": readout,
+        }
     raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESET_PATTERNS)})")
 
 

@@ -41,6 +41,7 @@ def test_layers_reachable_by_name_and_rules_from_preset():
     assert isinstance(model.vvs_1.conv, RAFConv2d) and model.vvs_1.conv.feedback_rank == 4
     assert model.vvs_2.conv.feedback_rank == TINY["vvs_channels"]
     assert type(model.retina_1.conv) is nn.Conv2d
+    assert type(model.fc_2.linear) is nn.Linear  # the readout sends its exact error (config.py)
     bp_others = build_model("raf-r4", others="bp", **TINY)
     assert isinstance(bp_others.vvs_1.conv, RAFConv2d)
     assert type(bp_others.vvs_2.conv) is nn.Conv2d and type(bp_others.fc_1.linear) is nn.Linear
@@ -157,3 +158,32 @@ def test_draf_retina_receives_direct_error_from_source():
     pad = fb.kernel_size // 2
     expected = torch.nn.grad.conv2d_input((2, 4, 12, 12), fb.q.detach(), p_delta, padding=pad)
     torch.testing.assert_close(captured["retina"], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_raf_presets_stay_stable_with_the_paper_recipe():
+    """RAF presets train with the paper's RMSprop recipe without the loss exploding (with RAF
+    in the readout too, the loss reached 1e3-1e5 within 60 steps on this network)."""
+    from retina_raf.config import parse_overrides, resolve_run_config
+    from retina_raf.data import load_cifar10
+    from retina_raf.models import model_from_config
+    from retina_raf.train import make_optimizer
+
+    ds = load_cifar10()
+    x = torch.from_numpy(ds.x_train[:512]).float().div(255).unsqueeze(1)
+    x, y = (x - x.mean()) / x.std(), torch.from_numpy(ds.y_train[:512])
+    sets = ["model.vvs_layers=1", "model.fc_units=128"]
+    for preset in ("raf-r2", "raf-r32"):
+        cfg = resolve_run_config(preset, 0, parse_overrides(sets))
+        torch.manual_seed(0)
+        model = model_from_config(cfg.model).train()
+        optimizer = make_optimizer(model, cfg)
+        losses = []
+        for step in range(40):
+            i = torch.arange(step * 32, step * 32 + 32) % 512
+            loss = F.cross_entropy(model(x[i]), y[i])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert max(losses[-10:]) < 3.0, (preset, losses)

@@ -192,3 +192,9 @@ def test_cli_config_file_is_validated_and_overridden(tmp_path, run_cli):
     code, _, err = run_cli("train", "--config", bad, "--out", tmp_path / "runs")
     assert code == 2 and "unknown key 'train.epochz'" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_scientific_notation_is_a_number():
+    """`--set train.lr=1e-4` (YAML 1.1 reads it as a string) is accepted as 0.0001."""
+    cfg = resolve_run_config("bp", 0, parse_overrides(["train.lr=1e-4", "weight_decay=2E-5"]))
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 2e-5
