@@ -10,7 +10,13 @@ import torch
 
 from retina_raf.cli import main
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+# the full CIFAR-10 lies in ../shared next to the checkout (development machines and CI)
+SHARED_CIFAR = Path(
+    os.environ.get(
+        "RETINA_RAF_CIFAR_DIR",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10",
+    )
+)
 IN_CI = bool(os.environ.get("CI"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
