@@ -43,6 +43,7 @@ from retina_raf.io import atomic_path, write_netcdf, write_text
 from retina_raf.models import RetinaNet, model_from_config
 
 DEFAULT_OUT = "runs"
+DIVERGENCE_CHECK = 20  # batches between checks for a non-finite loss
 # settings that may differ when a run is resumed (they do not change what is computed)
 RESUMABLE_KEYS = {
     ("train", "epochs"),
@@ -163,6 +164,7 @@ def train_epoch(
     n_batches = math.ceil(len(data) / cfg.train.batch_size)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
     bar = tqdm(data.batches(cfg.train.batch_size, shuffle, augmenter), total=n_batches,
                desc=desc, leave=False, disable=not cfg.train.progress, unit="batch")  # fmt: skip
     for step, (x, y) in enumerate(bar):
@@ -172,8 +174,12 @@ def train_epoch(
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             objective = loss + model.penalty()
-        if not torch.isfinite(objective):
-            raise RunError(f"training diverged: loss is {objective.item()} at batch {step + 1}")
+        nonfinite |= ~torch.isfinite(objective.detach())
+        # reading the flag syncs a GPU, so look every DIVERGENCE_CHECK steps; weights that went
+        # non-finite in between are never checkpointed (the last epoch's checkpoint stays)
+        if (step + 1) % DIVERGENCE_CHECK == 0 or step + 1 == n_batches:
+            if nonfinite.item():
+                raise RunError(f"training diverged: non-finite loss by batch {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
