@@ -109,15 +109,22 @@ def provenance(**extra) -> dict:
     }
 
 
+def _require_finished(run_dir: Path) -> None:
+    if not (run_dir / "model.pt").is_file():
+        raise RunError(f"{run_dir} has no model.pt (the run is unfinished or not a run folder)")
+
+
 def run_dataset(
     run_dir: str | Path, layer: str = "retina_2", method: str = "actmax", **kwargs
 ) -> xr.Dataset:
     """One run's RFs, metrics and history with its identity as ``run``-dim coordinates."""
-    from retina_raf.config import RunConfig, dump_yaml, from_dict
-    from retina_raf.train import load_trained, run_identity
+    from retina_raf.config import dump_yaml, load_run_config, to_dict
+    from retina_raf.train import run_identity
 
     run_dir = Path(run_dir)
-    _, config = load_trained(run_dir)  # validates the folder before the long extraction
+    _require_finished(run_dir)
+    cfg = load_run_config(run_dir / "config.yaml")  # the weights load only if not cached
+    config = to_dict(cfg)
     ds = analyze_run(run_dir, layer, method, **kwargs)
     history = _history(run_dir)
     if history is not None:
@@ -126,7 +133,7 @@ def run_dataset(
     ds = ds.expand_dims("run")
     identity = {"run_id": run_dir.name, **run_identity(config)}
     ds = ds.assign_coords({k: ("run", [v]) for k, v in identity.items()})
-    ds["config"] = ("run", [dump_yaml(from_dict(RunConfig, config))])
+    ds["config"] = ("run", [dump_yaml(cfg)])
     return ds
 
 
@@ -151,6 +158,8 @@ def combine_runs(
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise DataError("no run folders to combine")
+    for run_dir in run_dirs:  # fail before hours of extraction, not after
+        _require_finished(run_dir)
     parts = []
     for run_dir in tqdm(run_dirs, desc="analyzing runs", unit="run", disable=not progress):
         parts.append(run_dataset(run_dir, layer, method, progress=False, **kwargs))

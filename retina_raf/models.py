@@ -42,8 +42,10 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.conv = conv
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x))
+    def forward(self, x: torch.Tensor, tap=None) -> torch.Tensor:
+        """``tap`` (dRAF's error tap) wraps the pre-activation when this is a source layer."""
+        z = self.conv(x)
+        return F.relu(z if tap is None else tap(z))
 
 
 class DenseBlock(nn.Module):
@@ -54,8 +56,9 @@ class DenseBlock(nn.Module):
         self.linear, self.relu = linear, relu
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tap=None) -> torch.Tensor:
         z = self.linear(x.flatten(1))
+        z = z if tap is None else tap(z)
         return self.dropout(F.relu(z)) if self.relu else z
 
 
@@ -149,10 +152,8 @@ class RetinaNet(nn.Module):
         if noisy and cfg.input_noise > 0:
             x = x + cfg.input_noise * torch.randn_like(x)
         for name, block in self.layers.items():
-            if self.direct is not None and name == self.direct_source:
-                x = self._tapped(block, x)
-            else:
-                x = block(x)
+            is_source = self.direct is not None and name == self.direct_source
+            x = block(x, tap=self.direct.tap) if is_source else block(x)
             if name == "retina_2" and noisy and cfg.retina_noise > 0:
                 x = x + cfg.retina_noise * torch.randn_like(x)
             if self.direct is not None and name == self.direct_target:
@@ -162,13 +163,6 @@ class RetinaNet(nn.Module):
             if name == stop:
                 return x
         return x
-
-    def _tapped(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Run a source block with the dRAF tap on its pre-activation (the error delta_s)."""
-        if isinstance(block, ConvBlock):
-            return F.relu(self.direct.tap(block.conv(x)))
-        z = self.direct.tap(block.linear(x.flatten(1)))
-        return block.dropout(F.relu(z)) if block.relu else z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) images -> (B, num_classes) logits."""

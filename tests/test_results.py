@@ -1,0 +1,63 @@
+"""Results as xarray (DESIGN.md 11): run folders combine into one dataset indexed by run."""
+
+from __future__ import annotations
+
+import pytest
+from test_train import tiny_config
+
+import analysis.rf
+from analysis.results import combine_runs, open_results, write_results
+from retina_raf.errors import RunError
+from retina_raf.train import train
+
+RF_OPTIONS = {"n_starts": 1, "n_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    configs = [tiny_config("bp-bottleneck-2", epochs=1, extra=["model.n_bn=2"]),
+               tiny_config("raf-r2", epochs=1, extra=["model.vvs_channels=4"]),
+               tiny_config("raf-r4", epochs=1, extra=["model.vvs_channels=4"]),
+               tiny_config("raf-r4", epochs=1, seed=1, extra=["model.vvs_channels=4"])]  # fmt: skip
+    return [train(cfg, out, log=lambda m: None) for cfg in configs]
+
+
+def test_combined_runs_have_identity_coords_and_group_by_rank(run_dirs, tmp_path):
+    """Every run becomes one entry of `run` with preset, rank, n_bn, seed, rule; groupby("rank")
+    sees every rank; a bottlenecked run's missing channels are padded, not invented."""
+    ds = combine_runs(run_dirs, progress=False, **RF_OPTIONS)
+    assert ds.sizes["run"] == 4
+    assert list(ds["preset"].values) == ["bp-bottleneck-2", "raf-r2", "raf-r4", "raf-r4"]
+    assert list(ds["seed"].values) == [0, 0, 0, 1]
+    assert list(ds["rule"].values) == ["bp", "raf", "raf", "raf"]
+    assert sorted(ds.groupby("rank").groups) == [2, 4]
+    assert list(ds.groupby("rank").groups[2]) == [0, 1]
+    assert int(ds["present"].sel(run=0).sum()) == 2 and bool(ds["present"].sel(run=1).all())
+    assert set(ds["rf_class"].sel(run=0).values[2:]) == {""}
+    for key in ("retina_raf_version", "git_commit", "created", "rf_method"):
+        assert key in ds.attrs
+    path = write_results(ds, tmp_path / "results.nc")
+    with open_results(path) as reopened:
+        assert list(reopened.groupby("rank").groups) == [2, 4]
+
+
+def test_cached_analysis_is_reused_without_loading_weights(run_dirs, monkeypatch):
+    """A second combination with the same options reads each run's cached analysis."""
+    combine_runs(run_dirs[:1], progress=False, **RF_OPTIONS)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("RFs were extracted again")
+
+    monkeypatch.setattr(analysis.rf, "extract_rfs", no_extraction)
+    ds = combine_runs(run_dirs[:1], progress=False, **RF_OPTIONS)
+    assert ds.sizes["run"] == 1
+
+
+def test_unfinished_run_fails_before_any_extraction(run_dirs, tmp_path, monkeypatch):
+    """An unfinished run folder among many is refused before any RF is extracted."""
+    unfinished = tmp_path / "half-done"
+    unfinished.mkdir()
+    monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("extracted"))
+    with pytest.raises(RunError, match="no model.pt"):
+        combine_runs([run_dirs[1], unfinished], progress=False, recompute=True, **RF_OPTIONS)
