@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import retina_raf  # noqa: F401  (before torch: huge pages for large tensors, as in training)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 from common import hardware
@@ -29,31 +32,69 @@ from retina_raf.models import build_model
 from retina_raf.train import make_optimizer, train
 
 
-def cpu_side_by_side(presets, batch_size: int, repeats: int, warmup: int) -> None:
+def plain_copy(model: torch.nn.Module) -> torch.nn.Sequential:
+    """What a user would otherwise write: the same network (and weights) from nn.Conv2d and
+    nn.Linear, trained by autograd and torch's own RMSprop."""
+    layers = []
+    for name, block in model.layers.items():
+        if hasattr(block, "conv"):
+            conv = block.conv
+            plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                    padding=conv.padding)  # fmt: skip
+            plain.load_state_dict({"weight": conv.weight, "bias": conv.bias})
+            layers += [plain, torch.nn.ReLU()]
+        else:
+            linear = block.linear
+            plain = torch.nn.Linear(linear.in_features, linear.out_features)
+            plain.load_state_dict({"weight": linear.weight, "bias": linear.bias})
+            layers += [torch.nn.Flatten(), plain]
+            if name != "fc_2":
+                layers += [torch.nn.ReLU(), torch.nn.Dropout(model.cfg.dropout)]
+    return torch.nn.Sequential(*layers)
+
+
+def cpu_side_by_side(
+    presets, batch_size: int, repeats: int, warmup: int, clock=time.perf_counter
+) -> None:
+    """Images/s of one training step per variant, interleaved, with ratios to the plain copy
+    and to bp. Variants: the plain copy, then each preset (``name`` or ``name:conv_impl``)."""
     models, optimizers = {}, {}
-    for preset in presets:
-        models[preset] = build_model(preset, seed=0).train()
-        optimizers[preset] = make_optimizer(models[preset], resolve_run_config(preset))
+    for variant in presets:
+        preset, _, impl = variant.partition(":")
+        sets = [f"model.conv_impl={impl}"] if impl else []
+        cfg = resolve_run_config(preset, 0, parse_overrides(sets))
+        models[variant] = build_model(preset, seed=0, **parse_overrides(sets).get("model", {}))
+        optimizers[variant] = make_optimizer(models[variant], cfg)
+    plain = plain_copy(build_model("bp", seed=0))
+    models = {"plain": plain, **models}
+    cfg = resolve_run_config("bp")
+    optimizers["plain"] = torch.optim.RMSprop(plain.parameters(), lr=cfg.train.lr,
+                                              weight_decay=cfg.train.weight_decay)  # fmt: skip
+    for model in models.values():
+        model.train()
     x = torch.rand(batch_size, 1, 32, 32)
     y = torch.randint(0, 10, (batch_size,))
-    times = {p: [] for p in presets}
+    times = {name: [] for name in models}
     for i in range(warmup + repeats):
-        for preset in presets:
-            model, optimizer = models[preset], optimizers[preset]
-            start = time.perf_counter()
+        for name, model in models.items():
+            optimizer = optimizers[name]
+            start = clock()
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if i >= warmup:
-                times[preset].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     print(f"hardware: {hardware()}")
-    print(f"full model, batch {batch_size}, median of {repeats} interleaved steps")
-    print(f"{'preset':<10} {'s/step':>8} {'images/s':>9} {'vs bp':>7}")
-    base = statistics.median(times[presets[0]])
-    for preset in presets:
-        step = statistics.median(times[preset])
-        print(f"{preset:<10} {step:8.3f} {batch_size / step:9.1f} {step / base:7.2f}")
+    what = "CPU time" if clock is time.process_time else "wall time"
+    print(f"full model, batch {batch_size}, median {what} of {repeats} interleaved steps")
+    print(f"{'variant':<16} {'s/step':>8} {'images/s':>9} {'x plain':>8} {'step/bp':>8}")
+    plain_step = statistics.median(times["plain"])
+    bp_step = statistics.median(times["bp"]) if "bp" in times else float("nan")
+    for name in models:
+        step = statistics.median(times[name])
+        print(f"{name:<16} {step:8.3f} {batch_size / step:9.1f} {plain_step / step:8.2f} "
+              f"{step / bp_step:8.2f}")  # fmt: skip
 
 
 def gpu_epochs(presets, epochs: int, data: str, amp: bool) -> None:
@@ -85,14 +126,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--presets", nargs="+", default=["bp", "bp:direct", "raf-r2", "raf-r32"],
+                        help="CPU: presets to time, optionally preset:conv_impl")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this process's CPU time (robust to other load "
+                        "with --threads 1)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3, help="GPU: epochs per preset")
     parser.add_argument("--data", default=None, help="GPU: full CIFAR-10 (npz or folder)")
     parser.add_argument("--amp", action="store_true", help="GPU: bf16 autocast")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cpu":
-        cpu_side_by_side(("bp", "raf-r2", "raf-r32"), args.batch_size, args.repeats, args.warmup)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        cpu_side_by_side(args.presets, args.batch_size, args.repeats, args.warmup, clock)
     else:
         if args.data is None:
             parser.error("--device cuda needs --data (the full grayscale CIFAR-10)")

@@ -76,6 +76,18 @@ class ModelConfig:
     direct_rank: int | None = spec(
         None, low=1, high=65536, doc="rank of the direct feedback (default: full)"
     )
+    conv_impl: str = spec(
+        "auto",
+        choices=("auto", "direct", "fft"),
+        doc="how conv layers compute: direct, fft (frequency domain, same result), or auto "
+        "(per layer and device, retina_raf.fftconv.choose_conv_impl)",
+    )
+    init: str = spec(
+        "kaiming",
+        choices=("kaiming", "glorot"),
+        doc="weight init: kaiming (torch's default, the paper's appendix B) or glorot "
+        "(Keras' default Glorot-uniform with zero biases, Lindsey et al.'s code)",
+    )
 
 
 @dataclass
@@ -91,6 +103,10 @@ class TrainConfig:
         0.985, low=1e-6, high=1.0, doc="exponential learning-rate decay per epoch"
     )
     momentum: float = spec(0.0, low=0.0, high=0.9999)
+    rmsprop_alpha: float = spec(
+        0.99, low=0.0, high=0.9999, doc="RMSprop's squared-gradient decay (Keras' rho: 0.9)"
+    )
+    rmsprop_eps: float = spec(1e-8, low=0.0, high=1.0, doc="RMSprop's epsilon (Keras: 1e-7)")
     device: str = spec("auto", choices=("auto", "cpu", "cuda"))
     amp: bool = spec(False, doc="bf16 autocast on CUDA")
     channels_last: bool = spec(True, doc="channels_last memory format on CUDA")
@@ -98,6 +114,11 @@ class TrainConfig:
     num_threads: int = spec(0, low=0, high=1024, doc="torch CPU threads (0: torch's default)")
     diagnostics: bool = spec(True, doc="record feedback diagnostics every epoch")
     progress: bool = spec(True, doc="tqdm progress bars")
+    retina_snapshots: bool = spec(
+        False,
+        doc="after every epoch save the retina's weights (retina_1, retina_2; a few hundred KB) "
+        "to snapshots/epoch_NNN.pt, so that RFs can be followed through training",
+    )
 
 
 @dataclass

@@ -296,15 +296,23 @@ class DeviceData:
         batch_size: int,
         generator: torch.Generator | None = None,
         augmenter: Augmenter | None = None,
+        drop_last: bool = False,
     ):
-        """Yield ``(x, y)`` float batches; shuffled when ``generator`` is given."""
+        """Yield ``(x, y)`` float batches; shuffled when ``generator`` is given.
+
+        ``drop_last``: skip the last, short batch (training: every step then has the same
+        shapes, which compiled and cuDNN-benchmarked code wants; a shuffled epoch skips a
+        different remainder each time).
+        """
         n = len(self)
+        if drop_last and n >= batch_size:
+            n -= n % batch_size
         order = (
             torch.randperm(n, generator=generator, device=generator.device)
             if generator is not None
             else torch.arange(n, device=self.device)
         )
-        order = order.to(self.device)
+        order = order.to(self.device)[:n]
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             x = self.to_float(self.images[index])

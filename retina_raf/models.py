@@ -33,6 +33,7 @@ from retina_raf.config import (
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import DirectFeedback, RAFConv2d, RAFLinear
 from retina_raf.feedback.rules import rule_options
+from retina_raf.fftconv import FFTConv2d
 
 
 class ConvBlock(nn.Module):
@@ -79,10 +80,11 @@ def _make_conv(cfg: ModelConfig, name: str, c_in: int, c_out: int) -> nn.Conv2d:
     rule, rank = _layer_rule(cfg, name)
     pad = cfg.kernel_size // 2
     if rule == "bp":
-        return nn.Conv2d(c_in, c_out, cfg.kernel_size, padding=pad)
+        return FFTConv2d(c_in, c_out, cfg.kernel_size, padding=pad, conv_impl=cfg.conv_impl)
     options = rule_options(rule, rank or c_out, c_out, what=name)
     return RAFConv2d(c_in, c_out, cfg.kernel_size, padding=pad, rank=rank, **options,
-                     track_error_covariance=cfg.track_error_covariance)  # fmt: skip
+                     track_error_covariance=cfg.track_error_covariance,
+                     conv_impl=cfg.conv_impl)  # fmt: skip
 
 
 def _make_linear(cfg: ModelConfig, name: str, n_in: int, n_out: int) -> nn.Linear:
@@ -121,6 +123,19 @@ class RetinaNet(nn.Module):
         self.layers = nn.ModuleDict(blocks)
         self.direct = self._make_direct_feedback(cfg, widths)
         self.retina_output: torch.Tensor | None = None  # last forward's retina_2 activation
+        if cfg.init == "glorot":
+            self._glorot_init()
+
+    def _glorot_init(self) -> None:
+        """Keras' default (Lindsey et al.'s code): Glorot-uniform W, zero biases.
+
+        Only the forward weights change; Q and P keep their Kaiming-uniform init (DESIGN 4.1).
+        """
+        for block in self.layers.values():
+            layer = block.conv if hasattr(block, "conv") else block.linear
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def _make_direct_feedback(self, cfg: ModelConfig, widths: dict) -> DirectFeedback | None:
         if cfg.direct_target is None:

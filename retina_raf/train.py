@@ -17,7 +17,6 @@ are checkpointed with the model.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from retina_raf.errors import ConfigError, RunError
 from retina_raf.feedback import feedback_diagnostics
 from retina_raf.io import atomic_path, write_netcdf, write_text
 from retina_raf.models import RetinaNet, model_from_config
+from retina_raf.optim import BlockedRMSprop
 
 DEFAULT_OUT = "runs"
 DIVERGENCE_CHECK = 20  # batches between checks for a non-finite loss
@@ -50,6 +50,8 @@ RESUMABLE_KEYS = {
     ("train", "progress"),
     ("train", "device"),
     ("train", "num_threads"),
+    ("model", "conv_impl"),  # direct and FFT convolution compute the same, to float tolerance
+    ("train", "retina_snapshots"),
     ("data", "path"),  # the same data may live elsewhere on another machine
 }
 
@@ -102,12 +104,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """The paper's RMSprop (or Adam / SGD) over every trainable parameter, Q and P included."""
+    """The paper's RMSprop (or Adam / SGD) over every trainable parameter, Q and P included.
+
+    RMSprop is :class:`~retina_raf.optim.BlockedRMSprop`: torch's update and state, computed
+    in cache-sized blocks on the CPU.
+    """
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=t.lr, weight_decay=t.weight_decay,
-                                   momentum=t.momentum)  # fmt: skip
+        return BlockedRMSprop(params, lr=t.lr, alpha=t.rmsprop_alpha, eps=t.rmsprop_eps,
+                              weight_decay=t.weight_decay, momentum=t.momentum)  # fmt: skip
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
@@ -161,11 +167,15 @@ def train_epoch(
     model.train()
     amp = cfg.train.amp and device.type == "cuda"
     channels_last = cfg.train.channels_last and device.type == "cuda"
-    n_batches = math.ceil(len(data) / cfg.train.batch_size)
+    # the last short batch is dropped: every step has the same shapes (compiled graphs and
+    # cudnn.benchmark keep one plan); shuffling drops different images each epoch
+    n_batches = max(len(data) // cfg.train.batch_size, 1)
+    n_seen = min(n_batches * cfg.train.batch_size, len(data))
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    bar = tqdm(data.batches(cfg.train.batch_size, shuffle, augmenter), total=n_batches,
+    batches = data.batches(cfg.train.batch_size, shuffle, augmenter, drop_last=True)
+    bar = tqdm(batches, total=n_batches,
                desc=desc, leave=False, disable=not cfg.train.progress, unit="batch")  # fmt: skip
     for step, (x, y) in enumerate(bar):
         if channels_last:
@@ -185,7 +195,7 @@ def train_epoch(
         optimizer.step()
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
-    return {"train_loss": total_loss.item() / len(data), "train_acc": correct.item() / len(data)}
+    return {"train_loss": total_loss.item() / n_seen, "train_acc": correct.item() / n_seen}
 
 
 @torch.no_grad()
@@ -334,6 +344,8 @@ def train(
         rows = state["history"]
         log(f"{run_dir}: resuming after epoch {len(rows)} of {cfg.train.epochs}")
 
+    if cfg.train.retina_snapshots and not rows:
+        save_retina_snapshot(run_dir, model, 0)  # the initial retina: where the RFs start
     epochs = range(len(rows) + 1, cfg.train.epochs + 1)
     bar = tqdm(epochs, desc=run_dir.name, unit="epoch", disable=not cfg.train.progress,
                initial=len(rows), total=cfg.train.epochs)  # fmt: skip
@@ -348,6 +360,8 @@ def train(
         if cfg.train.diagnostics:
             row["diagnostics"] = _diagnostics(model)
         rows.append(row)
+        if cfg.train.retina_snapshots:
+            save_retina_snapshot(run_dir, model, epoch)
         _save_checkpoint(run_dir, model, optimizer, scheduler, shuffle, augmenter, rows, cfg)
         log(f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: "
             f"train loss {stats['train_loss']:.4f} "
@@ -356,6 +370,35 @@ def train(
 
     _save_final(run_dir, model, cfg)
     return run_dir
+
+
+RETINA_LAYERS = ("retina_1", "retina_2")  # all that an RF of retina_2 depends on
+SNAPSHOT_DIR = "snapshots"
+
+
+def save_retina_snapshot(run_dir: Path, model: RetinaNet, epoch: int) -> Path:
+    """Write the retina layers' weights after ``epoch`` to ``snapshots/epoch_NNN.pt``.
+
+    The file holds ``{"epoch": int, "model": partial state_dict}`` (CPU tensors) with the keys
+    of ``RetinaNet.state_dict()`` under ``layers.retina_1`` and ``layers.retina_2``: loaded with
+    ``strict=False`` into a model of the run's config, it gives that epoch's retina.
+    """
+    prefixes = tuple(f"layers.{name}." for name in RETINA_LAYERS)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+             if k.startswith(prefixes)}  # fmt: skip
+    path = run_dir / SNAPSHOT_DIR / f"epoch_{epoch:03d}.pt"
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": epoch, "model": state}, tmp)
+    return path
+
+
+def retina_snapshots(run_dir: str | Path) -> dict[int, Path]:
+    """Epoch -> snapshot file of a run folder (empty when it kept none); epoch 0 is the init."""
+    folder = Path(run_dir) / SNAPSHOT_DIR
+    if not folder.is_dir():
+        return {}
+    return {int(p.stem.split("_")[1]): p for p in sorted(folder.glob("epoch_[0-9][0-9][0-9].pt"))}
 
 
 def _save_checkpoint(run_dir, model, optimizer, scheduler, shuffle, augmenter, rows, cfg):

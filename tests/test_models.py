@@ -9,6 +9,7 @@ from torch import nn
 
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import RAFConv2d
+from retina_raf.fftconv import FFTConv2d
 from retina_raf.models import build_model
 
 TINY = dict(retina_channels=6, vvs_channels=6, vvs_layers=2, fc_units=16, kernel_size=5,
@@ -40,11 +41,11 @@ def test_layers_reachable_by_name_and_rules_from_preset():
     model = build_model("raf-r4", **TINY)
     assert isinstance(model.vvs_1.conv, RAFConv2d) and model.vvs_1.conv.feedback_rank == 4
     assert model.vvs_2.conv.feedback_rank == TINY["vvs_channels"]
-    assert type(model.retina_1.conv) is nn.Conv2d
+    assert type(model.retina_1.conv) is FFTConv2d  # plain: nn.Conv2d by FFT or direct
     assert type(model.fc_2.linear) is nn.Linear  # the readout sends its exact error (config.py)
     bp_others = build_model("raf-r4", others="bp", **TINY)
     assert isinstance(bp_others.vvs_1.conv, RAFConv2d)
-    assert type(bp_others.vvs_2.conv) is nn.Conv2d and type(bp_others.fc_1.linear) is nn.Linear
+    assert type(bp_others.vvs_2.conv) is FFTConv2d and type(bp_others.fc_1.linear) is nn.Linear
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,16 @@ Input h (b, n, H, W), weight W (m, n, kh, kw), error delta (b, m, H', W'):
                          stride / padding / dilation: the input-gradient convolution runs
                          with r instead of m channels, so its cost falls with the rank
     W.grad, bias.grad    exact, as nn.Conv2d
-    q.grad               conv2d_weight(h, Q.shape, P delta)   (= sum_m P_rm W.grad_m)
+    q.grad               conv2d_weight(h, Q.shape, P delta) = sum_m P_rm W.grad_m: both are
+                         linear in delta, so once W.grad exists Q's costs an einsum
     p.grad               Oja with C the channel covariance of delta over batch and pixels
 
 Full rank, P = I and Q = W give back exactly backprop's input gradient.
+
+``conv_impl="fft"`` (or "auto" where :func:`~retina_raf.fftconv.choose_conv_impl` picks it)
+computes the same quantities in the frequency domain (:mod:`retina_raf.fftconv`): the forward
+from the spectra of h and W, W.grad from those of delta and h, and the input gradient from
+``P delta^`` (the 1x1 projection commutes with the FFT) and Q's spectrum.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from retina_raf import fftconv
 from retina_raf.errors import ConfigError
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.rules import (
@@ -48,6 +55,11 @@ def explicit_padding(
     return tuple(padding)
 
 
+def _q_grad_from_w_grad(p: torch.Tensor, grad_w: torch.Tensor) -> torch.Tensor:
+    """KP's ``q.grad = conv2d_weight(h, Q.shape, P delta)`` as ``sum_m P_rm W.grad_m``."""
+    return torch.einsum("rm,mnyx->rnyx", p, grad_w)
+
+
 class RAFConv2dFunction(torch.autograd.Function):
     """Forward: ``F.conv2d``. Backward: exact W/bias gradients, input gradient through Q P."""
 
@@ -71,23 +83,84 @@ class RAFConv2dFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = grad_q = grad_p = None
         with no_autocast(grad_output.device.type):
             delta = grad_output
-            if need_w or need_b:
+            p = layer.p.to(delta.dtype)
+            if need_w or need_b or need_q:
                 # Only the kernel's shape is read when the input gradient is not asked for.
                 shape_only = delta.new_empty(1).expand(ctx.weight_shape)
                 bias_sizes = [delta.shape[1]] if need_b else None
                 _, grad_w, grad_b = _convolution_backward(
-                    delta, x, shape_only, bias_sizes, *geometry, (False, need_w, need_b)
+                    delta, x, shape_only, bias_sizes, *geometry, (False, need_w or need_q, need_b)
                 )
-            if need_x or need_q or need_p:
-                p = layer.p.to(delta.dtype)
+            if need_q:
+                identity = layer.p_rule == "identity"  # KP at full rank: q.grad is W.grad (a copy)
+                grad_q = grad_w.clone() if identity else _q_grad_from_w_grad(p, grad_w)
+                grad_w = grad_w if need_w else None
+            if need_x or need_p:
                 p_delta = delta if layer.p_rule == "identity" else project_channels(p, delta)
-                if need_x or need_q:
+                if need_x:
                     q = layer.q.to(delta.dtype)
-                    grad_x, grad_q, _ = _convolution_backward(
-                        p_delta, x, q, None, *geometry, (need_x, need_q, False)
+                    grad_x, _, _ = _convolution_backward(
+                        p_delta, x, q, None, *geometry, (True, False, False)
                     )
                 if need_p:
                     grad_p = oja_gradient(layer.p, p_delta, delta)
+            layer._observe_error(delta)
+        return grad_x, grad_w, grad_b, grad_q, grad_p, None
+
+
+class RAFConv2dFFTFunction(torch.autograd.Function):
+    """RAFConv2dFunction computed in the frequency domain (``conv_impl="fft"``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, q, p, layer):
+        x, weight, bias = autocast_inputs(x, weight, bias)
+        size, kernel = tuple(x.shape[-2:]), tuple(weight.shape[-2:])
+        grid = (fftconv.fft_size(size[0], kernel[0]), fftconv.fft_size(size[1], kernel[1]))
+        x_hat = fftconv.map_spectrum(x, grid)
+        out = fftconv.spectrum_to_maps(
+            fftconv.mix(x_hat, fftconv.kernel_spectrum(weight, grid)), grid, size
+        )
+        if bias is not None:
+            out = out + bias.to(out.dtype).view(1, -1, 1, 1)
+        ctx.layer, ctx.grid, ctx.size, ctx.kernel = layer, grid, size, kernel
+        ctx.dtypes = (x.dtype, weight.dtype)
+        ctx.save_for_backward(x_hat)  # h's spectrum serves W.grad; Q replaces W in backward
+        return out.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (x_hat,) = ctx.saved_tensors
+        layer, grid = ctx.layer, ctx.grid
+        need_x, need_w, need_b, need_q, need_p, _ = ctx.needs_input_grad
+        need_q = need_q and layer.train_q
+        need_p = need_p and layer.p_rule == "oja"
+        grad_x = grad_w = grad_b = grad_q = grad_p = None
+        with no_autocast(grad_output.device.type):
+            delta = grad_output
+            p = layer.p.to(fftconv._compute_dtype(delta))
+            if need_b:
+                grad_b = delta.sum((0, 2, 3)).to(ctx.dtypes[1])
+            if need_w or need_q or need_x:
+                delta_hat = fftconv.map_spectrum(delta, grid)
+            if need_w or need_q:
+                spectrum = fftconv.correlate(delta_hat, x_hat)
+                full_grad_w = fftconv.spectrum_to_kernel(spectrum, grid, ctx.kernel)
+                if need_w:
+                    grad_w = full_grad_w.to(ctx.dtypes[1])
+                if need_q:
+                    identity = layer.p_rule == "identity"
+                    grad_q = full_grad_w.clone() if identity else (
+                        _q_grad_from_w_grad(p, full_grad_w))  # fmt: skip
+                    grad_q = grad_q.to(layer.q.dtype)
+            if need_x:
+                identity = layer.p_rule == "identity"
+                p_hat = delta_hat if identity else delta_hat @ p.t().to(delta_hat.dtype)
+                q_hat = fftconv.kernel_spectrum(layer.q.to(p.dtype), grid)
+                grad_x = fftconv.spectrum_to_maps(fftconv.mix_adjoint(p_hat, q_hat), grid, ctx.size)
+                grad_x = grad_x.to(ctx.dtypes[0])
+            if need_p:
+                grad_p = oja_gradient(layer.p, project_channels(p.to(delta.dtype), delta), delta)
             layer._observe_error(delta)
         return grad_x, grad_w, grad_b, grad_q, grad_p, None
 
@@ -122,6 +195,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
         track_error_covariance: bool = False,
         pca_interval: int = 100,
         covariance_momentum: float = 0.99,
+        conv_impl: str = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -141,6 +215,14 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
             self.padding, self.kernel_size, self.dilation, what
         )
         rank = check_rank(rank, out_channels, what)
+        self.conv_impl = fftconv.check_conv_impl(conv_impl)
+        try:
+            fftconv.check_fft_geometry(self, what)
+            self._fft_geometry = True
+        except ConfigError:
+            if conv_impl == "fft":
+                raise
+            self._fft_geometry = False
         kh, kw = self.kernel_size
         self._setup_feedback(
             error_channels=out_channels,
@@ -173,15 +255,23 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
             self.reset_feedback_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
+        impl = "direct"
+        if self._fft_geometry:
+            impl = fftconv.choose_conv_impl(
+                self.conv_impl, self.weight.shape, x.shape[-2:], x.device
+            )
+        if not torch.is_grad_enabled():  # no backward: the plain convolution of either impl
+            if impl == "fft":
+                return fftconv.FFTConv2dFunction.apply(x, self.weight, self.bias)
             return F.conv2d(
                 x, self.weight, self.bias, self.stride, self.explicit_padding, self.dilation
             )
-        return RAFConv2dFunction.apply(x, self.weight, self.bias, self.q, self.p, self)
+        function = RAFConv2dFFTFunction if impl == "fft" else RAFConv2dFunction
+        return function.apply(x, self.weight, self.bias, self.q, self.p, self)
 
     def feedback_matrix(self) -> torch.Tensor:
         """B as a kernel in W's layout: ``einsum('rm,rnyx->mnyx', P, Q)``, (m, n, kh, kw)."""
         return torch.einsum("rm,rnyx->mnyx", self.p, self.q)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._feedback_repr()}"
+        return f"{super().extra_repr()}, {self._feedback_repr()}, conv_impl={self.conv_impl}"

@@ -85,6 +85,8 @@ def _feedback_copy(layer: nn.Module, name: str, rule: str, rank, layer_kwargs) -
         )
     full, what = layer.out_channels, f"convert: layer {name!r} ({layer.out_channels} channels)"
     options = rule_options(rule, check_rank(rank, full, what), full, what)
+    # an FFTConv2d keeps its convolution implementation; a plain nn.Conv2d gets "auto"
+    layer_kwargs = {"conv_impl": getattr(layer, "conv_impl", "auto"), **layer_kwargs}
     return RAFConv2d(
         layer.in_channels,
         layer.out_channels,

@@ -4,7 +4,8 @@ Input h (N x n, any leading dims), weight W (m x n), error delta = dL/dz (N x m)
 
     gradient sent to h   (delta P^T) Q^T          Q: n x r,  P: r x m
     W.grad, bias.grad    delta^T h, sum_N delta   (exact, as nn.Linear)
-    q.grad               h^T (delta P^T)           (Kolen-Pollack; = W.grad^T P^T)
+    q.grad               h^T (delta P^T)           (Kolen-Pollack; = W.grad^T P^T, whichever
+                                                   is cheaper: N n r vs m n r)
     p.grad               -(P C (I - P^T P))       (Oja, C the trace-normalized delta^T delta)
 
 The signs are for a descent optimizer: ``q -= lr * q.grad`` is paper eq. (7),
@@ -60,7 +61,11 @@ class RAFLinearFunction(torch.autograd.Function):
                 if need_x:
                     grad_x = p_delta.mm(layer.q.to(delta.dtype).t()).view(x.shape)
                 if need_q:
-                    grad_q = rows.t().mm(p_delta)
+                    # h^T (delta P^T) costs N n r, (P W.grad)^T costs m n r: the cheaper one
+                    if grad_w is not None and rows.shape[0] > delta.shape[1]:
+                        grad_q = grad_w.t().mm(p.t())
+                    else:
+                        grad_q = rows.t().mm(p_delta)
                 if need_p:
                     grad_p = oja_gradient(layer.p, p_delta, delta)
             layer._observe_error(delta)

@@ -164,6 +164,17 @@ def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) ->
     optimizer's weight decay supplies its ``-lambda P``.
     """
     channels, p_dtype = delta.shape[1], p.dtype
+    rank, rows = p.shape[0], delta.numel() // channels
+    if rows < 2 * rank:
+        # Few error rows against a wide P (fc_1 at full rank: 64 rows, r = m = 1024): with
+        # PD = P delta rows, (P C P^T) P - P C = PD^T (PD P - delta) costs 2 N r m, not r^2 m.
+        p_rows = _accurate(p_delta.reshape(rows, rank) if p_delta.dim() == 2 else
+                           p_delta.permute(0, 2, 3, 1).reshape(rows, rank))  # fmt: skip
+        d_rows = _accurate(delta.reshape(rows, channels) if delta.dim() == 2 else
+                           delta.permute(0, 2, 3, 1).reshape(rows, channels))  # fmt: skip
+        p = p.detach().to(p_rows.dtype)
+        gradient = p_rows.t().mm(torch.addmm(d_rows, p_rows, p, beta=-1))
+        return gradient.mul_(channels).div_(squared_norm(delta)).to(p_dtype)
     pc = _accurate(channel_gram(p_delta, delta))  # unnormalized P C, (r, m)
     p = p.detach().to(pc.dtype)
     gradient = torch.addmm(pc, pc.mm(p.t()), p, beta=-1)  # (P C P^T) P - P C
