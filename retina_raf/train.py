@@ -356,7 +356,8 @@ def train(
                             desc=f"epoch {epoch}")  # fmt: skip
         stats.update(evaluate(model, test_data, cfg.train.batch_size, device, cfg.train.amp))
         scheduler.step()
-        row = {"epoch": epoch, **stats, "lr": lr, "epoch_time_s": time.perf_counter() - start}
+        row = {"epoch": epoch, **stats, "lr": lr, "epoch_time_s": time.perf_counter() - start,
+               "train_images": len(train_data)}  # fmt: skip
         if cfg.train.diagnostics:
             row["diagnostics"] = _diagnostics(model)
         rows.append(row)

@@ -25,7 +25,6 @@ from retina_raf.feedback import (
     feedback_diagnostics,
     principal_angles,
 )
-from retina_raf.fftconv import FFTConv2d
 
 F64 = dict(dtype=torch.float64)
 CONV_GEOMETRIES = [  # (stride, padding, dilation)

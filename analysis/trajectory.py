@@ -1,0 +1,183 @@
+"""RFs through training: the retina's RFs and their metrics at every saved epoch of a run.
+
+A run trained with ``train.retina_snapshots: true`` keeps the weights of ``retina_1`` and
+``retina_2`` after every epoch (and at its init, epoch 0) in ``snapshots/``; an RF of
+``retina_2`` depends on nothing else. :func:`rf_trajectory` maps those RFs at each epoch
+(:func:`analysis.rf.extract_rfs`) and measures them (:func:`analysis.metrics.rf_metrics`)::
+
+    dims    epoch, channel, y, x
+    vars    rf (epoch, channel, y, x), responsive, activation (epoch, channel),
+            metrics (epoch, channel): osi, symmetry, rf_class, dog_r2 ...
+            history (epoch): test_acc, train_loss ... (NaN at epoch 0)
+    attrs   run folder, preset, seed, layer, RF method and options
+
+:func:`trajectory_summary` reduces it to one value per epoch (responsive units only): mean
+symmetry and OSI, the fraction center-surround and oriented, and the number responsive.
+:func:`plot_trajectories` draws those curves for several runs side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from retina_raf.errors import DataError, RunError
+
+RETINA_LAYERS = ("retina_1", "retina_2")
+SUMMARY_METRICS = {
+    "symmetry": "Radial symmetry",
+    "osi": "Orientation selectivity (OSI)",
+    "fraction_center_surround": "Fraction center-surround",
+    "fraction_oriented": "Fraction oriented",
+    "n_responsive": "Responsive units",
+    "test_acc": "Test accuracy",
+}
+
+
+def rf_trajectory(
+    run_dir: str | Path,
+    layer: str = "retina_2",
+    method: str = "gradient",
+    *,
+    epochs: Sequence[int] | None = None,
+    seed: int = 0,
+    **rf_options,
+) -> xr.Dataset:
+    """RFs of ``layer`` and their metrics at every retina snapshot of a run.
+
+    Args:
+        run_dir: a run folder trained with ``train.retina_snapshots: true``.
+        layer: ``retina_1`` or ``retina_2`` (later layers are not in the snapshots).
+        method: RF method of :func:`analysis.rf.extract_rfs` (``gradient`` is cheap).
+        epochs: which snapshots (default: all).
+        seed, rf_options: passed to ``extract_rfs`` (e.g. ``base="gray", gray_level=0.48``).
+
+    Returns:
+        Dataset with dims (epoch, channel, y, x) described in the module docstring.
+
+    Raises:
+        RunError: no such folder, no snapshots, or an epoch that was not saved.
+        DataError: a layer outside the retina.
+    """
+    from analysis.metrics import rf_metrics
+    from analysis.rf import extract_rfs
+    from retina_raf.config import load_run_config
+    from retina_raf.models import model_from_config
+    from retina_raf.train import retina_snapshots
+
+    run_dir = Path(run_dir)
+    if layer not in RETINA_LAYERS:
+        raise DataError(f"layer {layer!r}: snapshots hold only {', '.join(RETINA_LAYERS)}")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir} is not a run folder (no config.yaml)")
+    snapshots = retina_snapshots(run_dir)
+    if not snapshots:
+        raise RunError(f"{run_dir} has no retina snapshots (train with train.retina_snapshots)")
+    wanted = sorted(snapshots) if epochs is None else list(epochs)
+    missing = [e for e in wanted if e not in snapshots]
+    if missing:
+        raise RunError(
+            f"{run_dir}: no snapshot for epoch(s) {missing} (saved: {sorted(snapshots)})"
+        )
+    cfg = load_run_config(run_dir / "config.yaml")
+    model = model_from_config(cfg.model).eval()
+    per_epoch = []
+    for epoch in wanted:
+        state = torch.load(snapshots[epoch], map_location="cpu", weights_only=True)["model"]
+        model.load_state_dict(state, strict=False)
+        rfs = extract_rfs(model, layer, method, seed=seed, progress=False, **rf_options)
+        attrs = rfs.attrs
+        # the per-unit coordinates become variables, so that they too get the epoch dim
+        per_epoch.append(rfs.reset_coords(["responsive", "activation"]).expand_dims(epoch=[epoch]))
+    maps = xr.concat(per_epoch, dim="epoch")
+    rfs = maps["rf"].assign_coords(responsive=maps["responsive"]).assign_attrs(attrs)
+    metrics = rf_metrics(rfs)
+    ds = metrics.drop_vars([c for c in metrics.coords if c not in ("epoch", "channel")])
+    ds["rf"] = rfs.reset_coords(drop=True)
+    for name in ("responsive", "activation"):
+        ds[name] = maps[name]
+    history = _history(run_dir)
+    if history is not None:
+        ds = ds.merge(history.reindex(epoch=ds["epoch"]), compat="override")
+    ds.attrs.update({f"rf_{k}": v for k, v in rfs.attrs.items() if k != "run_dir"})
+    ds.attrs.update({"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.seed})
+    return ds
+
+
+def _history(run_dir: Path) -> xr.Dataset | None:
+    path = run_dir / "history.nc"
+    if not path.is_file():
+        return None
+    with xr.open_dataset(path, engine="h5netcdf") as history:
+        keep = [v for v in history.data_vars if history[v].dims == ("epoch",)]
+        return history[keep].load().drop_attrs() if keep else None
+
+
+def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
+    """Per-epoch summary of a :func:`rf_trajectory` over its responsive units.
+
+    Returns a Dataset over ``epoch`` with ``symmetry`` and ``osi`` (means over responsive
+    units), ``fraction_center_surround`` and ``fraction_oriented`` (of responsive units),
+    ``n_responsive`` and, where the run's history has it, ``test_acc``.
+    """
+    responsive = trajectory["rf_class"] != "unresponsive"
+    n_responsive = responsive.sum("channel")
+    safe = n_responsive.where(n_responsive > 0)
+    out = xr.Dataset(
+        {
+            "symmetry": trajectory["symmetry"].where(responsive).mean("channel"),
+            "osi": trajectory["osi"].where(responsive).mean("channel"),
+            "fraction_center_surround": (trajectory["rf_class"] == "center-surround").sum("channel")
+            / safe,
+            "fraction_oriented": (trajectory["rf_class"] == "oriented").sum("channel") / safe,
+            "n_responsive": n_responsive,
+        }
+    )
+    if "test_acc" in trajectory:
+        out["test_acc"] = trajectory["test_acc"]
+    out.attrs = {k: trajectory.attrs[k] for k in ("preset", "seed", "run_dir")
+                 if k in trajectory.attrs}  # fmt: skip
+    return out
+
+
+def plot_trajectories(
+    summaries: dict[str, xr.Dataset],
+    metrics: Sequence[str] = tuple(SUMMARY_METRICS),
+    width: str | float = "double",
+):
+    """One panel per metric, one line per run: how the RFs change with training.
+
+    Args:
+        summaries: label -> :func:`trajectory_summary` of a run.
+        metrics: keys of ``SUMMARY_METRICS`` to draw.
+        width: journal width of the figure.
+
+    Returns the figure.
+    """
+    from analysis.figures import condition_color, new_figure
+
+    unknown = [m for m in metrics if m not in SUMMARY_METRICS]
+    if unknown or not summaries:
+        raise DataError(f"plot_trajectories: unknown metrics {unknown} or no runs")
+    ncols = min(3, len(metrics))
+    nrows = int(np.ceil(len(metrics) / ncols))
+    fig, axes = new_figure(width, height_mm=45.0 * nrows, nrows=nrows, ncols=ncols, squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for label, summary in summaries.items():
+            if metric not in summary:
+                continue
+            preset = str(summary.attrs.get("preset", label))
+            ax.plot(summary["epoch"], summary[metric], marker="o", markersize=2.5,
+                    color=condition_color(preset), label=label)  # fmt: skip
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(SUMMARY_METRICS[metric])
+        if metric.startswith("fraction") or metric in ("symmetry", "osi"):
+            ax.set_ylim(-0.02, 1.02)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(frameon=False, fontsize="small")
+    return fig

@@ -1,0 +1,244 @@
+"""FFT convolution (DESIGN.md 4.2) and the rest of the speed work: what is fast must be exact.
+
+Claims: the frequency-domain convolution computes what ``F.conv2d`` computes (forward, input
+gradient, weight gradient) for the geometries it accepts; RAF in the frequency domain equals
+RAF computed directly, and at full rank with P = I, Q = W equals backprop; ``q.grad`` by
+einsum equals the convolution form; the cache-blocked RMSprop is torch's RMSprop; Oja's cheap
+form for wide layers is Oja's rule; ``conv_impl`` is validated like every setting.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retina_raf.config import resolve_run_config
+from retina_raf.errors import ConfigError
+from retina_raf.feedback import RAFConv2d, RAFLinear, oja_gradient
+from retina_raf.feedback.rules import project_channels
+from retina_raf.fftconv import FFTConv2d, choose_conv_impl, fft_conv2d, fft_size
+from retina_raf.models import build_model
+from retina_raf.optim import BlockedRMSprop
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def conv_and_gradients(conv, x, w, b, delta):
+    out = conv(x, w, b)
+    return (out, *torch.autograd.grad(out, (x, w, b), delta))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", [3, 5, 7, 9, 11])
+@pytest.mark.parametrize(
+    "channels, size",
+    [((1, 32), (32, 32)), ((32, 32), (32, 32)), ((6, 4), (17, 23)), ((3, 1), (8, 8))],
+)
+def test_fft_convolution_equals_conv2d_forward_and_both_gradients(dtype, kernel, channels, size):
+    """Same output, input gradient, weight gradient and bias gradient as F.conv2d with 'same'
+    zero padding: 1e-5 relative in float32, 1e-10 in float64 (kernels 3-11, square and
+    rectangular images, one input channel, one output channel)."""
+    torch.manual_seed(kernel)
+    n, m = channels
+    x = torch.randn(3, n, *size, dtype=dtype, requires_grad=True)
+    w = torch.randn(m, n, kernel, kernel, dtype=dtype, requires_grad=True)
+    b = torch.randn(m, dtype=dtype, requires_grad=True)
+    delta = torch.randn(3, m, *size, dtype=dtype)
+    expected = conv_and_gradients(lambda *a: F.conv2d(*a, padding=kernel // 2), x, w, b, delta)
+    got = conv_and_gradients(fft_conv2d, x, w, b, delta)
+    for name, g, e in zip(
+        ("output", "input grad", "weight grad", "bias grad"), got, expected, strict=True
+    ):
+        assert g.dtype == dtype
+        assert relative_error(g, e) <= TOLERANCE[dtype], name
+
+
+def test_fft_grid_is_the_smallest_fast_size_without_wrap_around():
+    """N >= H + k // 2 (the circular correlation then reads only zero padding where it wraps),
+    and N has no prime factor above 5: 36 for 32 x 32 images with 9 x 9 kernels."""
+    assert fft_size(32, 9) == 36
+    assert fft_size(32, 3) == 36  # 33 = 3 * 11 is not fast; 34 = 2 * 17 neither; 35 = 5 * 7
+    assert fft_size(28, 5) == 30
+    assert fft_size(16, 9) == 20
+
+
+def test_fft_convolution_rejects_what_it_does_not_compute():
+    """Even kernels, strides and non-'same' padding are refused with a one-line error."""
+    with pytest.raises(ValueError, match="odd"):
+        fft_conv2d(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 4, 4))
+    with pytest.raises(ConfigError, match="stride 1"):
+        FFTConv2d(1, 2, 3, stride=2, padding=1)
+    with pytest.raises(ConfigError, match="same"):
+        FFTConv2d(1, 2, 3, padding=0)
+    with pytest.raises(ConfigError, match="stride 1"):
+        RAFConv2d(2, 2, 3, stride=2, padding=1, conv_impl="fft")
+
+
+def test_fft_conv2d_module_is_nn_conv2d_with_the_same_state_and_output():
+    """FFTConv2d has nn.Conv2d's parameters and init (same seed, same weights) and output."""
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(4, 6, 9, padding=4, dtype=torch.float64)
+    torch.manual_seed(0)
+    layer = FFTConv2d(4, 6, 9, padding=4, conv_impl="fft", dtype=torch.float64)
+    assert layer.state_dict().keys() == reference.state_dict().keys()
+    torch.testing.assert_close(layer.weight, reference.weight)
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-10, atol=1e-10)
+
+
+def raf_gradients(layer: RAFConv2d, x: torch.Tensor, delta: torch.Tensor) -> dict:
+    x = x.clone().requires_grad_(True)
+    out = layer(x)
+    (out * delta).sum().backward()
+    grads = {"out": out.detach(), "x": x.grad}
+    grads.update({name: p.grad for name, p in layer.named_parameters() if p.grad is not None})
+    return grads
+
+
+@pytest.mark.parametrize(
+    "rule, rank",
+    [("raf", 1), ("raf", 3), ("raf", 8), ("lowrank_fa", 1), ("fa", 3), ("fa", 8), ("kp", 8)],
+)
+def test_raf_in_the_frequency_domain_equals_raf_computed_directly(rule, rank):
+    """conv_impl='fft' gives RAFConv2d the same output and the same x, W, b, Q, P gradients as
+    the direct implementation, for every rule and rank (rank 1 Q paths included)."""
+    torch.manual_seed(rank)
+    direct = RAFConv2d.from_rule(rule, 5, 8, 9, rank=rank, padding=4, conv_impl="direct",
+                                 dtype=torch.float64)  # fmt: skip
+    fft = copy.deepcopy(direct)
+    fft.conv_impl = "fft"
+    x, delta = torch.randn(3, 5, 16, 16, dtype=torch.float64), torch.randn(3, 8, 16, 16).double()
+    expected, got = raf_gradients(direct, x, delta), raf_gradients(fft, x, delta)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_full_rank_raf_with_identity_p_and_copied_q_is_backprop_with_fft():
+    """rank = m, P = I, Q = W: RAF's input gradient is backprop's with conv_impl='fft' too."""
+    torch.manual_seed(0)
+    layer = RAFConv2d(4, 6, 7, padding=3, p_rule="identity", conv_impl="fft", dtype=torch.float64)
+    with torch.no_grad():
+        layer.q.copy_(layer.weight)
+    x = torch.randn(2, 4, 13, 13, dtype=torch.float64, requires_grad=True)
+    delta = torch.randn(2, 6, 13, 13, dtype=torch.float64)
+    (layer(x) * delta).sum().backward()
+    expected = torch.nn.grad.conv2d_input(x.shape, layer.weight.detach(), delta, padding=3)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("conv_impl", ["direct", "fft"])
+def test_q_grad_by_einsum_equals_the_weight_gradient_convolution_of_p_delta(conv_impl):
+    """KP's q.grad = conv2d_weight(h, Q.shape, P delta) (DESIGN 4.2), computed as
+    sum_m P_rm W.grad_m, in both implementations."""
+    torch.manual_seed(0)
+    layer = RAFConv2d(3, 6, 5, padding=2, rank=2, conv_impl=conv_impl, dtype=torch.float64)
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    delta = torch.randn(2, 6, 10, 10, dtype=torch.float64)
+    (layer(x) * delta).sum().backward()
+    p_delta = project_channels(layer.p.detach(), delta)
+    expected = torch.nn.grad.conv2d_weight(x, layer.q.shape, p_delta, padding=2)
+    torch.testing.assert_close(layer.q.grad, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_linear_q_grad_takes_either_form_with_the_same_value():
+    """RAFLinear's q.grad is h^T (delta P^T) = W.grad^T P^T, whichever is cheaper: few rows
+    (N < m) and many rows (N > m) give the Kolen-Pollack value."""
+    torch.manual_seed(0)
+    for rows in (3, 40):
+        layer = RAFLinear(7, 5, rank=2, dtype=torch.float64)
+        x, delta = torch.randn(rows, 7, dtype=torch.float64), torch.randn(rows, 5).double()
+        (layer(x) * delta).sum().backward()
+        expected = x.t() @ (delta @ layer.p.detach().t())
+        torch.testing.assert_close(layer.q.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [4, 200])
+def test_oja_gradient_for_few_rows_equals_the_covariance_form(rows):
+    """For wide P (r large against the N error rows) Oja's gradient is PD^T (PD P - delta),
+    algebraically -(P C (I - P^T P)) with C = delta^T delta: both branches give it."""
+    torch.manual_seed(rows)
+    p = torch.randn(16, 24, dtype=torch.float64)
+    delta = torch.randn(rows, 24, dtype=torch.float64)
+    c = 24 * delta.t() @ delta / delta.pow(2).sum()
+    expected = -(p @ c @ (torch.eye(24, dtype=torch.float64) - p.t() @ p))
+    got = oja_gradient(p, delta @ p.t(), delta)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.0, 1e-5), (0.9, 1e-3)])
+def test_blocked_rmsprop_is_torch_rmsprop_bit_for_bit(momentum, weight_decay):
+    """The cache-blocked update gives torch's RMSprop's parameters and state exactly (blocks
+    smaller than, equal to and larger than the tensors), and the same state_dict layout."""
+    torch.manual_seed(0)
+    shapes = [(300, 70), (7,), (5, 3, 9, 9), (4099,)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=1e-3, alpha=0.9, eps=1e-7, weight_decay=weight_decay, momentum=momentum)
+    blocked, reference = (
+        BlockedRMSprop(ours, block_size=1024, **kw),
+        torch.optim.RMSprop(theirs, **kw),
+    )
+    for _ in range(4):
+        for a, b in zip(ours, theirs, strict=True):
+            grad = torch.randn_like(a)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        blocked.step()
+        reference.step()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    state, ref_state = blocked.state_dict(), reference.state_dict()
+    for key in ref_state["state"]:
+        assert state["state"][key].keys() == ref_state["state"][key].keys()
+        for name, value in ref_state["state"][key].items():
+            assert torch.equal(state["state"][key][name], value)
+    reference.load_state_dict(blocked.state_dict())  # checkpoints move between the two
+
+
+def test_conv_impl_is_a_validated_setting_and_auto_picks_per_layer(run_cli):
+    """model.conv_impl accepts auto | direct | fft (a bad value is one line, exit 2); auto
+    computes by FFT on the CPU where it pays (9x9, 32 -> 32) and directly for retina_1."""
+    with pytest.raises(ConfigError, match="conv_impl"):
+        resolve_run_config("bp", overrides={"model": {"conv_impl": "winograd"}})
+    status, _, err = run_cli("train", "--preset", "bp", "--set", "model.conv_impl=winograd",
+                             "--config-only")  # fmt: skip
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "conv_impl" in err
+    assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cpu") == "fft"
+    assert choose_conv_impl("auto", (32, 1, 9, 9), (32, 32), "cpu") == "direct"
+    assert choose_conv_impl("auto", (32, 32, 3, 3), (32, 32), "cpu") == "direct"
+    assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cuda") == "direct"
+    assert choose_conv_impl("direct", (32, 32, 9, 9), (32, 32), "cpu") == "direct"
+
+
+def test_whole_network_trains_the_same_with_fft_and_direct_convolution():
+    """Three RMSprop steps of raf-r2 from the same init: losses and weights agree to float
+    noise between conv_impl fft and direct (float64)."""
+    nets, losses = {}, {}
+    small = dict(vvs_layers=1, fc_units=16, retina_channels=8, vvs_channels=8)
+    x, y = torch.rand(8, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+    for impl in ("direct", "fft"):
+        net = build_model("raf-r2", seed=0, conv_impl=impl, **small).double().train()
+        net.layers["fc_1"].dropout = torch.nn.Identity()
+        optimizer = BlockedRMSprop(net.parameters(), lr=1e-3)
+        losses[impl] = []
+        for _ in range(3):
+            loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[impl].append(loss.item())
+        nets[impl] = net
+    assert losses["fft"] == pytest.approx(losses["direct"], rel=1e-10)
+    direct = nets["direct"].state_dict().values()
+    for (name, a), b in zip(nets["fft"].state_dict().items(), direct, strict=True):
+        if torch.is_tensor(a) and a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
