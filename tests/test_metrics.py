@@ -455,3 +455,17 @@ def test_cli_metrics_refuses_to_overwrite_its_input(tmp_path, run_cli):
     code, _, stderr = run_cli("metrics", source, "--out", source)
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert source.read_bytes() == before
+
+
+def test_metrics_of_dask_backed_rfs_stay_lazy_and_match_numpy():
+    """Issue 13: rf_metrics goes through xr.apply_ufunc, so RFs opened with dask
+    (open_mfdataset) give lazy metrics, equal to the in-memory ones once computed."""
+    rfs = syn.synthetic_rfs(counts=dict(dog=6, gabor=6, noise=4), seed=5)
+    eager = metrics.rf_metrics(rfs)
+    lazy = metrics.rf_metrics(rfs.chunk({"channel": 8}))
+    assert lazy["osi"].chunks is not None and lazy["rf_class"].chunks is not None
+    computed = lazy.compute()
+    assert (computed["rf_class"].values == eager["rf_class"].values).all()
+    for name in ("osi", "symmetry", "dog_r2", "gabor_r2", "polarity"):
+        np.testing.assert_allclose(computed[name].values, eager[name].values, equal_nan=True)
+    assert metrics.closed_form_metrics(rfs.chunk({"channel": 8}))["symmetry"].chunks is not None
