@@ -272,7 +272,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     """
     from pathlib import Path
 
-    from analysis.montage import montage_title, save_montage
+    from analysis.figures.montage import save_rf_montage
     from analysis.rf import extract_rfs
     from retina_raf.io import write_netcdf
 
@@ -292,7 +292,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     write_netcdf(rfs, out)
     click.echo(f"wrote {out} ({int(rfs.responsive.sum())}/{rfs.sizes['channel']} responsive)")
     if not no_montage:
-        png = save_montage(rfs, out.with_suffix(".png"), title=montage_title(rfs))
+        png = save_rf_montage(rfs, out.with_suffix(".png"))
         click.echo(f"wrote {png}")
 
 
