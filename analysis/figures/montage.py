@@ -131,10 +131,14 @@ def plot_rf_montage(
     image = skimage_montage(
         tiles, fill=np.nan, grid_shape=(nrows, ncols), padding_width=pad, rescale_intensity=False
     )
-    fig_width = width_mm(width)
     colorbar_mm, title_mm = 14.0, (5.0 if title else 0.0)
     footer_mm = 4.5 if classes is not None else 3.0
-    image_mm = (fig_width - colorbar_mm) * image.shape[0] / image.shape[1]
+    # tiles keep the size they have in a full row of 8, so that a run with few RFs (a
+    # bottleneck) does not blow one RF up to the journal width
+    cell_mm = (width_mm(width) - colorbar_mm) / max(ncols, 8)
+    image_width_mm = cell_mm * ncols * image.shape[1] / (image.shape[1] - pad)
+    fig_width = max(image_width_mm + colorbar_mm, 45.0 if title else 30.0)
+    image_mm = image_width_mm * image.shape[0] / image.shape[1]
     height = image_mm + title_mm + footer_mm + 2.0
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
     with paper_style():
@@ -142,7 +146,7 @@ def plot_rf_montage(
         fig.get_layout_engine().set(w_pad=0.5 / MM_PER_INCH, h_pad=0.5 / MM_PER_INCH)
         shown = ax.imshow(image, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
         ax.set_axis_off()
-        px_mm = (fig_width - colorbar_mm) / image.shape[1]  # mm per image pixel, roughly
+        px_mm = image_width_mm / image.shape[1]  # mm per image pixel
         label_size = float(np.clip(2.2 * pad * px_mm, 4.5, 6.5))  # points, fits the gap
         for index in range(n_rfs):
             row, col = divmod(index, ncols)

@@ -135,7 +135,7 @@ def _strip_panel(ax, table: pd.DataFrame, order: list[str]) -> None:
     if counts.nunique() == 1:
         n = int(counts.iloc[0])
         ax.set_title(f"n = {n} seed{'s' if n != 1 else ''} per condition", fontsize=6.5,
-                     color="0.3", pad=11)  # fmt: skip
+                     color="0.3", pad=12.5)  # fmt: skip
         labels = list(ticks)
     else:
         labels = [f"{tick}\nn={n}" for tick, n in zip(ticks, counts, strict=True)]
@@ -379,7 +379,10 @@ def plot_alignment(results: xr.Dataset, max_columns: int = 4):
             ax.set_visible(False)
         for ax in axes[-1]:
             ax.set_xlabel("Epoch")
-        fig.supylabel("Angle between feedback B and forward W$^{T}$ (\u00b0)", fontsize=7)
+        for ax in axes[:, 0]:  # what is aligned with what, in two lines that fit a row
+            ax.set_ylabel("Angle, feedback B\nvs. forward W$^{T}$ (\u00b0)")
+        axes.flat[0].text(0.98, 88, "chance", transform=axes.flat[0].get_yaxis_transform(),
+                          ha="right", va="top", fontsize=6, color="0.5")  # fmt: skip
         handles = {}  # label -> handle, each condition once
         for ax in axes.flat[: len(layers)]:
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
