@@ -434,7 +434,7 @@ def test_every_plot_function_produces_panel_files(results, tmp_path):
         assert png.stat().st_size > 1000
     titles = [ax.get_title() for ax in drawn["alignment"].axes if ax.get_title()]
     assert titles == ["vvs_1 (into retina)", "vvs_2", "fc_1"]
-    assert "feedback B and forward W" in drawn["alignment"].get_supylabel()
+    assert "feedback B\nvs. forward W" in drawn["alignment"].axes[0].get_ylabel()  # what vs what
 
 
 @pytest.mark.slow
