@@ -465,14 +465,14 @@ def metrics_command(rfs_file: str, out: str) -> None:
     from pathlib import Path
 
     from analysis.metrics import load_rfs, rf_metrics, summarize
-    from retina_raf.io import write_netcdf
+    from analysis.results import write_results
 
     if Path(out).resolve() == Path(rfs_file).resolve():
         raise click.BadParameter("must differ from the input RFs file", param_hint="--out")
     rfs = load_rfs(rfs_file)
     metrics = rf_metrics(rfs, progress=True)
     metrics.attrs["metrics_input"] = str(rfs_file)
-    write_netcdf(metrics, out)
+    write_results(metrics, out)  # CF: rf_class as flag_values / flag_meanings
     for line in summarize(metrics, default_condition=Path(rfs_file).stem):
         click.echo(line)
     click.echo(f"wrote {out}")
