@@ -34,7 +34,7 @@ DEMO_REPORTS = ("compare_ranks", "rf_atlas")
 
 def run_demo(
     out: str | Path = "data/demo",
-    reports: str | Path = "reports",
+    reports: str | Path = "reports/demo",
     presets: Sequence[str] = DEMO_PRESETS,
     settings: Sequence[str] = DEMO_SETTINGS,
     rf_options: dict | None = None,

@@ -542,10 +542,10 @@ def results_cmd(runs, out, layer, method, rf_seed, seed, device):
 )
 @click.option(
     "--reports",
-    default="reports",
+    default="reports/demo",
     show_default=True,
     type=click.Path(path_type=str),
-    help="Where the rendered notebooks go.",
+    help="Where the rendered notebooks go (git-ignored: reports/README.md).",
 )
 def demo_cmd(out, reports):
     """Train bp, raf-r2 and raf-r32 briefly on the embedded sample, map and measure the

@@ -96,7 +96,7 @@ from analysis.metrics.classification import (
 from analysis.metrics.closed_form import (
     CLOSED_FORM_NAMES,
     bar_orientedness,
-    closed_form,
+    closed_form_arrays,
     radial_symmetry,
     rf_centers,
     spectral_orientation,
@@ -182,13 +182,13 @@ def closed_form_metrics(rfs: xr.DataArray) -> xr.Dataset:
 
 def _closed_form_metrics(rf: np.ndarray) -> dict[str, np.ndarray]:
     z, valid, _, _ = standardize(rf)
-    return closed_form(z, valid)
+    return closed_form_arrays(z, valid)
 
 
 def _all_metrics(rf: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
     """Every metric of RFs (n, H, W) as {name: (n,) array} (numpy core of rf_metrics)."""
     z, valid, mean, std = standardize(rf)
-    closed = closed_form(z, valid)
+    closed = closed_form_arrays(z, valid)
     fitted = fit_rfs(z, valid, closed, progress=progress)
     # Back from the unit-variance RF to the RF's own units.
     for name in ("dog_amplitude", "gabor_amplitude"):

@@ -32,13 +32,13 @@ def standardize(rf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return z, valid, safe.mean(axis=(1, 2)), std
 
 
-def closed_form(z: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+def closed_form_arrays(z: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
     """Closed-form metrics of the valid RFs among z (n, H, W); NaN for the others."""
     if not valid.any():
         return {name: np.full(valid.shape, np.nan) for name in CLOSED_FORM_NAMES}
     if len(z) > CHUNK_RFS:  # bound the memory of the padded spectra
         parts = [
-            closed_form(z[i : i + CHUNK_RFS], valid[i : i + CHUNK_RFS])
+            closed_form_arrays(z[i : i + CHUNK_RFS], valid[i : i + CHUNK_RFS])
             for i in range(0, len(z), CHUNK_RFS)
         ]
         return {name: np.concatenate([p[name] for p in parts]) for name in CLOSED_FORM_NAMES}
