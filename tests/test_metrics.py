@@ -469,3 +469,12 @@ def test_metrics_of_dask_backed_rfs_stay_lazy_and_match_numpy():
     for name in ("osi", "symmetry", "dog_r2", "gabor_r2", "polarity"):
         np.testing.assert_allclose(computed[name].values, eager[name].values, equal_nan=True)
     assert metrics.closed_form_metrics(rfs.chunk({"channel": 8}))["symmetry"].chunks is not None
+
+
+def test_metric_units_are_udunits_strings():
+    """Issue 13: every unit is a UDUNITS string (`udunits2 -H` parses it); pixels, which
+    UDUNITS lacks, are "1" and say so in the long name."""
+    ds = metrics.rf_metrics(syn.synthetic_rfs(counts=dict(dog=2, gabor=2), seed=1))
+    units = {name: v.attrs["units"] for name, v in ds.data_vars.items() if "units" in v.attrs}
+    assert set(units.values()) <= {"1", "degree", "radian"}
+    assert units["orientation"] == "degree" and "pixels" in ds["rf_size"].attrs["long_name"]
