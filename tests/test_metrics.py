@@ -413,6 +413,10 @@ def test_cli_metrics_round_trip(tmp_path, run_cli):
     assert lines[1].startswith("raf-rank1: 1/2 responsive RFs, center-surround 0.00")
     assert "mean symmetry" in lines[0] and "mean OSI" in lines[0]
     with xr.open_dataset(out, engine="h5netcdf") as ds:
+        # CF flags on disk (codes, flag_values, flag_meanings), names once decoded
+        assert ds.rf_class.attrs["flag_meanings"].split() == list(metrics.CLASSES)
+        assert ds.rf_class.values.tolist() == [[0, 0], [1, 3]]
+        ds = metrics.decode_rf_class(ds)
         assert ds.rf_class.values.tolist() == [["center-surround"] * 2,
                                                ["oriented", "unresponsive"]]  # fmt: skip
         assert list(ds["rank"].values) == [10, 1] and ds.attrs["layer"] == "retina_2"

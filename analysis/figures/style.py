@@ -44,7 +44,6 @@ CONDITION_COLORS = {
     "raf-r2": PALETTE[0],
     "draf-bottleneck-4": PALETTE[4],  # purple: bottleneck with direct full-rank feedback
 }
-CONDITION_ORDER = list(CONDITION_COLORS)
 CLASS_COLORS = {  # away from the red/blue of the RF colormap
     "center-surround": PALETTE[2],
     "oriented": PALETTE[4],

@@ -216,6 +216,8 @@ def _apply(rfs, names, core, **kwargs) -> xr.Dataset:
         values = core(rf.reshape(-1, height, width), **kwargs)
         return tuple(np.asarray(values[name], dtype=float).reshape(leading) for name in names)
 
+    # the RFs' own provenance, not what describes the RF values (units, long_name, comment)
+    rf_attrs = {k: v for k, v in rfs.attrs.items() if k not in ("units", "long_name", "comment")}
     outputs = xr.apply_ufunc(
         per_block,
         rfs,
@@ -230,7 +232,7 @@ def _apply(rfs, names, core, **kwargs) -> xr.Dataset:
             name: out.assign_attrs(VARIABLE_ATTRS.get(name, {}))
             for name, out in zip(names, outputs, strict=True)
         },
-        attrs=dict(rfs.attrs),
+        attrs=rf_attrs,
     )
     for name, dtype in INTEGER_METRICS.items():
         if name in ds:
