@@ -41,6 +41,8 @@ bench: install
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/rf_extraction.py
 	$(PY) benchmarks/metrics_speed.py
+	$(PY) benchmarks/fit_solvers.py
+	$(PY) benchmarks/skimage_alternatives.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

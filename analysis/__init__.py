@@ -1,5 +1,6 @@
 """analysis: everything that reads a trained model or a results dataset.
 
 Receptive fields (``rf``), their metrics (``metrics``, ``synthetic``), results datasets
-(``results``), statistics (``stats``), figures (``figures``) and reports (``report``).
+(``results``), one value per run (``per_run``), statistics (``stats``), figures
+(``figures``) and reports (``report``).
 """

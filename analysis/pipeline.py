@@ -34,7 +34,7 @@ DEMO_REPORTS = ("compare_ranks", "rf_atlas")
 
 def run_demo(
     out: str | Path = "data/demo",
-    reports: str | Path = "reports",
+    reports: str | Path = "reports/demo",
     presets: Sequence[str] = DEMO_PRESETS,
     settings: Sequence[str] = DEMO_SETTINGS,
     rf_options: dict | None = None,
@@ -64,7 +64,7 @@ def run_demo(
     paths = {"results": write_results(results, out / "results.nc")}
     for name in notebooks:
         log(f"rendering {name}")
-        parameters = {"results": str(paths["results"].resolve()),
-                      "figures_dir": str((Path(reports) / "figures" / name).resolve())}  # fmt: skip
-        paths[name] = run_report(NOTEBOOKS / f"{name}.ipynb", parameters, reports)
+        # panels go to <reports>/<name>/figures; paths show relative to the project
+        paths[name] = run_report(NOTEBOOKS / f"{name}.ipynb", {"results": str(paths["results"])},
+                                 reports)  # fmt: skip
     return paths

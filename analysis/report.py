@@ -6,8 +6,11 @@ notebook with papermill (its cell tagged ``parameters`` overridden) in this envi
 
     compare_ranks.ipynb   the executed notebook, outputs included
     compare_ranks.html    the same as one self-contained HTML page (images embedded)
+    figures/              the panels the notebook exports (its ``figures_dir`` by default)
     FAILED                only after a failed run: which cell failed, how, and the traceback
 
+Absolute paths among the parameters are shown relative to the kernel's working folder
+(the project, usually), so a report names no folder of the machine that made it.
 A failed run keeps its partial report for inspection (HTML titled ``FAILED: <name>``); the
 next successful run removes the ``FAILED`` marker.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import os
 import re
 import sys
 import tempfile
@@ -72,6 +76,18 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
         return {}
     translator = papermill_translators.find_translator(KERNEL_NAME, "python")
     return {param.name: param._asdict() for param in translator.inspect(cells[0])}
+
+
+def shown_path(value, base: Path):
+    """A parameter as the executed report shows it: an absolute path becomes relative to
+    ``base`` (the kernel's working folder, usually the project), so that a report shows no
+    machine's folders and still runs where it was made; anything else is unchanged."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    try:
+        return os.path.relpath(value, base)
+    except ValueError:  # another drive (Windows): nothing relative to show
+        return value
 
 
 def _check_notebook(notebook: str | Path) -> Path:
@@ -203,8 +219,10 @@ def run_report(
     Args:
         notebook: path of the template notebook (.ipynb with a cell tagged ``parameters``).
         parameters: values overriding the ``parameters`` cell; unknown names are refused
-            before anything runs.
-        out_dir: folder of all reports.
+            before anything runs. Absolute paths among them are shown, and passed, relative
+            to ``cwd`` (:func:`shown_path`), as are papermill's notebook paths.
+        out_dir: folder of all reports; a notebook's panels go to ``<out_dir>/<name>/figures``
+            unless ``figures_dir`` is given.
         name: report name (default: the notebook's stem).
         kernel_name: Jupyter kernel; must start this environment's Python (see check_kernel).
         progress_bar: papermill's per-cell progress bar.
@@ -234,6 +252,11 @@ def run_report(
     check_kernel(kernel_name)
 
     report_dir = Path(out_dir) / name
+    base = Path(cwd or Path.cwd()).resolve()
+    if "figures_dir" in notebook_parameters(notebook) and "figures_dir" not in parameters:
+        # panels belong to the report that shows them, never to a shared ./reports/figures
+        parameters["figures_dir"] = str(report_dir / "figures")
+    parameters = {key: shown_path(value, base) for key, value in parameters.items()}
     report_dir.mkdir(parents=True, exist_ok=True)
     executed_path = report_dir / f"{name}.ipynb"
     html_path = report_dir / f"{name}.html"
@@ -272,10 +295,13 @@ def run_report(
             failure = f"notebook {notebook} stopped: {type(error).__name__}: {error}"
         if running_path.exists():
             executed = nbformat.read(running_path, as_version=4)
+            papermill_metadata = executed.metadata.get("papermill", {})
+            papermill_metadata["input_path"] = shown_path(str(notebook.resolve()), base)
+            papermill_metadata["output_path"] = shown_path(str(executed_path.resolve()), base)
             title = f"FAILED: {name}" if failure else name
             _write_html(executed, html_path, title, failure)
             with atomic_path(executed_path) as tmp:
-                tmp.write_bytes(running_path.read_bytes())
+                nbformat.write(executed, tmp)
     if failure:
         write_text(f"{failure}\n\n{details}".rstrip() + "\n", failed_path)
         raise RunError(f"{failure} (partial report in {report_dir}/)")

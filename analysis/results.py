@@ -5,12 +5,17 @@ measures them (:mod:`analysis.metrics`), reads each run's ``history.nc``, and st
 along a ``run`` dimension::
 
     dims    run, channel, y, x, epoch, layer (feedback layers of the diagnostics)
-    coords  run_id, preset, rank, n_bn, seed, rule   (on run; ``ds.groupby("rank")`` works)
+    coords  run_id, preset, rank, n_bn, seed, rule   (on run, each an index:
+            ``ds.sel(preset="raf-r4")`` and ``ds.groupby("rank")`` work)
     vars    rf (run, channel, y, x), rf_spread, responsive, present (run, channel),
             metrics (run, channel): osi, symmetry, orientedness, dog_r2, gabor_r2, rf_class ...
             history (run, epoch): train_loss, test_loss, train_acc, test_acc, lr ...
             diagnostics (run, epoch, layer): alignment_deg ...
     attrs   rf_layer, rf_method, rf options, package version, git commit, date
+
+On disk (:func:`write_results`) the file follows CF: ``Conventions``, UDUNITS units,
+``rf_class`` as ``flag_values``/``flag_meanings``; :func:`open_results` restores the class
+names and the run indexes. Metrics of dask-backed RFs stay lazy (``analysis.metrics``).
 
 Runs with fewer channels (feedforward bottlenecks) are padded: ``present`` is False there,
 numeric variables NaN and ``rf_class`` the empty string. Each run's analysis is cached next
@@ -35,6 +40,32 @@ from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
 
 RUN_COORDS = ("run_id", "preset", "rank", "n_bn", "seed", "rule")
+CONVENTIONS = "CF-1.10"
+# CF attributes of the coordinates; UDUNITS has no pixel, so pixel positions are "1"
+COORD_ATTRS = {
+    "run_id": {"long_name": "run folder name"},
+    "preset": {"long_name": "condition (preset) of the run"},
+    "rank": {"long_name": "rank of the error feedback sent into the retina", "units": "1"},
+    "n_bn": {"long_name": "retina output channels (feedforward bottleneck N_bn)", "units": "1"},
+    "seed": {"long_name": "training seed of the run"},
+    "rule": {"long_name": "learning rule family (bp, raf, draf)"},
+    "channel": {"long_name": "channel of the RF layer"},
+    "y": {"long_name": "input row, pixels from the top", "units": "1"},
+    "x": {"long_name": "input column, pixels from the left", "units": "1"},
+    "epoch": {"long_name": "training epoch", "units": "1"},
+    "layer": {"long_name": "layer of the feedback diagnostics"},
+}
+
+
+def index_run_coords(ds: xr.Dataset) -> xr.Dataset:
+    """Each run coordinate (preset, rank, n_bn, seed, rule, run_id) as an xarray index, so
+    that ``ds.sel(preset="raf-r4")`` selects runs by label (one coordinate per ``sel``;
+    chain them: ``ds.sel(preset="raf-r4").sel(seed=0)``). NetCDF does not store indexes:
+    :func:`open_results` sets them again."""
+    for name in RUN_COORDS:
+        if name in ds.coords and ds[name].dims == ("run",) and name not in ds.xindexes:
+            ds = ds.set_xindex(name)
+    return ds
 
 
 def _options_key(layer: str, method: str, seed: int, options: dict) -> str:
@@ -87,7 +118,7 @@ def _history(run_dir: Path) -> xr.Dataset | None:
     if not path.exists():
         return None
     with xr.open_dataset(path, engine="h5netcdf") as history:
-        return history.load().drop_attrs()
+        return history.load().drop_attrs(deep=False)  # keep the variables' CF attributes
 
 
 def _git_commit() -> str:
@@ -179,11 +210,21 @@ def combine_runs(
         if k.startswith(("rf_", "threshold", "classification")) and k != "rf_run_dir"
     }
     combined.attrs = provenance(**{**inherited, "rf_layer": layer, "rf_method": method})
-    return combined
+    return index_run_coords(combined)
 
 
 def write_results(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write a results dataset to NetCDF atomically (h5netcdf)."""
+    """Write a results (or metrics) dataset to NetCDF atomically (h5netcdf), the CF way:
+    a ``Conventions`` attribute, coordinates with ``long_name`` (and UDUNITS ``units``),
+    ``rf_class`` as flag codes with ``flag_values``/``flag_meanings``. :func:`open_results`
+    reads it back as it was (class names, run indexes)."""
+    from analysis.metrics import encode_rf_class
+
+    ds = encode_rf_class(ds.drop_indexes([n for n in RUN_COORDS if n in ds.xindexes]))
+    for name, attrs in COORD_ATTRS.items():
+        if name in ds.coords:
+            ds[name].attrs = {**attrs, **ds[name].attrs}
+    ds.attrs = {"Conventions": CONVENTIONS, **ds.attrs}
     return write_netcdf(ds, path)
 
 
@@ -207,7 +248,9 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
         raise DataError(f"cannot read results {paths[0]}: {exc}") from exc
     if "run" not in ds.dims:
         raise DataError(f"{paths[0]} is not a results dataset (no 'run' dimension)")
-    return ds
+    from analysis.metrics import decode_rf_class
+
+    return index_run_coords(decode_rf_class(ds))
 
 
 def load_results(

@@ -598,9 +598,30 @@ def extract_rfs(
             result = run_method(units, channel_list, base, resolved, progress)
         else:
             result = run_method(units, channel_list, base, resolved, seed, progress)
+    support = center_unit_support(model, layer, units)
     return _to_dataarray(
-        result, units, channel_list, layer, method, resolved, seed, config, run_dir
+        result, units, channel_list, layer, method, resolved, seed, config, run_dir, support
     )
+
+
+def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> list[int] | None:
+    """The input pixels the center unit of ``layer`` can see, as ``[y0, y1, x0, x1]``
+    (half-open rows y0..y1-1, columns x0..x1-1), or None when unknown.
+
+    Known for the project's :class:`~retina_raf.models.RetinaNet`, whose convolutions all
+    have the same odd kernel k, stride 1 and same padding: the d-th convolution sees a
+    square of d (k - 1) + 1 pixels (17 x 17 for ``retina_2`` with 9 x 9 kernels). Dense
+    layers see the whole image (None). Montages crop the RFs to this box.
+    """
+    cfg = getattr(model, "cfg", None)
+    names = list(getattr(model, "layer_names", []))
+    kernel = getattr(cfg, "kernel_size", None)
+    if units.center is None or kernel is None or layer not in names or layer.startswith("fc"):
+        return None
+    half = (names.index(layer) + 1) * (int(kernel) // 2)
+    (cy, cx), (height, width) = units.center, units.input_shape[1:]
+    return [max(cy - half, 0), min(cy + half + 1, height), max(cx - half, 0),
+            min(cx + half + 1, width)]  # fmt: skip
 
 
 def actmax_starts(
@@ -651,7 +672,9 @@ def actmax_starts(
     return dataset.squeeze("input_channel", drop=True) if input_shape[0] == 1 else dataset
 
 
-def _to_dataarray(result, units, channels, layer, method, options, seed, config, run_dir):
+def _to_dataarray(
+    result, units, channels, layer, method, options, seed, config, run_dir, support=None
+):
     import retina_raf
 
     dims = ("channel", "input_channel", "y", "x")
@@ -680,15 +703,18 @@ def _to_dataarray(result, units, channels, layer, method, options, seed, config,
         "unit": "channel index (flat layer)"
         if units.center is None
         else f"center unit y={units.center[0]} x={units.center[1]} of the layer's map",
-        "units": {
-            "gradient": "input gradient / its RMS (dimensionless)",
-            "actmax": "input perturbation (input units)",
+        "units": "1",  # UDUNITS: pixel intensities and their gradients are dimensionless
+        "comment": {
+            "gradient": "input gradient divided by its RMS",
+            "actmax": "input perturbation, in the units of the input pixels",
             "sta": "response per input unit (noise-averaged gradient)",
         }[method],
         "package_version": retina_raf.__version__,
         "torch_version": str(torch.__version__),
     }
     attrs.update({key: _netcdf_attr(value) for key, value in options.items()})
+    if support is not None:
+        attrs["support"] = [int(v) for v in support]
     if run_dir is not None:
         attrs["run_dir"] = str(run_dir.resolve())
         # with standardized inputs the "zeros" base is the training mean gray

@@ -34,11 +34,31 @@ import pandas as pd
 import xarray as xr
 from scipy import stats as scipy_stats
 
-from analysis.figures import FULL_WIDTH, _preset_sort_key, per_run_metric
+from analysis.per_run import (
+    FULL_WIDTH,
+    RUN_COLUMNS,
+    has_bottleneck_runs,
+    in_condition_order,
+    per_run_metric,
+    run_table,
+)
 from retina_raf.errors import ConfigError, DataError
 
+__all__ = [
+    "RUN_COLUMNS",
+    "check_alpha",
+    "class_counts",
+    "compare_bottlenecks",
+    "compare_groups",
+    "compare_ranks",
+    "final_values",
+    "has_bottleneck_runs",
+    "holm",
+    "run_table",
+    "silent_runs",
+    "summary_table",
+]
 MIN_SEEDS = 2  # runs with a finite value a group needs to enter a test
-RUN_COLUMNS = ["run_id", "preset", "rule", "rank", "n_bn", "seed"]
 PAIRWISE_COLUMNS = ["group_a", "group_b", "n_a", "n_b", "U", "p", "p_holm", "significant"]
 FACTOR_NAMES = {"rank": "feedback rank", "n_bn": "N_bn"}
 
@@ -55,21 +75,6 @@ def check_alpha(alpha) -> float:
 
 
 # ---------------------------------------------------------------------------------- tables
-def run_table(results: xr.Dataset, metrics: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per run: its identity (run_id, preset, rule, rank, n_bn, seed), the number of
-    responsive units and each metric's per-run mean (see module docstring)."""
-    from analysis.figures import responsive_units
-
-    missing = [c for c in RUN_COLUMNS if c not in results.coords and c not in results]
-    if missing:
-        raise DataError(f"the results dataset lacks the run coordinate(s) {missing}")
-    table = pd.DataFrame({c: np.asarray(results[c].values) for c in RUN_COLUMNS})
-    table["n_units"] = responsive_units(results).sum("channel").values.astype(int)
-    for metric in metrics:
-        table[metric] = per_run_metric(results, metric).values
-    return table
-
-
 def silent_runs(results: xr.Dataset) -> list[str]:
     """``run_id`` of the runs without any responsive unit: they have no per-run value, so
     the panels and tests leave them out (say so rather than drop them silently)."""
@@ -77,17 +82,14 @@ def silent_runs(results: xr.Dataset) -> list[str]:
     return [str(r) for r in table.loc[table["n_units"] == 0, "run_id"]]
 
 
-def _condition_order(table: pd.DataFrame) -> pd.DataFrame:
-    key = table["preset"].map(_preset_sort_key)
-    return table.iloc[sorted(range(len(table)), key=lambda i: (key.iloc[i], table["seed"].iloc[i]))]
-
-
 def summary_table(
     results: xr.Dataset, metrics: Sequence[str] = ("symmetry", "osi", "fraction_center_surround")
 ) -> pd.DataFrame:
     """Per condition (preset): rule, rank, n_bn, the number of seeds, and the mean and
-    standard deviation over seeds (ddof 1; NaN with one seed) of each per-run metric."""
-    table = _condition_order(run_table(results, metrics))
+    standard deviation over seeds (ddof 1; NaN with one seed) of each per-run metric.
+
+    The rows are in the order of the panels (:func:`analysis.per_run.condition_order`)."""
+    table = in_condition_order(run_table(results, metrics))
     rows = []
     for preset, runs in table.groupby("preset", sort=False):
         row = {
@@ -118,7 +120,7 @@ def class_counts(results: xr.Dataset) -> pd.DataFrame:
     )  # "" marks the padding of bottleneck runs
     for name in CLASSES:
         table[name] = ((classes == name) & present).sum("channel").values.astype(int)
-    return _condition_order(table).reset_index(drop=True)
+    return in_condition_order(table).reset_index(drop=True)
 
 
 def final_values(results: xr.Dataset, variables: Sequence[str]) -> pd.DataFrame:
@@ -132,7 +134,7 @@ def final_values(results: xr.Dataset, variables: Sequence[str]) -> pd.DataFrame:
         history = results[name].transpose("run", "epoch").values.astype(float)
         last = [row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in history]
         table[name] = last
-    table = _condition_order(table)
+    table = in_condition_order(table)
     rows = []
     for preset, runs in table.groupby("preset", sort=False):
         row = {"condition": preset, "n_seeds": len(runs)}
@@ -321,9 +323,3 @@ def compare_bottlenecks(results: xr.Dataset, metric: str, alpha: float = 0.05) -
     ``n_bn``; the same tests as :func:`compare_ranks`."""
     keep = np.asarray(results["rule"].values) == "bp"
     return compare_groups(_per_run(results, metric, keep), "n_bn", metric, alpha, "BP runs")
-
-
-def has_bottleneck_runs(results: xr.Dataset, full_width: int = FULL_WIDTH) -> bool:
-    """Whether any BP run has a feedforward bottleneck (``n_bn < full_width``)."""
-    rule, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
-    return bool(((rule == "bp") & (n_bn < full_width)).any())

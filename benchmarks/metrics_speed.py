@@ -21,6 +21,7 @@ import scipy
 from common import cpu_name
 
 from analysis import metrics
+from analysis.metrics import fits
 from analysis.synthetic import synthetic_rfs
 
 
@@ -66,7 +67,7 @@ def main() -> None:
         )
     )
     for workers in (1, cores):
-        metrics.FIT_WORKERS = workers
+        fits.FIT_WORKERS = workers
         rows.append(
             (
                 "32 RFs",
@@ -88,10 +89,10 @@ def main() -> None:
     )
     sweep_times = {}
     for workers in (1, cores):
-        metrics.FIT_WORKERS = workers
+        fits.FIT_WORKERS = workers
         sweep_times[workers] = best_time(lambda: metrics.rf_metrics(sweep_rfs), 1)
         rows.append((f"{n} RFs", "rf_metrics", str(workers), sweep_times[workers], n))
-    metrics.FIT_WORKERS = None
+    fits.FIT_WORKERS = None
 
     print(f"{'input':>9} {'metrics':>12} {'threads':>8} {'seconds':>9} {'ms/RF':>8}")
     for name, what, threads, seconds, count in rows:

@@ -105,12 +105,14 @@ def data_sample(
 )
 @click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
 @click.option(
-    "--others",
-    default="raf",
-    show_default=True,
+    "--unconstrained-rule",
+    default=None,
     type=click.Choice(["raf", "bp"]),
-    help="Rule of the layers the preset does not constrain.",
+    help="Rule of the layers the preset leaves unconstrained: RAF at full rank (default) "
+    "or backprop.",
 )
+@click.option("--others", default=None, type=click.Choice(["raf", "bp"]), hidden=True,
+              help="Deprecated name of --unconstrained-rule.")  # fmt: skip
 @click.option(
     "--set",
     "sets",
@@ -120,12 +122,25 @@ def data_sample(
 )
 @click.option("--config-only", is_flag=True, help="Print the resolved config and exit.")
 def train_cmd(
-    preset, config_file, seed, epochs, data, out, name, device, amp, others, sets, config_only
+    preset,
+    config_file,
+    seed,
+    epochs,
+    data,
+    out,
+    name,
+    device,
+    amp,
+    unconstrained_rule,
+    others,
+    sets,
+    config_only,
 ):
     """Train one run (or resume it, or skip it when finished) into OUT/<preset>-s<seed>/."""
     from retina_raf.config import dump_yaml
     from retina_raf.train import config_from_cli, train
 
+    others = _renamed(others, "--others", unconstrained_rule, "--unconstrained-rule") or "raf"
     cfg = config_from_cli(preset, seed, epochs, data, device, amp, others, sets, config_file)
     if config_only:
         click.echo(dump_yaml(cfg), nl=False)
@@ -272,7 +287,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     """
     from pathlib import Path
 
-    from analysis.montage import montage_title, save_montage
+    from analysis.figures.montage import save_rf_montage
     from analysis.rf import extract_rfs
     from retina_raf.io import write_netcdf
 
@@ -292,7 +307,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     write_netcdf(rfs, out)
     click.echo(f"wrote {out} ({int(rfs.responsive.sum())}/{rfs.sizes['channel']} responsive)")
     if not no_montage:
-        png = save_montage(rfs, out.with_suffix(".png"), title=montage_title(rfs))
+        png = save_rf_montage(rfs, out.with_suffix(".png"))
         click.echo(f"wrote {png}")
 
 
@@ -465,14 +480,14 @@ def metrics_command(rfs_file: str, out: str) -> None:
     from pathlib import Path
 
     from analysis.metrics import load_rfs, rf_metrics, summarize
-    from retina_raf.io import write_netcdf
+    from analysis.results import write_results
 
     if Path(out).resolve() == Path(rfs_file).resolve():
         raise click.BadParameter("must differ from the input RFs file", param_hint="--out")
     rfs = load_rfs(rfs_file)
     metrics = rf_metrics(rfs, progress=True)
     metrics.attrs["metrics_input"] = str(rfs_file)
-    write_netcdf(metrics, out)
+    write_results(metrics, out)  # CF: rf_class as flag_values / flag_meanings
     for line in summarize(metrics, default_condition=Path(rfs_file).stem):
         click.echo(line)
     click.echo(f"wrote {out}")
@@ -489,16 +504,25 @@ def metrics_command(rfs_file: str, out: str) -> None:
     show_default=True,
     type=click.Choice(["actmax", "gradient", "sta"]),
 )
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--rf-seed",
+    default=None,
+    type=click.IntRange(0),
+    help="Seed of the RF mapping's random starts (not a training seed).  [default: 0]",
+)
+@click.option("--seed", default=None, type=click.IntRange(0), hidden=True,
+              help="Deprecated name of --rf-seed.")  # fmt: skip
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
-def results_cmd(runs, out, layer, method, seed, device):
+def results_cmd(runs, out, layer, method, rf_seed, seed, device):
     """Combine run folders (or folders of runs) into one results dataset (NetCDF).
 
     Maps the RFs of LAYER in every finished run, measures them, reads each history and
-    stacks everything along a `run` dimension with coordinates preset, rank, n_bn, seed, rule.
+    stacks everything along a `run` dimension with coordinates preset, rank, n_bn, seed, rule
+    (each an index: ds.sel(preset="raf-r4")).
     """
     from analysis.results import combine_runs, find_runs, write_results
 
+    seed = _renamed(seed, "--seed", rf_seed, "--rf-seed") or 0
     run_dirs = [run for root in runs for run in find_runs(root)]
     if not run_dirs:
         raise click.ClickException(f"no finished run folders (with model.pt) under {runs[0]}")
@@ -518,10 +542,10 @@ def results_cmd(runs, out, layer, method, seed, device):
 )
 @click.option(
     "--reports",
-    default="reports",
+    default="reports/demo",
     show_default=True,
     type=click.Path(path_type=str),
-    help="Where the rendered notebooks go.",
+    help="Where the rendered notebooks go (git-ignored: reports/README.md).",
 )
 def demo_cmd(out, reports):
     """Train bp, raf-r2 and raf-r32 briefly on the embedded sample, map and measure the
@@ -536,6 +560,17 @@ def demo_cmd(out, reports):
     for name, path in paths.items():
         if name != "results":
             click.echo(f"report {name}: {path}")
+
+
+def _renamed(old_value, old_name: str, new_value, new_name: str):
+    """The value of an option that was renamed: the new name's, or the old one's with a
+    note on stderr; both at once is a usage error."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise click.UsageError(f"{old_name} is the old name of {new_name}; give only {new_name}")
+    click.echo(f"note: {old_name} is deprecated, use {new_name}", err=True)
+    return old_value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import json
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,11 +331,12 @@ def preset_model_fields(preset: str, others: str = "raf") -> dict:
 
     Args:
         preset: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>`` or ``draf-bottleneck-<k>``.
-        others: learning rule of the layers the condition does not constrain, ``raf``
-            (default, at full rank) or ``bp``; ignored by the backprop presets.
+        others: the unconstrained rule: learning rule of the layers the condition does not
+            constrain, ``raf`` (default, at full rank) or ``bp``; ignored by the backprop
+            presets (``--unconstrained-rule`` on the command line).
     """
     if others not in ("raf", "bp"):
-        raise ConfigError(f"others: {others!r} is not allowed (allowed: raf, bp)")
+        raise ConfigError(f"unconstrained rule {others!r} is not allowed (allowed: raf, bp)")
     if preset == "bp":
         return {"rule": "bp", "n_bn": 32}
     if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
@@ -460,7 +462,11 @@ class ExperimentConfig:
     name: str = spec("", doc="experiment name (default: the file's stem)")
     description: str = spec("")
     presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
-    others: str = spec("raf", choices=("raf", "bp"), doc="rule of the layers a preset leaves free")
+    unconstrained_rule: str = spec(
+        "raf",
+        choices=("raf", "bp"),
+        doc="rule of the layers the preset leaves unconstrained (old name: others)",
+    )
     ranks: list = spec(
         [None], doc="feedback ranks into the retina (model.layer_rank.vvs_1); null: the preset's"
     )
@@ -521,6 +527,12 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     raw = load_yaml(path)
     try:
+        if "others" in raw:  # the old name of unconstrained_rule, still read
+            if "unconstrained_rule" in raw:
+                raise ConfigError("others: the old name of unconstrained_rule; give only one")
+            warnings.warn(f"{path}: 'others' is deprecated, write 'unconstrained_rule'",
+                          FutureWarning, stacklevel=2)  # fmt: skip
+            raw["unconstrained_rule"] = raw.pop("others")
         if isinstance(raw.get("seeds"), int) and not isinstance(raw["seeds"], bool):
             if raw["seeds"] < 1:
                 raise ConfigError(f"seeds: {raw['seeds']} must be >= 1")
@@ -542,7 +554,7 @@ def check_experiment(exp: ExperimentConfig) -> None:
     _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
     for preset in exp.presets:
         try:
-            preset_model_fields(preset, exp.others)
+            preset_model_fields(preset, exp.unconstrained_rule)
         except ConfigError as exc:
             raise ConfigError(f"presets: {exc}") from None
     exp.overrides = normalize_overrides(exp.overrides, "overrides")
@@ -564,7 +576,8 @@ def check_experiment(exp: ExperimentConfig) -> None:
             for rank in exp.ranks:
                 overrides = experiment_overrides(exp, rank, point)
                 try:
-                    cfg = resolve_run_config(preset, exp.seeds[0], overrides, exp.others)
+                    cfg = resolve_run_config(preset_with_rank(preset, rank), exp.seeds[0],
+                                             overrides, exp.unconstrained_rule)  # fmt: skip
                 except ConfigError as exc:
                     raise ConfigError(f"{where}: {exc}") from None
                 retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
@@ -604,6 +617,14 @@ def grid_points(grid: dict) -> list[dict]:
     for key, values in grid.items():
         points = [{**point, key: value} for point in points for value in values]
     return points
+
+
+def preset_with_rank(preset: str, rank: int | None) -> str:
+    """The preset of a run of an experiment: a ``ranks:`` value overriding the rank of a
+    ``raf-r<k>`` preset relabels it ``raf-r<rank>``, whose run it is."""
+    if rank is not None and re.fullmatch(r"raf-r\d+", preset):
+        return f"raf-r{rank}"
+    return preset
 
 
 def experiment_overrides(exp: ExperimentConfig, rank: int | None, point: dict) -> dict:

@@ -288,6 +288,7 @@ def _dataset(cfg: TheoryConfig, task: LinearTask, steps, records, source: str) -
             "singular_value": ("mode", task.singular_values),
         },
         attrs={
+            "Conventions": "CF-1.10",
             **cfg.attrs(),
             "source": source,
             "alignment_definition": ALIGNMENT_DEFINITION,
@@ -304,7 +305,8 @@ def _dataset(cfg: TheoryConfig, task: LinearTask, steps, records, source: str) -
         "long_name": "fraction of the top min(r, d) left singular vectors of Sigma_io inside "
         "the row space of P (NaN for bp)"
     }
-    ds["time"].attrs = {"long_name": "time", "units": "lr * step"}
+    # UDUNITS: a dimensionless time, learning rate x steps (time_unit says so too)
+    ds["time"].attrs = {"long_name": "time, learning rate x training steps", "units": "1"}
     return ds
 
 

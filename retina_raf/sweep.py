@@ -51,6 +51,7 @@ from retina_raf.config import (
     experiment_overrides,
     flatten_dict,
     grid_points,
+    preset_with_rank,
     resolve_run_config,
     to_dict,
 )
@@ -72,7 +73,7 @@ class Run:
         preset, seed, rank: the run's place on the axes (rank None: the preset's own).
         point: the run's grid values, full dotted key -> value.
         overrides: nested overrides for :func:`retina_raf.config.resolve_run_config`.
-        others: rule of the layers the preset leaves free.
+        others: the unconstrained rule (of the layers the preset leaves unconstrained).
     """
 
     run_id: str
@@ -99,20 +100,25 @@ def expand(exp: ExperimentConfig) -> list[Run]:
             for rank in exp.ranks:
                 for point in grid_points(exp.grid):
                     overrides = experiment_overrides(exp, rank, point)
-                    cfg = resolve_run_config(preset, seed, overrides, exp.others)
+                    # ranks: over raf-r<k> makes raf-r<rank> runs, without a rank label
+                    name = preset_with_rank(preset, rank)
+                    relabeled = name.startswith("raf-r") and rank is not None
+                    cfg = resolve_run_config(name, seed, overrides, exp.unconstrained_rule)
                     run = Run(
-                        run_id=run_id(cfg, rank, point),
-                        preset=preset,
+                        run_id=run_id(cfg, None if relabeled else rank, point),
+                        preset=name,
                         seed=seed,
                         rank=rank,
                         point=dict(point),
                         overrides=overrides,
-                        others=exp.others,
+                        others=exp.unconstrained_rule,
                     )
                     if run.run_id in seen:
+                        first = seen[run.run_id]
                         raise ConfigError(
-                            f"grid: two points give the same run {run.run_id!r} "
-                            f"({seen[run.run_id].point} and {run.point})"
+                            f"two entries of the experiment give the same run {run.run_id!r} "
+                            f"(preset {first.preset}, rank {first.rank}, grid {first.point} and "
+                            f"preset {preset}, rank {rank}, grid {run.point})"
                         )
                     seen[run.run_id] = run
                     runs.append(run)

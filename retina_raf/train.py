@@ -215,7 +215,29 @@ def evaluate(
 
 # ---------------------------------------------------------------------------- history
 def history_dataset(rows: list[dict], cfg: RunConfig) -> xr.Dataset:
-    """Per-epoch records -> ``xarray.Dataset`` with dims ``epoch`` (and ``layer``)."""
+    """Per-epoch records -> ``xarray.Dataset`` with dims ``epoch`` (and ``layer``), every
+    variable with CF ``long_name`` and UDUNITS ``units``."""
+    attrs = {  # CF attributes of what a run records per epoch
+        "epoch": ("training epoch (1 = after the first pass over the data)", "1"),
+        "layer": ("feedback layer (its error is sent to the layer below)", None),
+        "train_loss": ("cross-entropy on the training set, mean over the epoch (nats)", "1"),
+        "train_acc": ("fraction correct on the training set over the epoch", "1"),
+        "test_loss": ("cross-entropy on the test set after the epoch (nats)", "1"),
+        "test_acc": ("fraction correct on the test set after the epoch", "1"),
+        "lr": ("learning rate during the epoch", "1"),
+        "epoch_time_s": ("wall time of the epoch", "s"),
+        "rank": ("rank of the layer's feedback matrix B = Q P", "1"),
+        "alignment_deg": (
+            "angle between feedback B and transposed forward weights W^T",
+            "degree",
+        ),
+        "principal_angle_max_rad": (
+            "largest principal angle between P's rows and the error's top subspace",
+            "radian",
+        ),
+        "error_effective_rank": ("participation-ratio rank of the error covariance", "1"),
+        "p_orthonormality_error": ("Frobenius norm of P P^T - I", "1"),
+    }
     epochs = [r["epoch"] for r in rows]
     scalars = [k for k in rows[0] if k not in ("epoch", "diagnostics")] if rows else []
     ds = xr.Dataset(coords={"epoch": ("epoch", np.asarray(epochs, dtype=np.int64))})
@@ -233,7 +255,10 @@ def history_dataset(rows: list[dict], cfg: RunConfig) -> xr.Dataset:
                     if value is not None:
                         values[i, j] = float(value)
             ds[metric] = (("epoch", "layer"), values)
-    ds.attrs.update({**{k: str(v) for k, v in run_identity(cfg).items()},
+    for name in ds.variables:
+        long_name, units = attrs.get(str(name), (str(name).replace("_", " "), None))
+        ds[name].attrs.update({"long_name": long_name, **({"units": units} if units else {})})
+    ds.attrs.update({"Conventions": "CF-1.10", **{k: str(v) for k, v in run_identity(cfg).items()},
                      "config": dump_yaml(cfg), "retina_raf_version": __version__})  # fmt: skip
     return ds
 

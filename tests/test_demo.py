@@ -55,10 +55,11 @@ def test_tiny_demo_trains_analyzes_and_reports(tmp_path):
         assert html == tmp_path / "reports" / name / f"{name}.html"
         assert html.is_file() and html.with_suffix(".ipynb").is_file()
         assert not (html.parent / "FAILED").exists()
-    figures = tmp_path / "reports" / "figures"
-    assert (figures / "compare_ranks" / "symmetry_vs_rank.pdf").is_file()
+    reports = tmp_path / "reports"  # each report's panels in its own folder
+    assert (reports / "compare_ranks" / "figures" / "symmetry_vs_rank.pdf").is_file()
     for preset in PRESETS:
-        assert (figures / "rf_atlas" / f"rf_montage_{preset}_seed0.png").is_file()
+        assert (reports / "rf_atlas" / "figures" / f"rf_montage_{preset}_seed0.png").is_file()
+    assert not (reports / "figures").exists()
     # one seed per condition: the notebook says the test cannot be done, without a p-value
     assert "n too small" in paths["compare_ranks"].read_text()
     assert any("rendering rf_atlas" in m for m in messages)

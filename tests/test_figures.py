@@ -4,6 +4,7 @@ and the paper-style panels drawn from a results dataset (section 11 schema)."""
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -263,16 +264,40 @@ def test_unknown_metric_is_a_clear_error(results):
 
 # ------------------------------------------------------------------------------ panels
 def test_rank_plot_uses_runs_without_feedforward_bottleneck(results):
-    """Fig. 4c: symmetry vs feedback rank from the n_bn == 32 runs, BP as the reference;
-    every seed is a point."""
+    """Fig. 4c: symmetry vs feedback rank from the n_bn == 32 runs, BP as the reference,
+    labelled BP (it has no feedback rank); every seed is a point; n is in the title; the
+    y-label says the values are over responsive units."""
     fig = figures.plot_metric_vs_rank(results, "symmetry")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "32", "32"]
-    assert [t.get_text() for t in ax.texts] == ["RAF", "BP"]  # rule headers over the groups
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "32", "BP"]
+    assert [t.get_text() for t in ax.texts] == ["RAF"]  # rule header over the RAF ranks
     points = [c for c in ax.collections if isinstance(c, PathCollection)]  # the scatter dots
     assert sum(len(c.get_offsets()) for c in points) == 4 * 2  # 4 groups x 2 seeds
-    low, high = ax.get_ylim()  # the unit interval, with headroom for values at 1
-    assert low == 0.0 and 1.0 < high < 1.1 and ax.spines["left"].get_bounds() == (0.0, 1.0)
+    assert ax.get_title() == "n = 2 seeds per condition"
+    assert "of responsive units" in ax.get_ylabel()
+    low, high = ax.get_ylim()  # the unit interval, with margins for values at 0 and 1
+    assert -0.1 < low < 0.0 and 1.0 < high < 1.1 and ax.spines["left"].get_bounds() == (0.0, 1.0)
+
+
+def test_points_at_zero_stay_visible_with_their_mean(results):
+    """RAF runs whose fraction is exactly 0 are drawn above the x-axis line, not on it."""
+    zero = results.copy(deep=True)
+    raf_r2 = zero["preset"].values == "raf-r2"
+    zero["rf_class"][raf_r2] = xr.where(zero["rf_class"][raf_r2] == "center-surround",
+                                        "oriented", zero["rf_class"][raf_r2])  # fmt: skip
+    fig = figures.plot_metric_vs_rank(zero, "fraction_center_surround")
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] < 0.0  # the x-axis line sits below 0
+    (means,) = [line for line in ax.lines if line.get_marker() == "_"]  # mean per condition
+    assert np.asarray(means.get_ydata(), float)[0] == 0.0  # raf-r2, drawn and visible
+
+
+def test_unequal_seed_counts_show_n_under_each_tick(results):
+    fewer = results.isel(run=[i for i in range(results.sizes["run"]) if i != 8])  # raf-r2 s0
+    ticks = [
+        t.get_text() for t in figures.plot_metric_vs_rank(fewer, "osi").axes[0].get_xticklabels()
+    ]
+    assert ticks == ["2\nn=1", "4\nn=2", "32\nn=2", "BP\nn=2"]
 
 
 def test_nbn_plot_uses_bp_runs_and_shows_draf_apart(results):
@@ -285,24 +310,108 @@ def test_nbn_plot_uses_bp_runs_and_shows_draf_apart(results):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "4", "32"]
 
 
+def test_panels_read_a_tidy_per_run_table(results):
+    """The metric-vs-condition panels plot seaborn's tidy input: one row per run."""
+    table, order = figures.axis_table(results, "osi", "rank")
+    assert order == ["raf:2", "raf:4", "raf:32", "bp:32"]
+    assert len(table) == 8 and {"preset", "seed", "value", "group", "tick"} <= set(table.columns)
+
+
+def test_fraction_panel_labels_fit_and_skip_nbn_without_bottlenecks(results, tmp_path):
+    """The two x-labels of the single-column fraction panel stay inside the figure; without
+    bottleneck runs only the rank panel is drawn."""
+    fig = figures.plot_fraction_center_surround(results)
+    assert len(fig.axes) == 2
+    fig.canvas.draw()
+    figure_box = fig.bbox
+    for ax in fig.axes:
+        box = ax.xaxis.label.get_window_extent()
+        assert box.x0 >= figure_box.x0 - 1 and box.x1 <= figure_box.x1 + 1
+        assert "of responsive units" in fig.axes[0].get_ylabel()
+    full_width = results.isel(run=np.flatnonzero(results["n_bn"].values == 32))
+    full_width = full_width.isel(run=np.flatnonzero(full_width["rule"].values != "draf"))
+    assert len(figures.plot_fraction_center_surround(full_width).axes) == 1
+
+
 def test_rank_plot_without_matching_runs_is_a_clear_error(results):
     bp_bottleneck = results.isel(run=np.flatnonzero(results["n_bn"].values < 32))
     with pytest.raises(DataError, match="n_bn == 32"):
         figures.plot_metric_vs_rank(bp_bottleneck, "osi")
 
 
-def test_rf_montage_is_symmetric_about_zero_and_labelled_by_class(results):
-    """RFs on a diverging map symmetric about 0, each labelled with its class; padding and
-    silent units drawn as empty squares."""
+def _tile_labels(fig):
+    return [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_rf_montage_is_symmetric_about_zero_and_labelled_by_channel_and_class(results):
+    """RFs on a diverging map symmetric about 0 with colorbar ticks -1, 0, +1; each tile
+    labelled with its channel and its class; silent units drawn as gray tiles."""
     run = results.isel(run=0)
     fig = figures.plot_rf_montage(run["rf"], classes=run["rf_class"].values, title="bp, seed 0")
-    images = [ax.images[0] for ax in fig.axes if ax.images]
-    assert len(images) == results.sizes["channel"]
-    assert all(im.get_clim() == (-1, 1) for im in images)
-    titles = [ax.get_title() for ax in fig.axes if ax.images]
-    assert titles[0] == "U" and titles[-1] == "\u2013"
-    assert set(titles[1:-1]) <= {"CS", "OR"}
-    assert np.ma.getmaskarray(images[-1].get_array()).all()  # zero RF: nothing to scale, gray
+    (image,) = fig.axes[0].images
+    assert image.get_clim() == (-1, 1)
+    colorbar = fig.axes[1]
+    assert [t.get_text() for t in colorbar.get_yticklabels()] == ["\u22121", "0", "+1"]
+    labels = _tile_labels(fig)
+    channels = [str(c) for c in run["channel"].values]
+    assert labels[0:2] == ["0", "U"] and labels[-3:-1] == [channels[-1], "\u2013"]
+    assert set(labels[3:-3:2]) <= {"CS", "OR"}
+    assert labels[-1] == "5 px"  # the scale bar
+    gray = [p for p in fig.axes[0].patches if p.get_fill()]
+    assert len(gray) == 1  # the zero RF: nothing to scale, a gray tile
+
+
+def test_montage_crops_tiles_to_the_rf_support():
+    """retina_2 (two 9x9 layers) sees 17x17 input pixels: its montage tiles are 17x17, not
+    the 32x32 input grid."""
+    rng = np.random.default_rng(0)
+    rfs = xr.DataArray(
+        rng.normal(size=(4, 32, 32)),
+        dims=("channel", "y", "x"),
+        coords={"channel": np.arange(4)},
+        attrs={"support": [8, 25, 8, 25]},
+    )
+    assert figures.montage_tiles(rfs).shape == (4, 17, 17)
+    fig = figures.plot_rf_montage(rfs, ncols=2)
+    height, width = fig.axes[0].images[0].get_array().shape
+    pad = (width - 2 * 17) // 3
+    assert width == 2 * 17 + 3 * pad and height == 2 * 17 + 3 * pad
+    assert figures.montage_tiles(rfs, support=[0, 32, 0, 32]).shape == (4, 32, 32)
+
+
+def test_run_support_of_old_results_comes_from_the_config():
+    """Results written before the support attribute: the crop box follows from the run's
+    kernel size and the RF layer (retina_2, 9x9 kernels, 32x32 images: rows 8-24)."""
+    ds = xr.Dataset({"config": ("run", ["model:\n  kernel_size: 9\n  image_size: 32\n"])},
+                    attrs={"rf_layer": "retina_2"})  # fmt: skip
+    assert figures.run_support(ds, 0) == [8, 25, 8, 25]
+    assert figures.run_support(ds.assign_attrs(rf_layer="fc_1"), 0) is None
+
+
+def test_one_montage_function_for_cli_notebooks_and_panels(results, monkeypatch):
+    """One owner: the rf_atlas notebook, the paper panels and `retina-raf rfs` all draw
+    through analysis.figures.montage.plot_rf_montage; the old second montage is gone."""
+    import inspect
+
+    import nbformat
+
+    from analysis.figures import montage
+    from retina_raf import cli
+
+    assert not (Path(montage.__file__).parents[1] / "montage.py").exists()
+    calls = []
+    original = montage.plot_rf_montage
+    monkeypatch.setattr(
+        montage, "plot_rf_montage", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    figures.plot_run_rfs(results, 0)
+    dict(figures.paper_panels(results))["rf_montage_bp"]()
+    assert len(calls) == 2
+    assert "save_rf_montage" in inspect.getsource(cli.rfs_command.callback)
+    assert "plot_rf_montage(" in inspect.getsource(montage.save_rf_montage)
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "rf_atlas.ipynb"
+    sources = " ".join(c.source for c in nbformat.read(notebook, as_version=4).cells)
+    assert "plot_run_rfs" in sources and "plot_montage" not in sources
 
 
 def test_alignment_without_variable_is_a_clear_error(results):
@@ -323,8 +432,9 @@ def test_every_plot_function_produces_panel_files(results, tmp_path):
     for name, fig in drawn.items():
         png = figures.export_panel(fig, name, out_dir=tmp_path, dpi=100, formats=["png"])["png"]
         assert png.stat().st_size > 1000
-    alignment_axes = [ax for ax in drawn["alignment"].axes if ax.get_title() in LAYERS]
-    assert len(alignment_axes) == len(LAYERS)
+    titles = [ax.get_title() for ax in drawn["alignment"].axes if ax.get_title()]
+    assert titles == ["vvs_1 (into retina)", "vvs_2", "fc_1"]
+    assert "feedback B\nvs. forward W" in drawn["alignment"].axes[0].get_ylabel()  # what vs what
 
 
 @pytest.mark.slow
@@ -350,13 +460,14 @@ def test_export_paper_panels_writes_expected_set(results, tmp_path):
     assert all(p.exists() for p in written)
 
 
-def test_export_paper_panels_skips_panels_without_data(results, tmp_path):
-    """A file with only RAF runs (no BP, no dRAF) and no RFs or alignment still exports what
-    it can; the bottleneck panels are skipped with a warning naming them."""
+def test_export_paper_panels_without_bottleneck_runs_writes_no_nbn_panel(results, tmp_path):
+    """A file without bottleneck runs (here: only RAF runs, no RFs, no alignment) exports
+    what it can and no *_vs_nbn panel at all, as the compare_ranks notebook does."""
     raf_only = results.drop_vars(["alignment_deg", "rf"]).isel(
         run=np.flatnonzero(results["rule"].values == "raf")
     )
-    with pytest.warns(figures.PanelSkipped) as caught:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", figures.PanelSkipped)  # nothing attempted and skipped
         written = figures.export_paper_panels(raf_only, tmp_path, dpi=60, formats=["png"])
     assert {p.stem for p in written} == {
         "symmetry_vs_rank",
@@ -364,8 +475,21 @@ def test_export_paper_panels_skips_panels_without_data(results, tmp_path):
         "fraction_center_surround",
         "learning_curves",
     }
-    skipped = " ".join(str(w.message) for w in caught)
-    assert "symmetry_vs_nbn" in skipped and "osi_vs_nbn" in skipped
+    with_bp = results.isel(run=np.flatnonzero(results["n_bn"].values == 32))
+    names = [name for name, _ in figures.paper_panels(with_bp)]
+    assert not [name for name in names if name.endswith("_vs_nbn")]
+
+
+def test_panels_and_summary_table_list_conditions_in_one_order(results):
+    """The summary table's rows follow the panels' order: feedback ranks ascending, then
+    the bottlenecks by N_bn (bp is their full-width end), then dRAF."""
+    from analysis import stats
+
+    order = list(stats.summary_table(results, ["osi"])["condition"])
+    assert order == ["raf-r2", "raf-r4", "raf-r32", "bp-bottleneck-1", "bp-bottleneck-2",
+                     "bp-bottleneck-4", "bp", "draf-bottleneck-4"]  # fmt: skip
+    montages = [name for name, _ in figures.paper_panels(results) if name.startswith("rf_")]
+    assert montages == [f"rf_montage_{preset}" for preset in order]
 
 
 def test_export_paper_panels_missing_file_is_a_clear_error(tmp_path):
@@ -421,7 +545,8 @@ def test_cli_figures_missing_file_exits_2_with_one_line(tmp_path, capsys):
 
 def test_montage_panel_of_bottleneck_run_shows_only_its_real_channels(results):
     """A bottleneck run (N_bn = 1) has one retina output unit; NaN padding is not drawn."""
-    panels = dict(figures._paper_panels(results))
+    panels = dict(figures.paper_panels(results))
     fig = panels["rf_montage_bp-bottleneck-1"]()
-    assert sum(bool(ax.images) for ax in fig.axes) == 1
+    assert _tile_labels(fig)[:2] == ["0", "CS"] or _tile_labels(fig)[:2] == ["0", "OR"]
+    assert len(_tile_labels(fig)) == 3  # one tile (channel, class) and the scale bar
     assert fig.get_suptitle() == "bp-bottleneck-1, seed 0"

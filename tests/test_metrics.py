@@ -413,6 +413,10 @@ def test_cli_metrics_round_trip(tmp_path, run_cli):
     assert lines[1].startswith("raf-rank1: 1/2 responsive RFs, center-surround 0.00")
     assert "mean symmetry" in lines[0] and "mean OSI" in lines[0]
     with xr.open_dataset(out, engine="h5netcdf") as ds:
+        # CF flags on disk (codes, flag_values, flag_meanings), names once decoded
+        assert ds.rf_class.attrs["flag_meanings"].split() == list(metrics.CLASSES)
+        assert ds.rf_class.values.tolist() == [[0, 0], [1, 3]]
+        ds = metrics.decode_rf_class(ds)
         assert ds.rf_class.values.tolist() == [["center-surround"] * 2,
                                                ["oriented", "unresponsive"]]  # fmt: skip
         assert list(ds["rank"].values) == [10, 1] and ds.attrs["layer"] == "retina_2"
@@ -455,3 +459,26 @@ def test_cli_metrics_refuses_to_overwrite_its_input(tmp_path, run_cli):
     code, _, stderr = run_cli("metrics", source, "--out", source)
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert source.read_bytes() == before
+
+
+def test_metrics_of_dask_backed_rfs_stay_lazy_and_match_numpy():
+    """Issue 13: rf_metrics goes through xr.apply_ufunc, so RFs opened with dask
+    (open_mfdataset) give lazy metrics, equal to the in-memory ones once computed."""
+    rfs = syn.synthetic_rfs(counts=dict(dog=6, gabor=6, noise=4), seed=5)
+    eager = metrics.rf_metrics(rfs)
+    lazy = metrics.rf_metrics(rfs.chunk({"channel": 8}))
+    assert lazy["osi"].chunks is not None and lazy["rf_class"].chunks is not None
+    computed = lazy.compute()
+    assert (computed["rf_class"].values == eager["rf_class"].values).all()
+    for name in ("osi", "symmetry", "dog_r2", "gabor_r2", "polarity"):
+        np.testing.assert_allclose(computed[name].values, eager[name].values, equal_nan=True)
+    assert metrics.closed_form_metrics(rfs.chunk({"channel": 8}))["symmetry"].chunks is not None
+
+
+def test_metric_units_are_udunits_strings():
+    """Issue 13: every unit is a UDUNITS string (`udunits2 -H` parses it); pixels, which
+    UDUNITS lacks, are "1" and say so in the long name."""
+    ds = metrics.rf_metrics(syn.synthetic_rfs(counts=dict(dog=2, gabor=2), seed=1))
+    units = {name: v.attrs["units"] for name, v in ds.data_vars.items() if "units" in v.attrs}
+    assert set(units.values()) <= {"1", "degree", "radian"}
+    assert units["orientation"] == "degree" and "pixels" in ds["rf_size"].attrs["long_name"]

@@ -109,7 +109,7 @@ def test_templates_declare_parameters_and_carry_no_outputs(name):
     declared = notebook_parameters(path)
     assert {"results", "figures_dir"} <= set(declared)
     assert declared["results"]["default"] == '"data/demo/results.nc"'
-    assert declared["figures_dir"]["default"] == f'"reports/figures/{name}"'
+    assert declared["figures_dir"]["default"] == f'"reports/{name}/figures"'
     notebook = nbformat.read(path, as_version=4)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]

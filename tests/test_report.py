@@ -234,3 +234,37 @@ def test_failure_message_counts_cells_of_the_input_notebook():
     error = PapermillExecutionError(2, 3, cells[2].source, "KeyError", "'k'", traceback)
     message = report._describe_failure(error, cells, Path("nb.ipynb"))
     assert "(In [3]: `d = {}`), line 2 `d['k']`: KeyError: 'k'" in message
+
+
+@pytest.mark.slow
+def test_report_shows_no_absolute_path_and_keeps_panels_in_its_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """Issue 13: the executed report shows paths relative to the project (the kernel's
+    folder), not this machine's absolute ones, and `report --out X` puts the notebook's
+    panels under X/<name>/figures, not ./reports/figures."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "results.nc").write_text("stand-in")
+    notebook = write_notebook(
+        project / "nb" / "panels.ipynb",
+        [
+            "from pathlib import Path\nPath(figures_dir).mkdir(parents=True, exist_ok=True)\n"
+            "(Path(figures_dir) / 'panel.png').write_bytes(b'png')\nprint(results, figures_dir)"
+        ],
+        parameters='results = "data/results.nc"\nfigures_dir = "reports/panels/figures"',
+    )
+    monkeypatch.chdir(project)
+    absolute = str(project / "data" / "results.nc")
+    code, _, err = _cli(
+        ["report", str(notebook), "-p", "results", absolute, "--out", str(project / "X"),
+         "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (project / "X" / "panels" / "figures" / "panel.png").is_file()
+    assert not (project / "reports").exists()
+    for page in ("panels.ipynb", "panels.html"):
+        text = (project / "X" / "panels" / page).read_text()
+        assert str(tmp_path) not in text  # no absolute path of this machine
+        assert "data/results.nc" in text and "X/panels/figures" in text

@@ -35,6 +35,10 @@ def test_combined_runs_have_identity_coords_and_group_by_rank(run_dirs, tmp_path
     assert list(ds.groupby("rank").groups[2]) == [0, 1]
     assert int(ds["present"].sel(run=0).sum()) == 2 and bool(ds["present"].sel(run=1).all())
     assert set(ds["rf_class"].sel(run=0).values[2:]) == {""}
+    assert ds.sel(preset="raf-r4").sizes["run"] == 2  # run coordinates are indexes
+    # history.nc's variables carry CF attributes into the results
+    assert ds["train_loss"].attrs["long_name"].startswith("cross-entropy")
+    assert ds["alignment_deg"].attrs["units"] == "degree" and ds["epoch"].attrs["units"] == "1"
     for key in ("retina_raf_version", "git_commit", "created", "rf_method"):
         assert key in ds.attrs
     path = write_results(ds, tmp_path / "results.nc")
@@ -61,3 +65,39 @@ def test_unfinished_run_fails_before_any_extraction(run_dirs, tmp_path, monkeypa
     monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("extracted"))
     with pytest.raises(RunError, match="no model.pt"):
         combine_runs([run_dirs[1], unfinished], progress=False, recompute=True, **RF_OPTIONS)
+
+
+# UDUNITS strings the project writes (`udunits2 -H` parses each one)
+UDUNITS = {"1", "degree", "radian", "s"}
+
+
+def test_results_index_runs_and_write_cf_netcdf(tmp_path):
+    """Issue 13: run coordinates are indexes (ds.sel(preset="raf-r2") works, after a round
+    trip too); the file has a Conventions attribute, UDUNITS units, and rf_class as CF
+    flag_values/flag_meanings, read back as class names with the padding as ""."""
+    import numpy as np
+    import xarray as xr
+    from test_notebooks import make_results
+
+    from analysis.metrics import CLASSES
+    from analysis.results import index_run_coords
+
+    ds = index_run_coords(make_results())
+    assert ds.sel(preset="raf-r2").sizes["run"] == 2
+    assert list(ds.sel(rank=32)["preset"].values) == ["bp", "bp", "raf-r32", "raf-r32"]
+    assert sorted(ds.groupby("rank").groups) == [2, 32]
+    path = write_results(ds, tmp_path / "results.nc")
+    with xr.open_dataset(path, engine="h5netcdf", mask_and_scale=False) as raw:
+        assert raw.attrs["Conventions"].startswith("CF-")
+        codes = raw["rf_class"]
+        assert codes.dtype == np.int8 and codes.attrs["_FillValue"] == -1
+        assert list(codes.attrs["flag_values"]) == [0, 1, 2, 3]
+        assert codes.attrs["flag_meanings"].split() == list(CLASSES)
+        units = {str(v.attrs["units"]) for v in raw.variables.values() if "units" in v.attrs}
+        assert units <= UDUNITS
+    with open_results(path) as reopened:
+        assert (reopened["rf_class"].values == ds["rf_class"].values).all()
+        assert "" in set(reopened["rf_class"].values.ravel())  # bottleneck padding
+        assert reopened.sel(preset="bp-bottleneck-2").sizes["run"] == 2
+    with open_results([path, path]) as lazy:  # dask-backed (open_mfdataset)
+        assert lazy.sizes["run"] == 16 and lazy.sel(preset="raf-r2").sizes["run"] == 4

@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from analysis.montage import plot_montage, save_montage
+from analysis.figures import plot_rf_montage, save_rf_montage
 from analysis.rf import METHOD_OPTIONS, METHODS, actmax_starts, extract_rfs
 from retina_raf.errors import ConfigError
 from retina_raf.io import write_netcdf
@@ -364,14 +364,15 @@ def test_netcdf_round_trip(tmp_path):
 
 
 def test_montage_draws_every_channel_including_unresponsive(tmp_path):
-    """Claim: the montage has one panel per channel, unresponsive units included, as a PNG."""
+    """Claim: the montage has one tile per channel labelled by its index, unresponsive units
+    included (a gray tile), and saves as a PNG."""
     model = nn.Sequential(planted_conv(), nn.ReLU())
     rfs = extract_rfs(model, "1", "gradient", input_shape=SHAPE)
-    fig = plot_montage(rfs, ncols=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["0", "1", "2", "3"]
-    assert any(t.get_text() == "unresponsive" for t in fig.axes[3].texts)
-    path = save_montage(rfs, tmp_path / "rfs.png")
+    fig = plot_rf_montage(rfs, ncols=2)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0", "1", "2", "3", "5 px"]
+    gray = [patch for patch in fig.axes[0].patches if patch.get_fill()]
+    assert len(gray) == 1  # channel 3 never responds
+    path = save_rf_montage(rfs, tmp_path / "rfs.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -426,13 +427,14 @@ def test_cuda_matches_cpu(method):
 
 
 # ----------------------------------------------------------------------------- CLI
+KERNEL = 3  # kernel size of the tiny run
 TINY_RUN = [
     "model.retina_channels=4",
     "model.n_bn=4",
     "model.vvs_channels=4",
     "model.vvs_layers=1",
     "model.fc_units=8",
-    "model.kernel_size=3",
+    f"model.kernel_size={KERNEL}",
     "data.train_limit=64",
     "data.test_limit=32",
     "train.progress=false",
@@ -474,6 +476,9 @@ def test_cli_writes_netcdf_with_run_identity(tiny_run, tmp_path, run_cli, method
         assert rfs["n_bn"].item() == 4 and rfs["rank"].item() == 4
         assert rfs.responsive.dtype == bool and rfs.spread.dims == rfs.dims
         assert rfs.attrs["method"] == method and rfs.attrs["layer"] == "retina_2"
+        # the center unit of the second k x k convolution sees 2 (k - 1) + 1 pixels
+        y0, y1, x0, x1 = rfs.attrs["support"]
+        assert y1 - y0 == x1 - x0 == 2 * (KERNEL - 1) + 1 and (y0 + y1 - 1) / 2 == 16  # center
     assert (tmp_path / "rfs.png").read_bytes()[:4] == b"\x89PNG"
     assert "responsive" in out
 

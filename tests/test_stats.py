@@ -169,14 +169,15 @@ def test_bottleneck_comparison_uses_bp_runs_by_n_bn():
 
 
 def test_summary_table_per_condition():
-    """One row per condition in the project's order: rule, rank, n_bn, n seeds, mean and s.d.
-    over seeds of the per-run means, fraction center-surround among responsive units."""
+    """One row per condition in the panels' order (ranks ascending, BP after RAF): rule,
+    rank, n_bn, n seeds, mean and s.d. over seeds of the per-run means, fraction
+    center-surround among responsive units."""
     results = make_results(
         {"bp": [0.2, 0.4], "raf-r2": [0.8], "raf-r32": [0.3, 0.5, 0.4]},
         cs_channels={"bp": 1, "raf-r2": 3, "raf-r32": 0},
     )
     table = stats.summary_table(results, ["symmetry", "fraction_center_surround"])
-    assert list(table["condition"]) == ["bp", "raf-r32", "raf-r2"]
+    assert list(table["condition"]) == ["raf-r2", "raf-r32", "bp"]
     bp = table.set_index("condition").loc["bp"]
     assert bp["n_seeds"] == 2 and bp["rank"] == 32 and bp["n_bn"] == 32
     assert bp["symmetry_mean"] == pytest.approx(0.3)
@@ -190,7 +191,8 @@ def test_class_counts_and_final_values():
     """Class counts per run cover all real units; final values take the last finite epoch."""
     results = make_results({"bp": [0.2, 0.4], "raf-r2": [0.8]}, cs_channels={"bp": 2})
     counts = stats.class_counts(results)
-    assert list(counts.loc[0, ["center-surround", "oriented", "unresponsive"]]) == [2, 1, 1]
+    assert list(counts["preset"]) == ["raf-r2", "bp", "bp"]  # the panels' order, then seed
+    assert list(counts.loc[1, ["center-surround", "oriented", "unresponsive"]]) == [2, 1, 1]
     final = stats.final_values(results, ["train_loss"])
     assert list(final["train_loss_mean"]) == [1.5, 1.5]
 

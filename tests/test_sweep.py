@@ -158,12 +158,27 @@ def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
 
 
 def test_ranks_axis_sets_the_rank_of_the_feedback_into_the_retina(tmp_path):
-    """ranks x presets: rank r sets vvs_1's RAF rank and appears in the run id."""
+    """ranks x presets: rank r sets vvs_1's RAF rank; over a raf-r<k> preset it relabels the
+    preset raf-r<r> (run id, preset, the results' preset coordinate), so that no run called
+    raf-r32 has a rank-2 feedback."""
     path = write_experiment(tmp_path, presets=["raf-r32"], ranks=[2, 8], seeds=1)
     runs = expand(load_experiment(path))
     assert [r.config().model.layer_rank["vvs_1"] for r in runs] == [2, 8]
-    assert [r.run_id.split("-")[:3] for r in runs] == [["raf", "r32", "rank2"],
-                                                       ["raf", "r32", "rank8"]]  # fmt: skip
+    assert [r.preset for r in runs] == ["raf-r2", "raf-r8"]
+    assert [r.config().preset for r in runs] == ["raf-r2", "raf-r8"]
+    assert [r.run_id for r in runs] == ["raf-r2-s0", "raf-r8-s0"]  # the presets' own runs
+    clash = write_experiment(tmp_path, "clash", presets=["raf-r2", "raf-r4"], ranks=[2])
+    with pytest.raises(ConfigError, match="same run 'raf-r2-s0'"):
+        expand(load_experiment(clash))
+
+
+def test_old_others_key_still_reads_as_unconstrained_rule(tmp_path):
+    """Experiment files written with `others:` keep working (with a deprecation warning)."""
+    path = write_experiment(tmp_path, presets=["raf-r4"], others="bp")
+    with pytest.warns(FutureWarning, match="unconstrained_rule"):
+        exp = load_experiment(path)
+    assert exp.unconstrained_rule == "bp"
+    assert expand(exp)[0].config().model.rule == "bp"
 
 
 @pytest.mark.parametrize(
@@ -184,7 +199,8 @@ def test_ranks_axis_sets_the_rank_of_the_feedback_into_the_retina(tmp_path):
         ({"ranks": [2]}, "ranks"),  # bp sends backprop, not RAF, into the retina
         ({"slurm": {"partiton": "gpu"}}, "slurm.partiton"),
         ({"slurm": {"time_min": 0}}, "slurm.time_min"),
-        ({"others": "fa"}, "others"),
+        ({"unconstrained_rule": "fa"}, "unconstrained_rule"),
+        ({"others": "bp", "unconstrained_rule": "bp"}, "only one"),
     ],
 )
 def test_invalid_file_names_the_bad_key(tmp_path, fields, named):

@@ -198,3 +198,25 @@ def test_scientific_notation_is_a_number():
     """`--set train.lr=1e-4` (YAML 1.1 reads it as a string) is accepted as 0.0001."""
     cfg = resolve_run_config("bp", 0, parse_overrides(["train.lr=1e-4", "weight_decay=2E-5"]))
     assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 2e-5
+
+
+def test_cli_unconstrained_rule_and_its_old_name(run_cli):
+    """--unconstrained-rule names what it sets (the rule of the layers the preset leaves
+    unconstrained); --others still works, with a note; giving both is a usage error."""
+    code, new, err = run_cli("train", "--preset", "raf-r4", "--unconstrained-rule", "bp",
+                             "--config-only")  # fmt: skip
+    assert code == 0, err
+    assert "rule: bp" in new and "note" not in err
+    code, old, err = run_cli("train", "--preset", "raf-r4", "--others", "bp", "--config-only")
+    assert code == 0 and old == new and "--others is deprecated" in err
+    code, _, err = run_cli("train", "--preset", "raf-r4", "--others", "bp",
+                           "--unconstrained-rule", "raf", "--config-only")  # fmt: skip
+    assert code == 2 and "only --unconstrained-rule" in err
+
+
+def test_cli_results_seed_is_named_rf_seed(run_cli):
+    """`results --rf-seed` is the RF mapping's seed, not to be confused with train --seed."""
+    code, out, _ = run_cli("results", "--help")
+    assert code == 0 and "--rf-seed" in out and "--seed " not in out
+    code, _, err = run_cli("results", "nowhere", "--out", "x.nc", "--seed", "1", "--rf-seed", "2")
+    assert code == 2 and "only --rf-seed" in err

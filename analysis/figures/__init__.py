@@ -1,0 +1,86 @@
+"""Figure panels for papers (DESIGN.md section 12), in one publication style.
+
+- :mod:`analysis.figures.style`: the style, palette, labels, journal widths and
+  :func:`export_panel` (PDF, SVG, PNG, written atomically);
+- :mod:`analysis.figures.panels`: metric against feedback rank and bottleneck (seaborn, on
+  the tidy per-run table of :mod:`analysis.per_run`), fraction center-surround, learning
+  curves, feedback alignment, and :func:`export_paper_panels`;
+- :mod:`analysis.figures.montage`: :func:`plot_rf_montage`, the one RF montage of the
+  project (``retina-raf rfs``, ``retina-raf figures``, the ``rf_atlas`` notebook).
+
+Everything public is importable from ``analysis.figures`` directly.
+"""
+
+from analysis.figures.montage import (
+    montage_tiles,
+    plot_rf_montage,
+    plot_run_rfs,
+    rf_atlas_panels,
+    run_support,
+    save_rf_montage,
+)
+from analysis.figures.panels import (
+    PanelSkipped,
+    axis_table,
+    export_paper_panels,
+    paper_panels,
+    per_run_label,
+    plot_alignment,
+    plot_fraction_center_surround,
+    plot_learning_curves,
+    plot_metric_vs_nbn,
+    plot_metric_vs_rank,
+)
+from analysis.figures.style import (
+    CLASS_ABBREVIATIONS,
+    CLASS_COLORS,
+    CONDITION_COLORS,
+    JOURNAL_WIDTHS_MM,
+    METRIC_LABELS,
+    PALETTE,
+    PANEL_FORMATS,
+    class_color,
+    condition_color,
+    export_panel,
+    new_figure,
+    paper_style,
+    use_paper_style,
+    width_mm,
+)
+from analysis.per_run import FULL_WIDTH, per_run_metric, responsive_units
+
+__all__ = [
+    "CLASS_ABBREVIATIONS",
+    "CLASS_COLORS",
+    "CONDITION_COLORS",
+    "FULL_WIDTH",
+    "JOURNAL_WIDTHS_MM",
+    "METRIC_LABELS",
+    "PALETTE",
+    "PANEL_FORMATS",
+    "PanelSkipped",
+    "axis_table",
+    "class_color",
+    "condition_color",
+    "export_panel",
+    "export_paper_panels",
+    "montage_tiles",
+    "new_figure",
+    "paper_panels",
+    "paper_style",
+    "per_run_label",
+    "per_run_metric",
+    "plot_alignment",
+    "plot_fraction_center_surround",
+    "plot_learning_curves",
+    "plot_metric_vs_nbn",
+    "plot_metric_vs_rank",
+    "plot_rf_montage",
+    "plot_run_rfs",
+    "responsive_units",
+    "rf_atlas_panels",
+    "run_support",
+    "save_rf_montage",
+    "use_paper_style",
+    "width_mm",
+]
