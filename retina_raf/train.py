@@ -226,6 +226,10 @@ def history_dataset(rows: list[dict], cfg: RunConfig) -> xr.Dataset:
         "test_acc": ("fraction correct on the test set after the epoch", "1"),
         "lr": ("learning rate during the epoch", "1"),
         "epoch_time_s": ("wall time of the epoch", "s"),
+        "train_images": (
+            "images in the training set (the epoch's last short batch is skipped)",
+            "1",
+        ),  # fmt: skip
         "rank": ("rank of the layer's feedback matrix B = Q P", "1"),
         "alignment_deg": (
             "angle between feedback B and transposed forward weights W^T",
