@@ -27,6 +27,9 @@ from retina_raf.errors import ConfigError
 # bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
 # kp: Kolen-Pollack; fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
 RULES = ("bp", "raf", "raf_pca", "kp", "fa", "lowrank_fa")
+# retina: the Lindsey retina/VVS CNN (DESIGN.md 5); mlp, vgg, vit: the networks of the paper's
+# Fig. 3 (DESIGN.md 7.1, retina_raf.nets)
+ARCHS = ("retina", "mlp", "vgg", "vit")
 
 
 def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
@@ -89,6 +92,46 @@ class ModelConfig:
         doc="weight init: kaiming (torch's default, the paper's appendix B) or glorot "
         "(Keras' default Glorot-uniform with zero biases, Lindsey et al.'s code)",
     )
+    # -- the networks of the paper's Fig. 3 (retina_raf.nets); the retina ignores these --
+    arch: str = spec(
+        "retina",
+        choices=ARCHS,
+        doc="network: retina (the fields above), or mlp, vgg, vit (Fig. 3, the fields below; "
+        "rule, layer_rule, layer_rank, num_classes, in_channels and direct_* apply to them too, "
+        "layer_rule/layer_rank keyed by layer name or glob pattern)",
+    )
+    constrain: str = spec(
+        "all",
+        doc="mlp/vgg/vit: the feedback layers that rank or rank_fraction constrain: all, a "
+        "layer name (fc_2; a block name selects its layers: features.block_4) or a glob",
+    )
+    rank: int | None = spec(
+        None,
+        low=1,
+        high=65536,
+        doc="mlp/vgg/vit: feedback rank of the constrained layers, capped at each layer's "
+        "output width (None: full rank)",
+    )
+    rank_fraction: float | None = spec(
+        None,
+        low=1e-6,
+        high=1.0,
+        doc="mlp/vgg/vit: feedback rank of each constrained layer as this fraction of its "
+        "output width, at least 1 (Fig. 3e inset: 0.5, 0.25, 0.125)",
+    )
+    hidden_units: int = spec(512, low=1, high=65536, doc="mlp: units of every hidden layer")
+    hidden_layers: int = spec(4, low=1, high=64, doc="mlp: number of hidden layers")
+    net_dropout: float | None = spec(
+        None,
+        low=0.0,
+        high=0.99,
+        doc="vgg/vit: dropout (None: the paper's, vgg 0.4 (Table C1), vit 0.1); mlp: none",
+    )
+    vit_patch_size: int = spec(4, low=1, high=32, doc="vit: side of the square patches")
+    vit_dim: int = spec(384, low=8, high=8192, doc="vit: token (embedding) width")
+    vit_depth: int = spec(7, low=1, high=64, doc="vit: number of transformer blocks")
+    vit_heads: int = spec(4, low=1, high=64, doc="vit: attention heads (must divide vit_dim)")
+    vit_mlp_dim: int = spec(768, low=1, high=65536, doc="vit: hidden units of each block's MLP")
 
 
 @dataclass
@@ -120,6 +163,7 @@ class TrainConfig:
         doc="after every epoch save the retina's weights (retina_1, retina_2; a few hundred KB) "
         "to snapshots/epoch_NNN.pt, so that RFs can be followed through training",
     )
+    amsgrad: bool = spec(False, doc="adam: the AMSGrad variant (the paper's Fig. 3 recipes)")
 
 
 @dataclass
@@ -138,6 +182,21 @@ class DataConfig:
         None, low=1, high=10**7, doc="use only the first N training images"
     )
     test_limit: int | None = spec(None, low=1, high=10**7, doc="use only the first N test images")
+    rgb: bool = spec(
+        False, doc="keep the three colour channels (Fig. 3 networks; model.in_channels: 3)"
+    )
+    dataset: str = spec(
+        "cifar10",
+        choices=("cifar10", "cifar100"),
+        doc="cifar100: path is a folder with torchvision's cifar-100-python (fine labels)",
+    )
+    classes: int | None = spec(
+        None,
+        low=2,
+        high=100,
+        doc="keep only classes 0..d-1, in train and test (the offline Fig. 3c); "
+        "model.num_classes follows",
+    )
 
 
 @dataclass
@@ -314,6 +373,8 @@ PRESET_PATTERNS = {
     "(paper: 2, 4, 32)",
     "draf-bottleneck-<k>": "k retina output channels; the retina output receives a direct "
     "full-rank error from the last VVS layer (dRAF); the rest RAF",
+    "raf": "RAF at full rank in every layer, the readout included (any model.arch; with "
+    "model.rank or model.layer_rank for the Fig. 3 networks)",
 }
 
 
@@ -339,6 +400,8 @@ def preset_model_fields(preset: str, others: str = "raf") -> dict:
         raise ConfigError(f"unconstrained rule {others!r} is not allowed (allowed: raf, bp)")
     if preset == "bp":
         return {"rule": "bp", "n_bn": 32}
+    if preset == "raf":
+        return {"rule": "raf"}
     if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
         return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
     readout = {"fc_2": READOUT_RULE} if others == "raf" else {}
@@ -377,8 +440,25 @@ def resolve_run_config(
 
 
 def check_run_config(cfg: RunConfig) -> None:
-    """Cross-field checks: layer names, ranks within layer widths, odd kernels."""
+    """Cross-field checks: layer names, ranks within layer widths, odd kernels.
+
+    With a class subset (``data.classes``) or CIFAR-100, ``model.num_classes`` left at its
+    default of 10 is set to the number of classes the data have (so that a grid over
+    ``data.classes`` needs no second axis); any other value must equal it.
+    """
+    _match_data(cfg)
     m = cfg.model
+    if m.arch != "retina":
+        from retina_raf.nets import check_net_config  # the Fig. 3 networks
+
+        check_net_config(cfg)
+        return
+    for key in ("rank", "rank_fraction"):
+        if getattr(m, key) is not None:
+            raise ConfigError(
+                f"model.{key}: for the Fig. 3 networks (model.arch: mlp, vgg, vit); the "
+                "retina's feedback ranks are model.layer_rank"
+            )
     if m.kernel_size % 2 == 0:
         raise ConfigError(f"model.kernel_size: {m.kernel_size} must be odd (same padding)")
     widths = layer_out_widths(m)
@@ -419,6 +499,27 @@ def check_run_config(cfg: RunConfig) -> None:
                 f"model.direct_rank: {m.direct_rank} is out of range "
                 f"(allowed: 1 to {widths[source]})"
             )
+
+
+def _match_data(cfg: RunConfig) -> None:
+    """model.num_classes and model.in_channels against the data (see check_run_config)."""
+    d, m = cfg.data, cfg.model
+    n_classes = d.classes or (100 if d.dataset == "cifar100" else 10)
+    if d.classes is not None and d.dataset == "cifar10" and d.classes > 10:
+        raise ConfigError(f"data.classes: {d.classes} is out of range (CIFAR-10 has 10 classes)")
+    subset = d.classes is not None or d.dataset != "cifar10"
+    if subset and m.num_classes != n_classes:
+        if m.num_classes != 10:
+            raise ConfigError(
+                f"model.num_classes: {m.num_classes}, but the data have {n_classes} classes "
+                "(data.classes, data.dataset); leave it out"
+            )
+        m.num_classes = n_classes
+    if (d.rgb or m.arch != "retina") and m.in_channels != (3 if d.rgb else 1):
+        raise ConfigError(
+            f"model.in_channels: {m.in_channels}, but the images have {3 if d.rgb else 1} "
+            f"channel(s) (data.rgb: {str(d.rgb).lower()})"
+        )
 
 
 def layer_out_widths(m: ModelConfig) -> dict[str, int]:
@@ -476,6 +577,15 @@ class ExperimentConfig:
     data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
     out: str | None = spec(None, doc="output folder (default: runs/<name>)")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    conditions: list = spec(
+        [],
+        doc="several grids in one experiment: a list of mappings with presets, ranks, grid "
+        "and overrides, each a grid of its own under the experiment's seeds, overrides and "
+        "grid (e.g. bp alone next to raf x layer x rank)",
+    )
+
+
+CONDITION_KEYS = ("presets", "ranks", "grid", "overrides")
 
 
 # Settings that say where and how fast a run trains, not what it learns: they may differ
@@ -549,46 +659,122 @@ def check_experiment(exp: ExperimentConfig) -> None:
     """Validate the axes and resolve every (preset, rank, grid point); normalizes in place."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", exp.name):
         raise ConfigError(f"name: {exp.name!r} must be letters, digits, '_', '.', '+', '-'")
-    _check_axis("presets", exp.presets, str)
+    if not isinstance(exp.conditions, list):
+        raise ConfigError(f"conditions: expected a list of mappings, got {exp.conditions!r}")
+    if exp.presets or not exp.conditions:  # with conditions, each may name its own presets
+        _check_axis("presets", exp.presets, str)
     _check_axis("seeds", exp.seeds, int, low=0, high=2**31 - 1)
     _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
-    for preset in exp.presets:
-        try:
-            preset_model_fields(preset, exp.unconstrained_rule)
-        except ConfigError as exc:
-            raise ConfigError(f"presets: {exc}") from None
+    _check_presets("presets", exp.presets, exp.unconstrained_rule)
     exp.overrides = normalize_overrides(exp.overrides, "overrides")
-    fixed = flatten_dict(exp.overrides)
-    grid = {}
-    for key, values in exp.grid.items():
-        _check_axis(f"grid.{key}", values, object)
+    exp.grid = _normalize_grid(exp.grid, flatten_dict(exp.overrides), {}, "grid")
+    exp.conditions = [_normalize_condition(exp, i, cond) for i, cond in enumerate(exp.conditions)]
+    for i, part in enumerate(experiment_parts(exp)):
+        _check_runs(part, f"conditions[{i}]." if exp.conditions else "")
+    slurm = exp.slurm
+    if not all(isinstance(line, str) for line in slurm.setup):
+        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
+
+
+def _check_presets(key: str, presets: list, unconstrained_rule: str) -> None:
+    for preset in presets:
+        try:
+            preset_model_fields(preset, unconstrained_rule)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
+def _normalize_grid(grid: dict, fixed: dict, other_grid: dict, where: str) -> dict:
+    """A grid with full dotted keys; a setting set in ``fixed`` or ``other_grid`` is an error."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings to lists, got {grid!r}")
+    out, names = {}, {}
+    for key, values in grid.items():
+        _check_axis(f"{where}.{key}", values, object)
         # A scalar placeholder gives the setting's full dotted name (epochs -> train.epochs).
-        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"grid.{key}"))
+        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"{where}.{key}"))
         if dotted in fixed:
-            raise ConfigError(f"grid.{key}: also set in overrides; set it in one place")
-        if dotted in grid:
-            raise ConfigError(f"grid.{key}: the same setting as grid.{grid[dotted][0]}")
-        grid[dotted] = (key, values)
-    exp.grid = {dotted: values for dotted, (_, values) in grid.items()}
-    for point in grid_points(exp.grid):
-        where = "grid" if point else "overrides"
-        for preset in exp.presets:
-            for rank in exp.ranks:
-                overrides = experiment_overrides(exp, rank, point)
+            raise ConfigError(f"{where}.{key}: also set in overrides; set it in one place")
+        if dotted in out:
+            raise ConfigError(f"{where}.{key}: the same setting as {where}.{names[dotted]}")
+        if dotted in other_grid:
+            raise ConfigError(f"{where}.{key}: also an axis of the experiment's grid")
+        out[dotted], names[dotted] = values, key
+    return out
+
+
+def _normalize_condition(exp: ExperimentConfig, index: int, cond) -> dict:
+    """One entry of ``conditions``, validated, with full dotted grid keys."""
+    where = f"conditions[{index}]"
+    if not isinstance(cond, dict):
+        raise ConfigError(f"{where}: expected a mapping (keys: {', '.join(CONDITION_KEYS)})")
+    unknown = sorted(set(cond) - set(CONDITION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{where}.{unknown[0]}' (allowed: {', '.join(CONDITION_KEYS)})"
+        )
+    out = {}
+    if "presets" in cond:
+        _check_axis(f"{where}.presets", cond["presets"], str)
+        _check_presets(f"{where}.presets", cond["presets"], exp.unconstrained_rule)
+        out["presets"] = list(cond["presets"])
+    elif not exp.presets:
+        raise ConfigError(f"{where}: names no presets, and the experiment has none to inherit")
+    if "ranks" in cond:
+        _check_axis(f"{where}.ranks", cond["ranks"], int, low=1, high=65536, allow_none=True)
+        out["ranks"] = list(cond["ranks"])
+    overrides = normalize_overrides(cond.get("overrides") or {}, f"{where}.overrides")
+    for key in flatten_dict(overrides):
+        if key in exp.grid:
+            raise ConfigError(f"{where}.overrides.{key}: also a grid axis; set it in one place")
+    if overrides:
+        out["overrides"] = overrides
+    fixed = flatten_dict(merge(exp.overrides, overrides))
+    grid = _normalize_grid(cond.get("grid") or {}, fixed, exp.grid, f"{where}.grid")
+    if grid:
+        out["grid"] = grid
+    return out
+
+
+def experiment_parts(exp: ExperimentConfig) -> list[ExperimentConfig]:
+    """The experiment as grids: itself, or one per entry of ``conditions``.
+
+    A condition's presets and ranks replace the experiment's, its overrides are merged over
+    the experiment's (the condition's win) and its grid axes are added to the experiment's.
+    """
+    if not exp.conditions:
+        return [exp]
+    return [
+        dataclasses.replace(
+            exp,
+            presets=cond.get("presets", exp.presets),
+            ranks=cond.get("ranks", exp.ranks),
+            overrides=merge(exp.overrides, cond.get("overrides", {})),
+            grid={**exp.grid, **cond.get("grid", {})},
+            conditions=[],
+        )
+        for cond in exp.conditions
+    ]
+
+
+def _check_runs(part: ExperimentConfig, where_prefix: str) -> None:
+    """Resolve every (preset, rank, grid point) of one grid: a bad setting fails here."""
+    for point in grid_points(part.grid):
+        where = where_prefix + ("grid" if point else "overrides")
+        for preset in part.presets:
+            for rank in part.ranks:
+                overrides = experiment_overrides(part, rank, point)
                 try:
-                    cfg = resolve_run_config(preset_with_rank(preset, rank), exp.seeds[0],
-                                             overrides, exp.unconstrained_rule)  # fmt: skip
+                    cfg = resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
+                                             overrides, part.unconstrained_rule)  # fmt: skip
                 except ConfigError as exc:
                     raise ConfigError(f"{where}: {exc}") from None
                 retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
                 if rank is not None and retina_rule != "raf":
                     raise ConfigError(
-                        f"ranks: preset {preset!r} sends {retina_rule} into the retina; a "
-                        "feedback rank needs RAF there (use a raf-r<k> preset)"
+                        f"{where_prefix}ranks: preset {preset!r} sends {retina_rule} into the "
+                        "retina; a feedback rank needs RAF there (use a raf-r<k> preset)"
                     )
-    slurm = exp.slurm
-    if not all(isinstance(line, str) for line in slurm.setup):
-        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
 
 
 def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:

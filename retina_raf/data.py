@@ -4,6 +4,11 @@ Images are kept as uint8 grayscale arrays ``(N, 32, 32)`` (exactly what the shar
 ``cifar10_gray_uint8.npz`` holds) and become floats in [0, 1] only per batch, so the whole
 training set fits on a GPU as one uint8 tensor and augmentation runs there.
 
+The Fig. 3 networks (DESIGN.md 7.1) read the same sources in colour: ``rgb=True`` keeps
+``(N, 32, 32, 3)``; :func:`load_cifar100` reads torchvision's CIFAR-100 (fine labels), and
+:func:`select_classes` keeps a subset of the classes, relabelled 0..d-1 (the offline
+stand-in for the paper's CIFAR-100 subsets of Fig. 3c).
+
 Sources accepted by :func:`load_cifar10`:
 
 - an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8; RGB ``N x 32 x 32 x 3`` or
@@ -40,11 +45,12 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 @dataclass(frozen=True)
 class GrayCifar10:
-    """Grayscale CIFAR-10 (or a subset of it), as uint8 arrays.
+    """Grayscale CIFAR-10 (or a subset of it), as uint8 arrays; RGB when loaded with
+    ``rgb=True`` (then ``gray`` is ``rgb``), CIFAR-100 from :func:`load_cifar100`.
 
     Attributes:
-        x_train: (N_train, 32, 32) uint8, 0..255.
-        y_train: (N_train,) int64 labels 0..9.
+        x_train: (N_train, 32, 32) uint8, 0..255; (N_train, 32, 32, 3) in RGB.
+        y_train: (N_train,) int64 labels 0..9 (0..99 for CIFAR-100, 0..d-1 for a subset).
         x_test: (N_test, 32, 32) uint8.
         y_test: (N_test,) int64.
         source: where it was read from.
@@ -63,6 +69,30 @@ class GrayCifar10:
         """Mean and (population) std of the training pixels in [0, 1] units."""
         x = self.x_train.astype(np.float64) / 255.0
         return float(x.mean()), float(x.std())
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and (population) std of the training pixels in [0, 1] units: one
+        value each for gray images, three for RGB."""
+        pixels = self.x_train.reshape(-1, self.channels)
+        total, squares = np.zeros(self.channels), np.zeros(self.channels)
+        for start in range(0, len(pixels), 1 << 20):  # chunks: no full float copy in memory
+            chunk = pixels[start : start + (1 << 20)].astype(np.float64)
+            total += chunk.sum(axis=0)
+            squares += np.square(chunk).sum(axis=0)
+        n = len(pixels)
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+        return tuple(float(v) for v in mean / 255.0), tuple(float(v) for v in std / 255.0)
+
+    @property
+    def channels(self) -> int:
+        """1 for gray images, 3 for RGB."""
+        return 3 if self.x_train.ndim == 4 else 1
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes: one more than the largest label."""
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
 # ---------------------------------------------------------------------------- loading
@@ -83,8 +113,9 @@ def load_cifar10(
     path: str | Path | None = None,
     gray: str = "mean",
     download: bool = False,
+    rgb: bool = False,
 ) -> GrayCifar10:
-    """Load CIFAR-10 as grayscale uint8 arrays.
+    """Load CIFAR-10 as grayscale uint8 arrays (or RGB ones).
 
     Args:
         path: an ``.npz`` file, a ``cifar-10-batches-py`` folder or its parent, or ``None``
@@ -92,6 +123,7 @@ def load_cifar10(
             downloads the data set if it is not there yet.
         gray: ``mean`` (default) or ``luma``; applied to RGB sources only.
         download: fetch with ``torchvision.datasets.CIFAR10`` (needs internet).
+        rgb: keep the colour channels, ``(N, 32, 32, 3)``; a gray source is a DataError.
 
     Raises:
         DataError: missing path, unreadable/corrupt file, missing arrays, wrong shapes,
@@ -110,7 +142,67 @@ def load_cifar10(
         hint = " (run `make sample` or pass --data)" if path == EMBEDDED_SAMPLE else ""
         raise DataError(f"no such file or folder: {path}{hint}")
     arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
-    return _validate(arrays, source=str(path), gray=gray)
+    return _validate(arrays, source=str(path), gray=gray, rgb=rgb)
+
+
+def load_cifar100(path: str | Path, rgb: bool = True, gray: str = "mean",
+                  download: bool = False) -> GrayCifar10:  # fmt: skip
+    """Load CIFAR-100 (100 fine labels) from torchvision's ``cifar-100-python`` folder.
+
+    Args:
+        path: the ``cifar-100-python`` folder or the folder that holds it (where
+            ``torchvision.datasets.CIFAR100(root=path, download=True)`` puts it).
+        rgb: keep the colour channels (default); else gray by ``gray``.
+        download: fetch it there with torchvision first (needs internet).
+
+    Raises:
+        DataError: no such folder, missing or corrupt ``train`` / ``test`` files.
+    """
+    path = Path(path)
+    if download:
+        import torchvision
+
+        try:
+            for train in (True, False):
+                torchvision.datasets.CIFAR100(root=str(path), train=train, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise DataError(f"could not download CIFAR-100 into {path}: {exc}") from exc
+    if (path / "cifar-100-python").is_dir():
+        path = path / "cifar-100-python"
+    missing = [name for name in ("train", "test") if not (path / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{path} is not a cifar-100-python folder ({missing[0]} is missing); fetch it with "
+            f"torchvision.datasets.CIFAR100(root=..., download=True) where there is internet"
+        )
+    (x_train, y_train), (x_test, y_test) = (_read_batch(path / n) for n in ("train", "test"))
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    return _validate(arrays, source=str(path), gray=gray, rgb=rgb, n_classes=100)
+
+
+def select_classes(ds: GrayCifar10, classes) -> GrayCifar10:
+    """Keep only the images of ``classes`` in train and test, relabelled 0..d-1.
+
+    Args:
+        ds: a loaded data set.
+        classes: an int d (the classes 0..d-1) or a sequence of distinct labels; the i-th
+            listed class becomes label i. The order of the images is kept.
+    """
+    listed = list(range(classes)) if isinstance(classes, (int, np.integer)) else list(classes)
+    if len(listed) < 2 or len(set(listed)) != len(listed):
+        raise DataError(f"classes: need at least two distinct classes, got {classes!r}")
+    bad = [c for c in listed if not 0 <= int(c) < ds.n_classes]
+    if bad:
+        raise DataError(f"classes: {bad[0]} is not a class of {ds.source} (0..{ds.n_classes - 1})")
+    relabel = np.full(ds.n_classes, -1, dtype=np.int64)
+    relabel[np.asarray(listed, dtype=np.int64)] = np.arange(len(listed))
+    kept = {}
+    for split in ("train", "test"):
+        y = relabel[getattr(ds, f"y_{split}")]
+        keep = np.flatnonzero(y >= 0)
+        kept[f"x_{split}"] = getattr(ds, f"x_{split}")[keep]
+        kept[f"y_{split}"] = y[keep]
+    return GrayCifar10(**kept, source=f"{ds.source} (classes {listed})", gray=ds.gray)
 
 
 def _download(root: Path) -> None:
@@ -168,15 +260,22 @@ def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels
 
 
-def _validate(arrays: dict[str, np.ndarray], source: str, gray: str) -> GrayCifar10:
+def _validate(
+    arrays: dict[str, np.ndarray], source: str, gray: str, rgb: bool = False, n_classes: int = 10
+) -> GrayCifar10:
     out: dict[str, np.ndarray] = {}
     was_rgb = False
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8:
             raise DataError(f"{source}: x_{split} has dtype {x.dtype}, expected uint8")
+        if rgb and x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise DataError(
+                f"{source}: x_{split} has shape {x.shape}, expected N x 32 x 32 x 3 (colour "
+                "images were asked for: data.rgb)"
+            )
         if x.ndim == 4 and x.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3):
-            x = to_gray(x, gray)
+            x = x if rgb else to_gray(x, gray)
             was_rgb = True
         elif not (x.ndim == 3 and x.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE)):
             raise DataError(
@@ -186,15 +285,17 @@ def _validate(arrays: dict[str, np.ndarray], source: str, gray: str) -> GrayCifa
             raise DataError(f"{source}: y_{split} has shape {y.shape}, expected ({len(x)},)")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{source}: y_{split} has dtype {y.dtype}, expected integers")
-        if len(y) and (y.min() < 0 or y.max() > 9):
+        if len(y) and (y.min() < 0 or y.max() > n_classes - 1):
             raise DataError(
-                f"{source}: y_{split} has labels in {y.min()}..{y.max()}, expected 0..9"
+                f"{source}: y_{split} has labels in {y.min()}..{y.max()}, "
+                f"expected 0..{n_classes - 1}"
             )
         if len(x) == 0:
             raise DataError(f"{source}: x_{split} is empty")
         out[f"x_{split}"] = np.ascontiguousarray(x)
         out[f"y_{split}"] = y.astype(np.int64)
-    return GrayCifar10(**out, source=source, gray=gray if was_rgb else "as stored")
+    kept = "rgb" if rgb else gray
+    return GrayCifar10(**out, source=source, gray=kept if was_rgb else "as stored")
 
 
 def describe(ds: GrayCifar10) -> str:
@@ -204,7 +305,8 @@ def describe(ds: GrayCifar10) -> str:
     for split, y in (("train", ds.y_train), ("test", ds.y_test)):
         counts = np.bincount(y, minlength=10)
         lines.append(f"{split}: {len(y)} images, per class: " + " ".join(map(str, counts)))
-    lines.append(f"image shape: {ds.x_train.shape[1]} x {ds.x_train.shape[2]} (gray, uint8)")
+    kind = "RGB" if ds.channels == 3 else "gray"
+    lines.append(f"image shape: {ds.x_train.shape[1]} x {ds.x_train.shape[2]} ({kind}, uint8)")
     lines.append(f"train mean {mean:.4f}, std {std:.4f} (pixels in [0, 1])")
     return "\n".join(lines)
 
@@ -259,10 +361,11 @@ class DeviceData:
     """One split of the data set as a single uint8 tensor on a device, served in batches.
 
     Args:
-        images: (N, 32, 32) uint8 array.
+        images: (N, 32, 32) uint8 array, or (N, 32, 32, 3) RGB (stored as (N, 3, 32, 32)).
         labels: (N,) int array.
         device: where the tensors live (augmentation runs there too).
-        mean, std: standardization in [0, 1] units (``None``: leave pixels in [0, 1]).
+        mean, std: standardization in [0, 1] units (``None``: leave pixels in [0, 1]); a
+            number, or one per channel.
     """
 
     def __init__(
@@ -270,11 +373,18 @@ class DeviceData:
         images: np.ndarray,
         labels: np.ndarray,
         device="cpu",
-        mean: float | None = None,
-        std: float | None = None,
+        mean: float | tuple[float, ...] | None = None,
+        std: float | tuple[float, ...] | None = None,
     ):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).unsqueeze(1)
+        images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        if images.dim() == 4:  # (N, H, W, C) -> (N, C, H, W), contiguous: batches are rows
+            self.images = images.permute(0, 3, 1, 2).contiguous()
+        else:
+            self.images = images.unsqueeze(1)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        if isinstance(mean, (tuple, list)):  # per channel, broadcast over (B, C, H, W)
+            mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.mean, self.std = mean, std
 
     def __len__(self) -> int:
@@ -285,7 +395,7 @@ class DeviceData:
         return self.images.device
 
     def to_float(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 1, H, W) -> float32 in [0, 1], standardized if mean/std were given."""
+        """uint8 (B, C, H, W) -> float32 in [0, 1], standardized if mean/std were given."""
         x = images_uint8.float().div_(255.0)
         if self.mean is not None:
             x = (x - self.mean) / self.std

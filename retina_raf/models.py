@@ -224,8 +224,13 @@ def build_model(
     return model_from_config(cfg, seed=seed)
 
 
-def model_from_config(cfg: ModelConfig, seed: int | None = None) -> RetinaNet:
-    """Build a :class:`RetinaNet` from a validated model config."""
+def model_from_config(cfg: ModelConfig, seed: int | None = None) -> nn.Module:
+    """Build a :class:`RetinaNet` from a validated model config (or, for ``model.arch`` mlp,
+    vgg, vit, the Fig. 3 network of :mod:`retina_raf.nets`)."""
+    if cfg.arch != "retina":
+        from retina_raf.nets import net_from_config
+
+        return net_from_config(cfg, seed=seed)
     if seed is not None:
         torch.manual_seed(seed)
     return RetinaNet(cfg)

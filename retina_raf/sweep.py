@@ -49,6 +49,7 @@ from retina_raf.config import (
     RunConfig,
     SlurmConfig,
     experiment_overrides,
+    experiment_parts,
     flatten_dict,
     grid_points,
     preset_with_rank,
@@ -92,14 +93,16 @@ class Run:
 def expand(exp: ExperimentConfig) -> list[Run]:
     """All runs of an experiment, seed-major (every condition's seed 0 comes first, so a
     sweep cut short still covers every condition). Raises ConfigError for two grid points
-    that are the same configuration."""
+    that are the same configuration. An experiment with ``conditions`` is the union of
+    their grids (:func:`~retina_raf.config.experiment_parts`)."""
     runs: list[Run] = []
     seen: dict[str, Run] = {}
-    for seed in exp.seeds:
-        for preset in exp.presets:
-            for rank in exp.ranks:
-                for point in grid_points(exp.grid):
-                    overrides = experiment_overrides(exp, rank, point)
+    parts = experiment_parts(exp)
+    for seed, part in ((seed, part) for seed in exp.seeds for part in parts):
+        for preset in part.presets:
+            for rank in part.ranks:
+                for point in grid_points(part.grid):
+                    overrides = experiment_overrides(part, rank, point)
                     # ranks: over raf-r<k> makes raf-r<rank> runs, without a rank label
                     name = preset_with_rank(preset, rank)
                     relabeled = name.startswith("raf-r") and rank is not None
@@ -679,6 +682,10 @@ def collect(
     preset, rank, n_bn, seed, rule); each grid setting is a ``run`` coordinate too (named by
     its last part, e.g. ``lr``). Unfinished runs are left out and listed in the
     ``missing_runs`` attribute.
+
+    An experiment of the Fig. 3 networks (``model.arch`` mlp, vgg, vit) has no retina: its
+    dataset is the test accuracy of every run by rule, constrained layer, rank, d and seed
+    (:func:`analysis.accuracy.collect_accuracy`), ``<out>/results_accuracy.nc``.
     """
     from analysis.results import combine_runs, write_results
 
@@ -687,12 +694,22 @@ def collect(
     finished = [run for run in runs if (run_dir(out, run) / DONE_FILE).exists()]
     if not finished:
         raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
+    if any(run.config().model.arch != "retina" for run in finished):
+        from analysis.accuracy import collect_accuracy, write_accuracy
+
+        ds = collect_accuracy([run_dir(out, run) for run in finished])
+        ds.attrs.update(
+            experiment=exp.name,
+            experiment_yaml=_experiment_yaml(exp),
+            missing_runs=" ".join(run.run_id for run in runs if run not in finished),
+        )
+        return write_accuracy(ds, out / "results_accuracy.nc")
     ds = combine_runs([run_dir(out, run) for run in finished], layer, method, device=device)
-    for key in exp.grid:
+    for key in dict.fromkeys(key for part in experiment_parts(exp) for key in part.grid):
         name = key.rsplit(".", 1)[-1]
         if name not in ds.coords:
             values = [json.dumps(v) if isinstance(v, (dict, list)) else v
-                      for v in (run.point[key] for run in finished)]  # fmt: skip
+                      for v in (run.point.get(key) for run in finished)]  # fmt: skip
             ds = ds.assign_coords({name: ("run", values)})
     ds.attrs.update(
         experiment=exp.name,

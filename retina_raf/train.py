@@ -35,7 +35,7 @@ from retina_raf.config import (
     resolve_run_config,
     to_dict,
 )
-from retina_raf.data import Augmenter, DeviceData, load_cifar10
+from retina_raf.data import Augmenter, DeviceData, load_cifar10, load_cifar100, select_classes
 from retina_raf.errors import ConfigError, RunError
 from retina_raf.feedback import feedback_diagnostics
 from retina_raf.io import atomic_path, write_netcdf, write_text
@@ -72,6 +72,10 @@ def run_identity(config: dict | RunConfig) -> dict:
     """
     cfg = config if isinstance(config, RunConfig) else from_dict(RunConfig, config)
     m = cfg.model
+    if m.arch != "retina":  # the Fig. 3 networks: rule, constrained layer, rank, d, width
+        from retina_raf.nets import run_identity as net_identity
+
+        return net_identity(cfg)
     vvs1_rule = m.layer_rule.get("vvs_1", m.rule)
     if m.direct_target is not None:
         rule = "draf"
@@ -115,17 +119,26 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
         return BlockedRMSprop(params, lr=t.lr, alpha=t.rmsprop_alpha, eps=t.rmsprop_eps,
                               weight_decay=t.weight_decay, momentum=t.momentum)  # fmt: skip
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad)
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
 
 
 def _load_data(cfg: RunConfig, device: torch.device) -> tuple[DeviceData, DeviceData]:
     d = cfg.data
-    ds = load_cifar10(d.path, gray=d.gray)
+    if d.dataset == "cifar100":
+        if d.path is None:
+            raise ConfigError("data.path: CIFAR-100 needs the folder of its cifar-100-python")
+        ds = load_cifar100(d.path, rgb=d.rgb, gray=d.gray)
+    else:
+        ds = load_cifar10(d.path, gray=d.gray, rgb=d.rgb)
+    if d.classes is not None:  # the subset first: the limits count its images
+        ds = select_classes(ds, d.classes)
     x_train, y_train = ds.x_train[: d.train_limit], ds.y_train[: d.train_limit]
     x_test, y_test = ds.x_test[: d.test_limit], ds.y_test[: d.test_limit]
     mean = std = None
-    if d.standardize:
+    if d.standardize and d.rgb:  # per channel
+        mean, std = type(ds)(x_train, y_train, x_test, y_test, ds.source, ds.gray).channel_stats()
+    elif d.standardize:
         pixels = x_train.astype(np.float64) / 255.0
         mean, std = float(pixels.mean()), float(pixels.std())
     return (DeviceData(x_train, y_train, device, mean, std),
