@@ -563,9 +563,10 @@ def run_identity(cfg: RunConfig) -> dict:
 
     ``rule``: bp (every layer backprop), draf (direct feedback) or the constrained layers'
     rule; ``constrain``: ``none``, ``all``, the pattern of ``model.constrain``, the
-    ``layer_rank`` keys, or ``direct:<source>``; ``rank``: the constrained layers' rank (the
-    smallest, with rank_fraction or capped widths), the direct pathways' under dRAF, and for
-    unconstrained runs the widest layer's width (full rank); ``d``: classes; ``width``:
+    ``layer_rank`` keys, or ``direct:<source>``; ``rank``: ``model.rank`` as asked (layers
+    narrower than it are capped), else the smallest constrained layer's (rank_fraction,
+    layer_rank), the direct pathways' under dRAF, and for unconstrained runs the widest
+    layer's width (full rank); ``d``: classes; ``width``:
     hidden units (mlp), token width (vit), 512 (vgg).
     """
     m = cfg.model
@@ -585,6 +586,8 @@ def run_identity(cfg: RunConfig) -> dict:
     elif ranked:
         name = min(ranked, key=ranked.get)
         rule, rank = plan[name][0], ranked[name]
+        if m.rank is not None and not m.layer_rank:
+            rank = m.rank  # as asked: layers narrower than it (the readout) are capped
         if m.layer_rank:
             constrain = ",".join(m.layer_rank)
         else:
