@@ -363,6 +363,12 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 )
 @click.option("--no-wait", is_flag=True, help="slurm: submit and return without waiting.")
 @click.option(
+    "--seeds",
+    default=None,
+    metavar="N|LIST",
+    help="Seeds to run in place of the file's: N (0..N-1) or a comma list (0,3,4).",
+)
+@click.option(
     "--layer", default="retina_2", show_default=True, help="--collect: RFs of this layer."
 )
 @click.option(
@@ -387,6 +393,7 @@ def sweep_command(
     gpus_per_job,
     slurm_options,
     no_wait,
+    seeds,
     layer,
     method,
     device,
@@ -395,7 +402,9 @@ def sweep_command(
     finished: finished runs are skipped, interrupted ones resume, the rest start.
 
     --dry-run lists the runs and their states; --collect combines the finished runs into
-    OUT/results_<layer>_<method>.nc (RFs, metrics, histories) for the notebooks."""
+    OUT/results_<layer>_<method>.nc (RFs, metrics, histories) for the notebooks, or, for the
+    Fig. 3 networks (model.arch mlp, vgg, vit), OUT/results_accuracy.nc (test accuracy by
+    rule, constrained layer, rank, d and seed)."""
     from pathlib import Path
 
     from retina_raf import sweep
@@ -404,7 +413,7 @@ def sweep_command(
 
     named = {"partition": partition, "time_min": time_min, "gpus_per_job": gpus_per_job}
     slurm_options = [f"{k}={v}" for k, v in named.items() if v is not None] + list(slurm_options)
-    exp = update_experiment(load_experiment(file), data, sets, slurm_options)
+    exp = update_experiment(load_experiment(file), data, sets, slurm_options, seeds)
     out = Path(out or exp.out or Path("runs") / exp.name)
     if dry_run:
         click.echo(sweep.dry_run(exp, out))

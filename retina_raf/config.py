@@ -830,6 +830,7 @@ def update_experiment(
     data: str | None = None,
     sets: list[str] | tuple[str, ...] = (),
     slurm_options: list[str] | tuple[str, ...] = (),
+    seeds: str | None = None,
 ) -> ExperimentConfig:
     """Command-line changes to an experiment, validated like the file.
 
@@ -838,10 +839,22 @@ def update_experiment(
         sets: ``KEY=VALUE`` overrides of every run (``--set``; they change run ids).
         slurm_options: ``KEY=VALUE``: a :class:`SlurmConfig` field (``partition=gpu``,
             ``time_min=600``) or else any sbatch option (``mail-type=END``).
+        seeds: ``--seeds``: ``N`` (seeds 0..N-1) or ``0,3,4``, in place of the file's
+            seeds (a run's id does not depend on which other seeds are run).
     """
     exp = dataclasses.replace(exp)
     if data is not None:
         exp.data = data
+    if seeds is not None:
+        try:
+            values = [int(v) for v in str(seeds).split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds expects N or a list like 0,3,4; got {seeds!r}") from None
+        if len(values) == 1 and "," not in str(seeds):
+            if values[0] < 1:
+                raise ConfigError(f"--seeds: {values[0]} must be >= 1")
+            values = list(range(values[0]))
+        exp.seeds = values
     if sets:
         exp.overrides = merge(exp.overrides, parse_overrides(list(sets)))
     if slurm_options:

@@ -209,6 +209,12 @@ def test_fig3a_one_layer_at_a_time():
     assert all(_recipe(run, 6e-4, 4e-4, 0.975, 160, "mlp") for run in runs)
     cfg = runs[0].config().model
     assert (cfg.hidden_units, cfg.hidden_layers) == (512, 4)
+    assert all(run.config().model.layer_rule == {"fc_5": "bp"} for run in runs)
+    paper = load_experiment(EXPERIMENTS / "fig3a_mlp_layer_rank.yaml")
+    from retina_raf.config import update_experiment
+
+    paper = update_experiment(paper, sets=["model.layer_rule.fc_5=raf"])
+    assert expand(paper)[1].config().model.layer_rule == {"fc_5": "raf"}
 
 
 def test_fig3b_all_layers_against_the_narrow_network():
@@ -223,7 +229,9 @@ def test_fig3b_all_layers_against_the_narrow_network():
     ranks = [run.config() for run in runs if run.config().model.rank == 64][0]
     from retina_raf.nets import layer_plan
 
-    assert {r for _, r in layer_plan(ranks.model).values()} == {64, 10}  # readout capped
+    plan = layer_plan(ranks.model)
+    assert plan == {"fc_2": ("raf", 64), "fc_3": ("raf", 64), "fc_4": ("raf", 64),
+                    "fc_5": ("bp", None)}  # the readout sends its exact error  # fmt: skip
 
 
 def test_fig3c_ranks_below_and_above_each_task_dimension():
@@ -275,6 +283,13 @@ def test_dry_run_of_a_fig3_file(run_cli, tmp_path):
     assert code == 0, err
     assert out.strip().splitlines()[-1] == "55 runs: 55 pending"
     assert "raf-direct_sourcefc_5-direct_rank1-s0-" in out
+    code, out, err = run_cli("sweep", EXPERIMENTS / "fig3a_mlp_layer_rank.yaml", "--dry-run",
+                             "--seeds", "3", "--out", tmp_path)  # fmt: skip
+    assert code == 0 and out.strip().splitlines()[-1] == "51 runs: 51 pending"
+    assert "-s2-" in out and "-s3-" not in out
+    code, out, err = run_cli("sweep", EXPERIMENTS / "fig3a_mlp_layer_rank.yaml", "--dry-run",
+                             "--seeds", "1,1", "--out", tmp_path)  # fmt: skip
+    assert code == 2 and "listed twice" in err
 
 
 # ------------------------------------------------------------------- results, notebook
