@@ -265,3 +265,17 @@ def test_tiny_training_lowers_the_loss(name, rule, rank):
     if rule == "raf":
         ranks = {m.feedback_rank for m in net.feedback_layers().values()}
         assert ranks == {2}
+
+
+def test_readme_fig3_example_runs_as_written():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "build_net(" in b]
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["mlp"].fc_3.feedback_rank == 4
+    assert namespace["vit"].block_1.attn.key.feedback_rank == 10
+    assert list(namespace["draf"].direct) == ["fc_1", "fc_2", "fc_3"]
