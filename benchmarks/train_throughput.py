@@ -9,6 +9,7 @@ grayscale training set for N epochs with the paper's recipe (whole data set on t
 channels_last, optional ``--amp``) and reports images/s, epoch time and test accuracy.
 
     python benchmarks/train_throughput.py                      # CPU, side by side
+    python benchmarks/train_throughput.py --epoch-check        # fft vs direct: same losses
     python benchmarks/train_throughput.py --device cuda --epochs 3 --data PATH [--amp]
 """
 
@@ -97,6 +98,29 @@ def cpu_side_by_side(
               f"{step / bp_step:8.2f}")  # fmt: skip
 
 
+def epoch_check(preset: str = "bp") -> None:
+    """One epoch on the embedded sample with conv_impl fft and with direct, from the same
+    init and data order: the losses must agree to float noise (printed: the largest
+    difference)."""
+    print(f"hardware: {hardware()}")
+    results = {}
+    with tempfile.TemporaryDirectory() as out:
+        for impl in ("fft", "direct"):
+            sets = ["train.epochs=1", "train.progress=false", f"model.conv_impl={impl}"]
+            cfg = resolve_run_config(preset, 0, parse_overrides(sets))
+            run_dir = train(cfg, Path(out) / impl, log=lambda *_: None)
+            row = torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"][-1]
+            results[impl] = row
+    print(f"{preset}, one epoch on the embedded sample, float32")
+    print(f"{'':<12} {'fft':>12} {'direct':>12} {'|difference|':>13}")
+    worst = 0.0
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        a, b = results["fft"][key], results["direct"][key]
+        worst = max(worst, abs(a - b) / max(abs(b), 1e-12)) if "loss" in key else worst
+        print(f"{key:<12} {a:12.7f} {b:12.7f} {abs(a - b):13.2e}")
+    print(f"largest relative loss difference: {worst:.2e}")
+
+
 def gpu_epochs(presets, epochs: int, data: str, amp: bool) -> None:
     print(f"hardware: {hardware()}")
     print(f"{'preset':<8} {'epoch':>5} {'epoch s':>8} {'images/s':>9} {'test acc':>8}")
@@ -137,10 +161,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="GPU: epochs per preset")
     parser.add_argument("--data", default=None, help="GPU: full CIFAR-10 (npz or folder)")
     parser.add_argument("--amp", action="store_true", help="GPU: bf16 autocast")
+    parser.add_argument("--epoch-check", action="store_true",
+                        help="bp, one epoch of the sample: fft vs direct losses")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cpu":
+    if args.epoch_check:
+        epoch_check()
+    elif args.device == "cpu":
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         cpu_side_by_side(args.presets, args.batch_size, args.repeats, args.warmup, clock)
     else:

@@ -115,6 +115,11 @@ class TrainConfig:
     num_threads: int = spec(0, low=0, high=1024, doc="torch CPU threads (0: torch's default)")
     diagnostics: bool = spec(True, doc="record feedback diagnostics every epoch")
     progress: bool = spec(True, doc="tqdm progress bars")
+    compile: bool = spec(
+        False,
+        doc="torch.compile the model for training (GPU; feedback layers stay in one graph; "
+        "the error-covariance diagnostics are then not tracked)",
+    )
     retina_snapshots: bool = spec(
         False,
         doc="after every epoch save the retina's weights (retina_1, retina_2; a few hundred KB) "

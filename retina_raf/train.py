@@ -52,6 +52,7 @@ RESUMABLE_KEYS = {
     ("train", "num_threads"),
     ("model", "conv_impl"),  # direct and FFT convolution compute the same, to float tolerance
     ("train", "retina_snapshots"),
+    ("train", "compile"),
     ("data", "path"),  # the same data may live elsewhere on another machine
 }
 
@@ -375,13 +376,15 @@ def train(
 
     if cfg.train.retina_snapshots and not rows:
         save_retina_snapshot(run_dir, model, 0)  # the initial retina: where the RFs start
+    # compiled or not, the parameters are the model's: checkpoints save `model`
+    step_model = torch.compile(model) if cfg.train.compile else model
     epochs = range(len(rows) + 1, cfg.train.epochs + 1)
     bar = tqdm(epochs, desc=run_dir.name, unit="epoch", disable=not cfg.train.progress,
                initial=len(rows), total=cfg.train.epochs)  # fmt: skip
     for epoch in bar:
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(model, train_data, optimizer, cfg, shuffle, augmenter, device,
+        stats = train_epoch(step_model, train_data, optimizer, cfg, shuffle, augmenter, device,
                             desc=f"epoch {epoch}")  # fmt: skip
         stats.update(evaluate(model, test_data, cfg.train.batch_size, device, cfg.train.amp))
         scheduler.step()
