@@ -2,7 +2,9 @@
 
 Every subcommand imports its heavy dependencies lazily so ``retina-raf --help`` stays fast.
 Expected mistakes (:class:`retina_raf.errors.RetinaRafError`, bad options) print one line
-on stderr and exit with status 2.
+on stderr and exit with status 2. Training stopped by SIGTERM (after writing its
+checkpoint) prints one line and exits with status 143
+(:data:`retina_raf.errors.EXIT_INTERRUPTED`); the same command resumes it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import sys
 import click
 
 from retina_raf import __version__
-from retina_raf.errors import RetinaRafError
+from retina_raf.errors import EXIT_INTERRUPTED, RetinaRafError, RunInterrupted
+
+
+def _netcdf_path(path: str, option: str = "--out") -> str:
+    """A NetCDF output path must end in .nc (what it holds, and what readers look for)."""
+    if not path.lower().endswith(".nc"):
+        raise click.BadParameter(f"{path!r} must end in .nc (a NetCDF file)", param_hint=option)
+    return path
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,14 +105,18 @@ def data_sample(
     type=click.Path(path_type=str),
     help="Parent folder of run folders.",
 )
-@click.option("--name", default=None, help="Run folder name (default: <preset>-s<seed>).")
+@click.option(
+    "--name",
+    default=None,
+    help="Run folder name (default: the run id, <preset>-s<seed>[-<settings hash>]).",
+)
 @click.option(
     "--device",
     default=None,
     type=click.Choice(["auto", "cpu", "cuda"]),
     help="Default: cuda when available.",
 )
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (a CPU warns and ignores it).")
 @click.option(
     "--others",
     default="raf",
@@ -122,7 +135,13 @@ def data_sample(
 def train_cmd(
     preset, config_file, seed, epochs, data, out, name, device, amp, others, sets, config_only
 ):
-    """Train one run (or resume it, or skip it when finished) into OUT/<preset>-s<seed>/."""
+    """Train one run (or resume it, or skip it when finished) into OUT/<run id>/.
+
+    The run id is <preset>-s<seed>, plus a hash of the settings that differ from the
+    preset's (the epochs, device, data path, threads, progress and checkpoint_every excepted:
+    a run asked for more epochs is continued). SIGTERM stops at the next batch with a
+    checkpoint and exit status 143; the same command resumes.
+    """
     from retina_raf.config import dump_yaml
     from retina_raf.train import config_from_cli, train
 
@@ -285,7 +304,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
             raise click.BadParameter(
                 f"{channels!r} is not a comma-separated list of integers", param_hint="--channels"
             ) from None
-    out = Path(out) if out else Path(run_dir) / f"rfs_{layer}_{method}.nc"
+    out = Path(_netcdf_path(out)) if out else Path(run_dir) / f"rfs_{layer}_{method}.nc"
     rfs = extract_rfs(
         run_dir, layer, method, channels=channel_list, seed=seed, device=device, **options
     )
@@ -395,7 +414,9 @@ def sweep_command(
         click.echo(sweep.dry_run(exp, out))
         return
     if collect:
-        click.echo(f"wrote {sweep.collect(exp, out, layer, method, device)}")
+        from analysis.results import collect_experiment
+
+        click.echo(f"wrote {collect_experiment(exp, out, layer, method, device)}")
         return
     rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
     if rep is None:
@@ -467,6 +488,7 @@ def metrics_command(rfs_file: str, out: str) -> None:
     from analysis.metrics import load_rfs, rf_metrics, summarize
     from retina_raf.io import write_netcdf
 
+    _netcdf_path(out)
     if Path(out).resolve() == Path(rfs_file).resolve():
         raise click.BadParameter("must differ from the input RFs file", param_hint="--out")
     rfs = load_rfs(rfs_file)
@@ -494,14 +516,17 @@ def metrics_command(rfs_file: str, out: str) -> None:
 def results_cmd(runs, out, layer, method, seed, device):
     """Combine run folders (or folders of runs) into one results dataset (NetCDF).
 
-    Maps the RFs of LAYER in every finished run, measures them, reads each history and
-    stacks everything along a `run` dimension with coordinates preset, rank, n_bn, seed, rule.
+    Maps the RFs of LAYER in every finished run (with DONE), measures them, reads each
+    history and stacks everything along a `run` dimension with coordinates preset, rank,
+    n_bn, seed, rule. Every run is checked before any RF is mapped; cached analyses are
+    reused only for the same weights.
     """
     from analysis.results import combine_runs, find_runs, write_results
 
+    _netcdf_path(out)
     run_dirs = [run for root in runs for run in find_runs(root)]
     if not run_dirs:
-        raise click.ClickException(f"no finished run folders (with model.pt) under {runs[0]}")
+        raise click.ClickException(f"no finished run folders (with DONE) under {runs[0]}")
     ds = combine_runs(run_dirs, layer, method, seed=seed, device=device)
     path = write_results(ds, out)
     click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {method}")
@@ -554,6 +579,9 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         click.echo(f"retina-raf: error: {message}", err=True)
         sys.exit(2)
+    except RunInterrupted as exc:
+        click.echo(f"retina-raf: {' '.join(str(exc).split())}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
