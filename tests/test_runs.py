@@ -138,8 +138,9 @@ def test_a_run_another_process_trains_is_refused(tmp_path, run_cli):
 # ------------------------------------------------------------- resume and checkpoints
 def test_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch):
     """A checkpoint whose tensors were saved from cuda:0 (as a GPU run writes it) loads to
-    the CPU and resumes; RNG states stay CPU ByteTensors, every load maps to the CPU, and the
-    run ends bitwise equal to an uninterrupted one."""
+    the CPU and resumes; RNG states stay CPU ByteTensors, and every load maps to "cpu"
+    whatever the training device (mapping to the device put the RNG states on the GPU, where
+    torch.set_rng_state refuses them); the run ends bitwise equal to an uninterrupted one."""
     cfg = tiny_config(epochs=2)
     whole = train(cfg, tmp_path / "whole", log=quiet)
     split = train(tiny_config(epochs=1), tmp_path / "split", log=quiet)
