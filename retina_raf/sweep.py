@@ -362,8 +362,9 @@ def _progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None
 # ------------------------------------------------------------------ slurm executor
 class RunJob:
     """The callable one SLURM job runs (pickled by submitit). It has a ``checkpoint``
-    method, so submitit requeues the job when it reaches its time limit, and the run then
-    resumes from its own checkpoint."""
+    method, so submitit requeues the job when it nears its time limit (SIGUSR2); training
+    first stops at the next batch boundary and writes its checkpoint (retina_raf.train), and
+    the requeued job resumes from it."""
 
     def __init__(self, run: Run, out: str):
         self.run = run
