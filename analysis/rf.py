@@ -477,9 +477,9 @@ def _load(model, device):
     run_dir = Path(model)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run folder (no such directory)")
-    from retina_raf.train import load_trained
+    from retina_raf.runs import load_model
 
-    loaded, config = load_trained(run_dir, device=device or "cpu")
+    loaded, config = load_model(run_dir, device=device or "cpu")
     return loaded, config, run_dir
 
 
@@ -553,8 +553,8 @@ def extract_rfs(
     """RFs of the center unit of every channel of ``layer``, all channels in one batched pass.
 
     Args:
-        model: an ``nn.Module`` or a training run folder (loaded with
-            ``retina_raf.train.load_trained``; its identity becomes scalar coordinates).
+        model: an ``nn.Module`` or a finished training run folder (loaded with
+            ``retina_raf.runs.load_model``; its identity becomes scalar coordinates).
         layer: a name in ``model.layer_names``, or of a submodule whose output is the
             post-nonlinearity activation.
         method: ``"gradient"``, ``"actmax"`` or ``"sta"`` (see the module docstring).
@@ -690,7 +690,7 @@ def _to_dataarray(
     if "n_active_starts" in result:
         coords["n_active_starts"] = ("channel", result["n_active_starts"].cpu().numpy())
     if config is not None:
-        from retina_raf.train import run_identity
+        from retina_raf.runs import run_identity
 
         coords.update(run_identity(config))  # scalar coords preset, rank, n_bn, seed, rule
     attrs = {

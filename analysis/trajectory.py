@@ -22,12 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 
 from retina_raf.errors import DataError, RunError
 
-RETINA_LAYERS = ("retina_1", "retina_2")
 SUMMARY_METRICS = {
     "symmetry": "Radial symmetry",
     "osi": "Orientation selectivity (OSI)",
@@ -65,16 +63,14 @@ def rf_trajectory(
     """
     from analysis.metrics import rf_metrics
     from analysis.rf import extract_rfs
-    from retina_raf.config import load_run_config
+    from retina_raf import runs
     from retina_raf.models import model_from_config
-    from retina_raf.train import retina_snapshots
 
     run_dir = Path(run_dir)
-    if layer not in RETINA_LAYERS:
-        raise DataError(f"layer {layer!r}: snapshots hold only {', '.join(RETINA_LAYERS)}")
-    if not (run_dir / "config.yaml").is_file():
-        raise RunError(f"{run_dir} is not a run folder (no config.yaml)")
-    snapshots = retina_snapshots(run_dir)
+    if layer not in runs.SNAPSHOT_LAYERS:
+        raise DataError(f"layer {layer!r}: snapshots hold only {', '.join(runs.SNAPSHOT_LAYERS)}")
+    cfg = runs.load_config(run_dir)  # RunError for a folder that is not a run
+    snapshots = runs.retina_snapshots(run_dir)
     if not snapshots:
         raise RunError(f"{run_dir} has no retina snapshots (train with train.retina_snapshots)")
     wanted = sorted(snapshots) if epochs is None else list(epochs)
@@ -83,12 +79,10 @@ def rf_trajectory(
         raise RunError(
             f"{run_dir}: no snapshot for epoch(s) {missing} (saved: {sorted(snapshots)})"
         )
-    cfg = load_run_config(run_dir / "config.yaml")
     model = model_from_config(cfg.model).eval()
     per_epoch = []
     for epoch in wanted:
-        state = torch.load(snapshots[epoch], map_location="cpu", weights_only=True)["model"]
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(runs.load_retina_snapshot(run_dir, epoch), strict=False)
         rfs = extract_rfs(model, layer, method, seed=seed, progress=False, **rf_options)
         attrs = rfs.attrs
         # the per-unit coordinates become variables, so that they too get the epoch dim
@@ -109,22 +103,54 @@ def rf_trajectory(
 
 
 def _history(run_dir: Path) -> xr.Dataset | None:
-    path = run_dir / "history.nc"
-    if not path.is_file():
+    from retina_raf import runs
+
+    history = runs.load_history(run_dir)
+    if history is None:
         return None
-    with xr.open_dataset(path, engine="h5netcdf") as history:
-        keep = [v for v in history.data_vars if history[v].dims == ("epoch",)]
-        return history[keep].load().drop_attrs() if keep else None
+    keep = [v for v in history.data_vars if history[v].dims == ("epoch",)]
+    return history[keep].drop_attrs(deep=False) if keep else None
+
+
+def combine_trajectories(
+    run_dirs: Sequence[str | Path], layer: str = "retina_2", method: str = "gradient", **kwargs
+) -> xr.Dataset:
+    """:func:`rf_trajectory` of several runs stacked along ``run`` (a results-style dataset).
+
+    Run coordinates as in :mod:`analysis.results` (run_id, preset, rank, n_bn, seed, rule);
+    runs with fewer channels (bottlenecks) or epochs are padded: ``present`` (run, channel)
+    is False there, numbers NaN and ``rf_class`` "". Write it with
+    :func:`analysis.results.write_results`, read it with :func:`analysis.results.open_results`.
+    """
+    from retina_raf import runs
+
+    if not run_dirs:
+        raise RunError("no run folders given")
+    per_run = []
+    for run_dir in run_dirs:
+        ds = rf_trajectory(run_dir, layer, method, **kwargs)
+        ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
+        identity = {"run_id": Path(run_dir).name, **runs.run_identity(runs.load_config(run_dir))}
+        ds = ds.expand_dims("run").assign_coords({k: ("run", [v]) for k, v in identity.items()})
+        ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
+        per_run.append(ds)
+    out = xr.concat(per_run, dim="run", join="outer", combine_attrs="drop_conflicts")
+    out["present"] = out["present"].fillna(False).astype(bool)
+    out["rf_class"] = out["rf_class"].where(out["rf_class"].notnull(), "").astype(str)
+    out["responsive"] = out["responsive"].fillna(False).astype(bool)
+    return out
 
 
 def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
-    """Per-epoch summary of a :func:`rf_trajectory` over its responsive units.
+    """Per-epoch summary of a :func:`rf_trajectory` (or of :func:`combine_trajectories`, then
+    per run) over the responsive units.
 
-    Returns a Dataset over ``epoch`` with ``symmetry`` and ``osi`` (means over responsive
-    units), ``fraction_center_surround`` and ``fraction_oriented`` (of responsive units),
-    ``n_responsive`` and, where the run's history has it, ``test_acc``.
+    Returns a Dataset over ``epoch`` (and ``run``) with ``symmetry`` and ``osi`` (means over
+    responsive units), ``fraction_center_surround`` and ``fraction_oriented`` (of responsive
+    units), ``n_responsive`` and, where the run's history has it, ``test_acc``.
     """
-    responsive = trajectory["rf_class"] != "unresponsive"
+    # padding (rf_class "") of bottlenecked runs in a combined file is not a unit
+    responsive = (trajectory["rf_class"] != "unresponsive") & (trajectory["rf_class"] != "")
     n_responsive = responsive.sum("channel")
     safe = n_responsive.where(n_responsive > 0)
     out = xr.Dataset(
@@ -166,6 +192,9 @@ def plot_trajectories(
     ncols = min(3, len(metrics))
     nrows = int(np.ceil(len(metrics) / ncols))
     fig, axes = new_figure(width, height_mm=45.0 * nrows, nrows=nrows, ncols=ncols, squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = np.concatenate([np.asarray(s["epoch"]) for s in summaries.values()])
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for label, summary in summaries.items():
             if metric not in summary:
@@ -174,6 +203,8 @@ def plot_trajectories(
             ax.plot(summary["epoch"], summary[metric], marker="o", markersize=2.5,
                     color=condition_color(preset), label=label)  # fmt: skip
         ax.set_xlabel("Epoch")
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)  # every panel on one epoch axis
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(SUMMARY_METRICS[metric])
         if metric.startswith("fraction") or metric in ("symmetry", "osi"):
             ax.set_ylim(-0.02, 1.02)

@@ -136,9 +136,8 @@ def gpu_epochs(presets, epochs: int, data: str, amp: bool) -> None:
             ]
             cfg = resolve_run_config(preset, 0, parse_overrides(sets))
             rows = []
-            train(cfg, out, log=rows.append)
-            history = torch.load(Path(out) / f"{preset}-s0" / "checkpoint.pt",
-                                 weights_only=False)["history"]  # fmt: skip
+            run_dir = train(cfg, out, log=rows.append)
+            history = torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]
             n_train = 50_000 if cfg.data.train_limit is None else cfg.data.train_limit
             for row in history:
                 seconds = row["epoch_time_s"]

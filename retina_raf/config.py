@@ -12,6 +12,7 @@ that fill model fields (``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bott
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -125,6 +126,13 @@ class TrainConfig:
         doc="after every epoch save the retina's weights (retina_1, retina_2; a few hundred KB) "
         "to snapshots/epoch_NNN.pt, so that RFs can be followed through training",
     )
+    checkpoint_every: int = spec(
+        5,
+        low=1,
+        high=100000,
+        doc="epochs between checkpoints; the last epoch and a SIGTERM always write one, and "
+        "only the latest is kept",
+    )
 
 
 @dataclass
@@ -181,6 +189,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every range check below
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -481,11 +491,6 @@ class ExperimentConfig:
     data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
     out: str | None = spec(None, doc="output folder (default: runs/<name>)")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-
-
-# Settings that say where and how fast a run trains, not what it learns: they may differ
-# between a laptop and a cluster and do not enter run ids.
-PLACEMENT_KEYS = ("data.path", "train.device", "train.progress", "train.num_threads")
 
 
 def normalize_overrides(mapping: dict, where: str) -> dict:

@@ -10,30 +10,31 @@ executor, so one file runs unchanged on a laptop, a multi-GPU box and a SLURM cl
 
 Everything lives in the sweep's output folder::
 
-    <out>/<run_id>/             the run folder of retina_raf.train (DONE when finished)
+    <out>/<run_id>/             a run folder (retina_raf.runs; DONE when finished)
     <out>/.locks/<run_id>.lock  held (fcntl.flock) by the process that trains the run
     <out>/sweep.log             journal: one line per start/resume/done/failed/busy event
     <out>/logs/<run_id>.err     traceback of a run's last failure
     <out>/logs/worker-<i>.log   output of the local worker processes
     <out>/slurm/<job_id>/       submitit's files and the SLURM logs of each job
 
+Run ids, the definition of finished, the lock and the folder layout are those of
+:mod:`retina_raf.runs`, so ``retina-raf train`` with a run's config works on the same folder.
 Concurrency: only the process holding a run's lock trains it, and the DONE check happens
-under the lock, so two sweeps (or two jobs) never train one run twice nor write one run
-folder at once. The OS releases the lock of a process that dies (kill -9, node failure, a
-SLURM time limit), and the run then resumes from its checkpoint. flock works on local disks
-and on NFS (Linux emulates it with NFS byte-range locks).
+under the lock, so two sweeps (or two jobs, or a sweep and ``retina-raf train``) never train
+one run twice nor write one run folder at once. The OS releases the lock of a process that
+dies (kill -9, node failure, a SLURM time limit), and the run then resumes from its
+checkpoint. SIGTERM stops a run at a batch boundary with a checkpoint (retina_raf.train), and
+a sweep told to stop stops. Combining finished runs into a results dataset is analysis:
+``analysis.results.collect_experiment`` (``retina-raf sweep --collect``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -43,23 +44,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from retina_raf import runs
 from retina_raf.config import (
-    PLACEMENT_KEYS,
     ExperimentConfig,
     RunConfig,
     SlurmConfig,
     experiment_overrides,
-    flatten_dict,
     grid_points,
     preset_with_rank,
     resolve_run_config,
-    to_dict,
 )
-from retina_raf.errors import ConfigError, DataError, RunError
+from retina_raf.errors import EXIT_INTERRUPTED, ConfigError, DataError, RunError, RunInterrupted
 from retina_raf.io import write_text
+from retina_raf.runs import DONE_FILE, identity_settings, run_id  # noqa: F401 (re-exported)
 
 STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
-DONE_FILE = "DONE"
 
 
 # ------------------------------------------------------------------------------ runs
@@ -125,42 +124,6 @@ def expand(exp: ExperimentConfig) -> list[Run]:
     return runs
 
 
-def run_id(cfg: RunConfig, rank: int | None = None, point: dict | None = None) -> str:
-    """Stable, readable id of a run: preset, rank and grid labels, seed, settings hash.
-
-    The hash (8 hex digits of SHA-1) covers every setting of ``cfg`` that differs from the
-    preset's defaults, except :data:`~retina_raf.config.PLACEMENT_KEYS` (where and how fast
-    it trains); it does not depend on how the file spelled the keys or on Python's hash seed.
-    """
-    labels = [cfg.preset]
-    if rank is not None:
-        labels.append(f"rank{rank}")
-    labels += [_label(key, value) for key, value in (point or {}).items()]
-    labels.append(f"s{cfg.seed}")
-    diff = identity_settings(cfg)
-    if diff:
-        text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
-        labels.append(hashlib.sha1(text.encode()).hexdigest()[:8])
-    return "-".join(labels)
-
-
-def identity_settings(cfg: RunConfig) -> dict:
-    """Flat ``{dotted key: value}`` of the settings that differ from the preset's defaults."""
-    base = flatten_dict(to_dict(resolve_run_config(cfg.preset, cfg.seed)))
-    flat = flatten_dict(to_dict(cfg))
-    return {
-        key: value
-        for key, value in flat.items()
-        if key not in PLACEMENT_KEYS and (key not in base or base[key] != value)
-    }
-
-
-def _label(key: str, value) -> str:
-    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-    text = "".join(c if c.isalnum() or c in "._+" else "_" for c in text)
-    return f"{key.rsplit('.', 1)[-1]}{text}"
-
-
 # ------------------------------------------------------------------ run folder state
 def run_dir(out: Path, run: Run) -> Path:
     """The run's folder, ``<out>/<run_id>``."""
@@ -172,12 +135,17 @@ def error_file(out: Path, run: Run) -> Path:
     return Path(out) / "logs" / f"{run.run_id}.err"
 
 
+def is_done(out: Path, run: Run) -> bool:
+    """Whether the run is finished with at least the epochs its config asks for."""
+    return runs.is_finished(run_dir(out, run), run.config().train.epochs)
+
+
 def run_state(out: Path, run: Run, queued: dict | None = None) -> str:
-    """One of :data:`STATES`: ``done`` (DONE written), ``running`` (a process holds its
-    lock), ``queued`` (its SLURM job, in ``queued``, is waiting), ``failed`` (the last
-    attempt raised), ``interrupted`` (has a checkpoint to resume from) or ``pending``."""
+    """One of :data:`STATES`: ``done`` (finished, :func:`is_done`), ``running`` (a process
+    holds its lock), ``queued`` (its SLURM job, in ``queued``, is waiting), ``failed`` (the
+    last attempt raised), ``interrupted`` (has a checkpoint to resume from) or ``pending``."""
     folder = run_dir(out, run)
-    if (folder / DONE_FILE).exists():
+    if is_done(out, run):
         return "done"
     if lock_holder(out, run) is not None:
         return "running"
@@ -185,72 +153,29 @@ def run_state(out: Path, run: Run, queued: dict | None = None) -> str:
         return "queued"
     if error_file(out, run).exists():
         return "failed"
-    if (folder / "checkpoint.pt").exists():
+    if (folder / runs.CHECKPOINT_FILE).exists():
         return "interrupted"
     return "pending"
 
 
-def _lock_path(out: Path, run: Run) -> Path:
-    return Path(out) / ".locks" / f"{run.run_id}.lock"
-
-
 @contextlib.contextmanager
 def run_lock(out: Path, run: Run) -> Iterator[bool]:
-    """Try to take the run's lock without waiting; yields whether this process has it.
-
-    The lock is an ``flock`` on ``<out>/.locks/<run_id>.lock``: the OS drops it when the
-    process exits or dies. The file is never deleted (deleting a lock file races with a
-    process that has just opened it); it holds ``host pid job`` of the current holder.
-    """
-    path = _lock_path(out, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{_whoami()}\n".encode())
-        yield True
-    finally:
-        os.close(fd)  # releases the flock
+    """:func:`retina_raf.runs.run_lock` of the run's folder: yields whether this process
+    has the lock (``<out>/.locks/<run_id>.lock``)."""
+    with runs.run_lock(run_dir(out, run)) as mine:
+        yield mine
 
 
 def lock_holder(out: Path, run: Run) -> str | None:
     """``"host pid=... [job=...]"`` of the process training the run, or None if nobody is."""
-    path = _lock_path(out, run)
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return path.read_text().strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _whoami() -> str:
-    job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (
-        f"{socket.gethostname()} pid={os.getpid()}"
-        + (f" job={job}" if job else "")
-        + (f" gpu={gpu}" if gpu else "")
-    )
+    return runs.lock_holder(run_dir(out, run))
 
 
 def journal(out: Path, event: str, run: Run, detail: str = "") -> None:
     """Append one line to ``<out>/sweep.log`` (one ``write`` with O_APPEND: lines of
     concurrent processes do not interleave)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    line = f"{stamp} {_whoami()} {event} {run.run_id}" + (f" {detail}" if detail else "")
+    line = f"{stamp} {runs.whoami()} {event} {run.run_id}" + (f" {detail}" if detail else "")
     path = Path(out) / "sweep.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -275,18 +200,17 @@ def train_run(run: Run, out: Path) -> str:
         if not mine:
             journal(out, "busy", run, f"held by {lock_holder(out, run)}")
             return "busy"
-        folder = run_dir(out, run)
-        if (folder / DONE_FILE).exists():
+        if is_done(out, run):
             return "done"
-        resume = (folder / "checkpoint.pt").exists()
+        resume = (run_dir(out, run) / runs.CHECKPOINT_FILE).exists()
         journal(out, "resume" if resume else "start", run)
         try:
-            train(run.config(), out, name=run.run_id)
+            train(run.config(), out, name=run.run_id, locked=True)
         except Exception:
             write_text(traceback.format_exc(), error_file(out, run))
             journal(out, "failed", run, f"see {error_file(out, run)}")
             raise
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a signal handler
+        except BaseException as exc:  # RunInterrupted (SIGTERM), KeyboardInterrupt, SystemExit
             journal(out, "interrupted", run, type(exc).__name__)
             raise
         error_file(out, run).unlink(missing_ok=True)
@@ -412,10 +336,13 @@ def run_local(runs: list[Run], out: Path, workers: int | None = None) -> SweepRe
 
 def _worker_main(out: str) -> None:
     """A local worker: train the runs (JSON on stdin) that nobody else has taken."""
-    runs = [Run(**item) for item in json.loads(sys.stdin.read())]
-    for run in runs:
+    todo = [Run(**item) for item in json.loads(sys.stdin.read())]
+    for run in todo:
         try:
             train_run(run, Path(out))
+        except RunInterrupted as exc:  # the sweep is being stopped: so is this worker
+            print(f"worker stopped: {exc}", flush=True)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception:
             traceback.print_exc()
 
@@ -425,7 +352,7 @@ def _progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None
     from tqdm import tqdm
 
     def n_done() -> int:
-        return sum((run_dir(out, run) / DONE_FILE).exists() for run in runs)
+        return sum(is_done(out, run) for run in runs)
 
     # disable=None: no bar when the output is not a terminal (logs, CI)
     with tqdm(total=len(runs), desc="runs", unit="run", initial=n_done(), disable=None) as bar:
@@ -441,8 +368,9 @@ def _progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None
 # ------------------------------------------------------------------ slurm executor
 class RunJob:
     """The callable one SLURM job runs (pickled by submitit). It has a ``checkpoint``
-    method, so submitit requeues the job when it reaches its time limit, and the run then
-    resumes from its own checkpoint."""
+    method, so submitit requeues the job when it nears its time limit (SIGUSR2); training
+    first stops at the next batch boundary and writes its checkpoint (retina_raf.train), and
+    the requeued job resumes from it."""
 
     def __init__(self, run: Run, out: str):
         self.run = run
@@ -607,7 +535,7 @@ def run_sweep(
     todo = [run for run in runs if run_state(out, run, queued) not in ("done", "running", "queued")]
     _check_data(todo)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(_experiment_yaml(exp), out / "experiment.yaml")
+    write_text(experiment_yaml(exp), out / "experiment.yaml")
     print(
         f"{exp.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running or queued, "
         f"{len(todo)} to train ({executor})",
@@ -641,7 +569,8 @@ def _merge_reports(full: SweepReport, part: SweepReport) -> SweepReport:
     return full
 
 
-def _experiment_yaml(exp: ExperimentConfig) -> str:
+def experiment_yaml(exp: ExperimentConfig) -> str:
+    """The experiment as YAML (every field, normalized): what ``experiment.yaml`` holds."""
     import yaml
 
     return yaml.safe_dump(asdict(exp), sort_keys=False)
@@ -661,45 +590,6 @@ def dry_run(exp: ExperimentConfig, out: Path) -> str:
     counts = [f"{sum(line.split()[1] == s for line in lines)} {s}" for s in STATES]
     lines.append(f"{len(runs)} runs: " + ", ".join(c for c in counts if not c.startswith("0 ")))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------ collect
-def collect(
-    exp: ExperimentConfig,
-    out: Path,
-    layer: str = "retina_2",
-    method: str = "actmax",
-    device: str | None = None,
-) -> Path:
-    """The results dataset (DESIGN.md 11) of the experiment's finished runs, for the notebooks:
-    ``<out>/results_<layer>_<method>.nc``.
-
-    :func:`analysis.results.combine_runs` maps and measures the RFs of ``layer`` in every
-    finished run and stacks them with the histories along ``run`` (coordinates run_id,
-    preset, rank, n_bn, seed, rule); each grid setting is a ``run`` coordinate too (named by
-    its last part, e.g. ``lr``). Unfinished runs are left out and listed in the
-    ``missing_runs`` attribute.
-    """
-    from analysis.results import combine_runs, write_results
-
-    out = Path(out)
-    runs = expand(exp)
-    finished = [run for run in runs if (run_dir(out, run) / DONE_FILE).exists()]
-    if not finished:
-        raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
-    ds = combine_runs([run_dir(out, run) for run in finished], layer, method, device=device)
-    for key in exp.grid:
-        name = key.rsplit(".", 1)[-1]
-        if name not in ds.coords:
-            values = [json.dumps(v) if isinstance(v, (dict, list)) else v
-                      for v in (run.point[key] for run in finished)]  # fmt: skip
-            ds = ds.assign_coords({name: ("run", values)})
-    ds.attrs.update(
-        experiment=exp.name,
-        experiment_yaml=_experiment_yaml(exp),
-        missing_runs=" ".join(run.run_id for run in runs if run not in finished),
-    )
-    return write_results(ds, out / f"results_{layer}_{method}.nc")
 
 
 if __name__ == "__main__":  # a local worker process (see run_local)

@@ -513,6 +513,14 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_run, tmp_path, run_cli, args, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_cli_rfs_out_must_be_netcdf(tiny_run, tmp_path, run_cli):
+    """`rfs --out x.txt` is refused before any work (it would write NetCDF under .txt)."""
+    code, _, err = run_cli("rfs", tiny_run, "--out", tmp_path / "x.txt", "--method", "gradient")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "must end in .nc" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_run_folder_without_model_exits_2(tmp_path, run_cli):
     """Claim: a run folder without model.pt (or no folder at all) is a one-line error, exit 2."""
     run_dir = tmp_path / "unfinished"

@@ -118,7 +118,8 @@ def test_smoke_file_is_tiny():
 
 def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     """The same grid written two ways gives the same ids, in any process; every run of a
-    grid has its own id; a changed setting changes the id; placement settings do not."""
+    grid has its own id; a changed setting changes the id; placement settings and the
+    number of epochs (more epochs extend a run) do not."""
     a = write_experiment(
         tmp_path / "a", presets=["bp", "raf-r4"], seeds=2, ranks=[None],
         overrides={"train": {"epochs": 3, "lr": 1e-3}}, grid={"model.n_bn": [8, 32]},
@@ -149,11 +150,11 @@ def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     assert ids(plain) == ["bp-s0", "bp-s1"]  # nothing differs from the preset: no hash
     placed = write_experiment(
         tmp_path, "placed", presets=["bp"], seeds=2, data=str(tmp_path / "elsewhere.npz"),
-        overrides={"train": {"device": "cpu", "progress": False}},
+        overrides={"train": {"device": "cpu", "progress": False, "epochs": 4}},
     )  # fmt: skip
     assert ids(placed) == ["bp-s0", "bp-s1"]
     changed = write_experiment(tmp_path, "changed", presets=["bp"], seeds=2,
-                               overrides={"train": {"epochs": 4}})  # fmt: skip
+                               overrides={"train": {"lr": 0.001}})  # fmt: skip
     assert ids(changed)[0].startswith("bp-s0-") and ids(changed)[0] != ids(plain)[0]
 
 
@@ -238,7 +239,7 @@ def test_dry_run_lists_every_run_with_its_state(tmp_path, run_cli):
     out = tmp_path / "out"
     done, running, failed, interrupted, pending = expand(load_experiment(path))
     run_dir(out, done).mkdir(parents=True)
-    (run_dir(out, done) / DONE_FILE).write_text("finished\n")
+    (run_dir(out, done) / DONE_FILE).write_text("finished 1 epochs\n")
     run_dir(out, interrupted).mkdir()
     (run_dir(out, interrupted) / "checkpoint.pt").write_bytes(b"")
     (out / "logs").mkdir()
