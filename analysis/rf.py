@@ -17,8 +17,10 @@ The code is split the way feature-visualization libraries split it:
   ``gradient``  Lindsey et al.'s RF: the input gradient at the base image, divided by its RMS.
   ``actmax``    activation maximization (Erhan et al. 2009): projected gradient ascent of the
                 perturbation on the sphere ``||delta||_2 = norm`` from ``n_starts`` seeds; the
-                RF is the mean of the maximizing perturbations over the starts that responded,
-                the ``spread`` coordinate their standard deviation.
+                RF is the perturbation of the start that reached the highest response
+                (``combine="best"``; starts that found different maxima are not blurred
+                together) or the mean over the starts that responded (``"mean"``); the
+                ``spread`` coordinate is their standard deviation.
   ``sta``       white-noise spike-triggered average over ``n_samples`` Gaussian images
                 ``base + noise_std * z``: ``cov(response, z) / noise_std``, which by Stein's
                 lemma equals the input gradient averaged over the noise (so it is on the same
@@ -68,6 +70,7 @@ METHOD_OPTIONS: dict[str, dict] = {
         "gray_level": 0.5,
         "n_starts": 8,
         "start": "noise",
+        "combine": "best",
         "n_steps": 100,
         "step_size": 0.1,
         "norm": None,
@@ -368,6 +371,20 @@ def _actmax(units, channels, base, options, seed, progress):
     mean = (w * images).sum(dim=1, keepdim=True) / denominator
     spread = ((w * (images - mean) ** 2).sum(dim=1, keepdim=True) / denominator).sqrt()
     responsive = n_active > 0
+    if options["combine"] == "best":
+        # Starts can climb to different maxima (e.g. a grating at two phases): their mean
+        # would blur them together, so the RF is the image of the highest response reached.
+        score = torch.where(responded, activation, torch.full_like(activation, -torch.inf))
+        best = score.argmax(dim=1)
+        rf = images[torch.arange(len(best), device=best.device), best]
+        rf = torch.where(responsive.view(-1, *[1] * (rf.dim() - 1)), rf, 0.0)  # silent: zeros
+        return {
+            "rf": rf,
+            "spread": spread.squeeze(1),
+            "activation": torch.where(responsive, activation.amax(dim=1), activation.mean(1)),
+            "responsive": responsive,
+            "n_active_starts": n_active.to(torch.int64),
+        }
     mean_activation = torch.where(
         responsive, (weight * activation).sum(dim=1) / n_active.clamp_min(1), activation.mean(1)
     )
@@ -454,6 +471,7 @@ def resolve_options(method: str, options: dict, input_shape: tuple | None = None
     check("base", lambda v: v in ("zeros", "gray"), "'zeros' or 'gray'")
     check("gray_level", lambda v: is_real(v) and math.isfinite(v), "a finite number")
     check("start", lambda v: v in ("noise", "zeros"), "'noise' or 'zeros'")
+    check("combine", lambda v: v in ("best", "mean"), "'best' or 'mean'")
     check("n_starts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check("n_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     check("step_size", lambda v: is_real(v) and 0 < v < math.inf, "a positive number")
@@ -572,7 +590,8 @@ def extract_rfs(
                 its kink has no gradient at the base itself), n_steps=100, step_size=0.1
                 (fraction of the norm per step, halved per start whenever a step would lower
                 the response), norm=None (= 0.1 * sqrt(input pixels): RMS contrast 0.1),
-                batch_size=None;
+                combine="best" (the start that reached the highest response) | "mean" (the
+                mean over the starts that responded), batch_size=None;
             sta: base, gray_level, n_samples=16384, noise_std=1.0, batch_size=1024.
 
     Returns:
