@@ -469,8 +469,11 @@ def test_cli_metrics_refuses_nan_rfs_flagged_responsive(tmp_path, run_cli):
     write_netcdf(flagged.to_dataset(), source)
     code, _, stderr = run_cli("metrics", source, "--out", out)
     assert code == 0, stderr
-    with xr.open_dataset(out, engine="h5netcdf") as ds:
-        assert list(ds.rf_class.values) == ["center-surround", "unresponsive"]
+    with xr.open_dataset(out, engine="h5netcdf") as ds:  # rf_class as CF flags: decode
+        assert list(metrics.decode_rf_class(ds).rf_class.values) == [
+            "center-surround",
+            "unresponsive",
+        ]
 
 
 def test_cli_metrics_on_a_folder_or_a_txt_output_says_what_is_wrong(tmp_path, run_cli):
