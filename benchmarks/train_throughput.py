@@ -60,10 +60,13 @@ def cpu_side_by_side(
     and to bp. Variants: the plain copy, then each preset (``name`` or ``name:conv_impl``)."""
     models, optimizers = {}, {}
     for variant in presets:
-        preset, _, impl = variant.partition(":")
+        name, _, others = variant.partition("@")  # raf-r2@bp: the other layers backprop
+        preset, _, impl = name.partition(":")
+        others = others or "raf"
         sets = [f"model.conv_impl={impl}"] if impl else []
-        cfg = resolve_run_config(preset, 0, parse_overrides(sets))
-        models[variant] = build_model(preset, seed=0, **parse_overrides(sets).get("model", {}))
+        cfg = resolve_run_config(preset, 0, parse_overrides(sets), others=others)
+        models[variant] = build_model(preset, seed=0, others=others,
+                                      **parse_overrides(sets).get("model", {}))  # fmt: skip
         optimizers[variant] = make_optimizer(models[variant], cfg)
     plain = plain_copy(build_model("bp", seed=0))
     models = {"plain": plain, **models}
@@ -171,8 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--presets", nargs="+", default=["bp", "bp:direct", "raf-r2", "raf-r32"],
-                        help="CPU: presets to time, optionally preset:conv_impl")  # fmt: skip
+    parser.add_argument("--presets", nargs="+",
+                        default=["bp", "bp:direct", "raf-r2", "raf-r32", "raf-r2@bp"],
+                        help="CPU: presets to time, as preset[:conv_impl][@unconstrained rule], "
+                        "e.g. bp:direct or raf-r2@bp")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this process's CPU time (robust to other load "
