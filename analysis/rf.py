@@ -643,6 +643,45 @@ def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> lis
             min(cx + half + 1, width)]  # fmt: skip
 
 
+def method_agreement(
+    model: nn.Module,
+    layer: str,
+    methods: Sequence[str] = ("gradient", "actmax", "sta"),
+    options: dict[str, dict] | None = None,
+    **common,
+) -> xr.Dataset:
+    """How well the RF methods agree, unit by unit: Pearson correlations between their RFs.
+
+    Args:
+        model, layer: as :func:`extract_rfs`.
+        methods: at least two methods.
+        options: per-method options, e.g. ``{"actmax": {"n_starts": 4}}``.
+        **common: options of every method (``base``, ``gray_level``, ``seed``, ...).
+
+    Returns:
+        Dataset with, per pair ``a_vs_b``, the correlation (channel) of the two RFs over
+        pixels (NaN where either is flat), and ``responsive_<method>`` flags. The sign of a
+        correlation matters: actmax and the gradient should agree in polarity.
+    """
+    if len(methods) < 2:
+        raise ConfigError("method_agreement needs at least two methods")
+    options = options or {}
+    rfs = {m: extract_rfs(model, layer, m, progress=False, **common, **options.get(m, {}))
+           for m in methods}  # fmt: skip
+    out = xr.Dataset()
+    for i, a in enumerate(methods):
+        out[f"responsive_{a}"] = rfs[a]["responsive"].reset_coords(drop=True)
+        for b in methods[i + 1 :]:
+            x, y = (rfs[m].reset_coords(drop=True) for m in (a, b))
+            x, y = x - x.mean(("y", "x")), y - y.mean(("y", "x"))
+            norm = np.sqrt((x**2).sum(("y", "x")) * (y**2).sum(("y", "x")))
+            out[f"{a}_vs_{b}"] = ((x * y).sum(("y", "x")) / norm.where(norm > 0)).assign_attrs(
+                long_name=f"Pearson correlation of the {a} and {b} RFs", units="1"
+            )
+    out.attrs.update({"layer": layer, "methods": list(methods)})
+    return out
+
+
 def actmax_starts(
     model: nn.Module | str | Path,
     layer: str,

@@ -112,14 +112,40 @@ def _history(run_dir: Path) -> xr.Dataset | None:
     return history[keep].drop_attrs(deep=False) if keep else None
 
 
+def final_method_agreement(
+    run_dir: str | Path, layer: str = "retina_2", **rf_options
+) -> xr.Dataset:
+    """:func:`analysis.rf.method_agreement` (gradient, actmax, STA) at a run's last snapshot:
+    whether the three RF methods tell the same story about its trained retina."""
+    from analysis.rf import method_agreement
+    from retina_raf import runs
+    from retina_raf.models import model_from_config
+
+    cfg = runs.load_config(run_dir)
+    snapshots = runs.retina_snapshots(run_dir)
+    if not snapshots:
+        raise RunError(f"{run_dir} has no retina snapshots (train with train.retina_snapshots)")
+    model = model_from_config(cfg.model).eval()
+    model.load_state_dict(runs.load_retina_snapshot(run_dir, max(snapshots)), strict=False)
+    common = {k: v for k, v in rf_options.items() if k in ("base", "gray_level", "seed")}
+    agreement = method_agreement(model, layer, **common)
+    return agreement.assign_attrs(agreement_epoch=max(snapshots))
+
+
 def combine_trajectories(
-    run_dirs: Sequence[str | Path], layer: str = "retina_2", method: str = "gradient", **kwargs
+    run_dirs: Sequence[str | Path],
+    layer: str = "retina_2",
+    method: str = "gradient",
+    agreement: bool = False,
+    **kwargs,
 ) -> xr.Dataset:
     """:func:`rf_trajectory` of several runs stacked along ``run`` (a results-style dataset).
 
     Run coordinates as in :mod:`analysis.results` (run_id, preset, rank, n_bn, seed, rule);
     runs with fewer channels (bottlenecks) or epochs are padded: ``present`` (run, channel)
-    is False there, numbers NaN and ``rf_class`` "". Write it with
+    is False there, numbers NaN and ``rf_class`` "". ``agreement``: also the correlations
+    of the gradient, actmax and STA RFs at each run's last epoch (``gradient_vs_actmax``
+    ... over (run, channel); :func:`final_method_agreement`). Write it with
     :func:`analysis.results.write_results`, read it with :func:`analysis.results.open_results`.
     """
     from retina_raf import runs
@@ -130,6 +156,10 @@ def combine_trajectories(
     for run_dir in run_dirs:
         ds = rf_trajectory(run_dir, layer, method, **kwargs)
         ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
+        if agreement:
+            check = final_method_agreement(run_dir, layer, **kwargs)
+            ds = ds.merge(check.drop_attrs(), compat="override")
+            ds.attrs["agreement_epoch"] = check.attrs["agreement_epoch"]
         identity = {"run_id": Path(run_dir).name, **runs.run_identity(runs.load_config(run_dir))}
         ds = ds.expand_dims("run").assign_coords({k: ("run", [v]) for k, v in identity.items()})
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
@@ -138,6 +168,8 @@ def combine_trajectories(
     out["present"] = out["present"].fillna(False).astype(bool)
     out["rf_class"] = out["rf_class"].where(out["rf_class"].notnull(), "").astype(str)
     out["responsive"] = out["responsive"].fillna(False).astype(bool)
+    for name in [v for v in out.data_vars if str(v).startswith("responsive_")]:
+        out[name] = out[name].fillna(False).astype(bool)
     return out
 
 

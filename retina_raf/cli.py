@@ -537,7 +537,12 @@ def metrics_command(rfs_file: str, out: str) -> None:
     help="Base image of the RF maps (gray: for runs trained on unstandardized images).",
 )
 @click.option("--gray-level", default=0.5, show_default=True, type=float)
-def trajectory_cmd(runs, out, layer, method, base, gray_level):
+@click.option(
+    "--agreement/--no-agreement",
+    default=False,
+    help="Also correlate the gradient, actmax and STA RFs at each run's last epoch.",
+)
+def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
     """RFs through training: map and measure the RFs of LAYER at every retina snapshot
     (runs trained with train.retina_snapshots=true) of each RUN folder, into one NetCDF.
 
@@ -548,7 +553,8 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level):
     from analysis.trajectory import combine_trajectories, trajectory_summary
 
     _netcdf_path(out)
-    ds = combine_trajectories(list(runs), layer, method, base=base, gray_level=gray_level)
+    ds = combine_trajectories(list(runs), layer, method, agreement=agreement, base=base,
+                              gray_level=gray_level)  # fmt: skip
     write_results(ds, out)
     summary = trajectory_summary(ds)
     for run in range(ds.sizes["run"]):
@@ -558,6 +564,10 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level):
             click.echo(f"{run_id} epoch {int(epoch):>3}: {int(row['n_responsive'])} responsive, "
                        f"symmetry {float(row['symmetry']):.2f}, osi {float(row['osi']):.2f}, "
                        f"center-surround {float(row['fraction_center_surround']):.2f}")  # fmt: skip
+        if agreement:
+            pairs = [v for v in ds.data_vars if "_vs_" in str(v)]
+            text = ", ".join(f"{p} {float(ds[p].isel(run=run).mean()):.2f}" for p in pairs)
+            click.echo(f"{run_id} RF methods at the last epoch (mean correlation): {text}")
     click.echo(f"wrote {out}")
 
 

@@ -568,3 +568,23 @@ def test_actmax_best_start_is_not_blurred_by_starts_that_found_other_maxima():
     assert similarity(best) > 0.95  # one maximum, at full contrast (the sphere's norm)
     assert amplitude(best) == pytest.approx(best.attrs["norm"], rel=1e-4)
     assert amplitude(mean) < 0.8 * amplitude(best)  # +w and -w starts cancel in the mean
+
+
+def test_methods_agree_unit_by_unit_on_a_unit_that_is_linear_where_probed():
+    """Gradient, actmax and STA RFs of a unit that is linear over the probed inputs (a ReLU
+    kept active by a large bias) are all its kernel: method_agreement reports correlations
+    near +1 for every pair and flags every unit responsive."""
+    from analysis.rf import method_agreement
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 7, padding=3)
+    with torch.no_grad():
+        conv.bias.fill_(50.0)
+    model = nn.Sequential(conv, nn.ReLU())
+    agreement = method_agreement(
+        model, "1", input_shape=(1, 15, 15),
+        options={"actmax": {"n_starts": 2, "n_steps": 20}, "sta": {"n_samples": 4096}},
+    )  # fmt: skip
+    for pair in ("gradient_vs_actmax", "gradient_vs_sta", "actmax_vs_sta"):
+        assert (agreement[pair] > 0.95).all(), pair
+    assert agreement["responsive_actmax"].all()
