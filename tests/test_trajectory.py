@@ -63,9 +63,12 @@ def test_trajectory_at_the_last_epoch_is_the_trained_models_rfs(snapshot_runs):
 
 def test_combined_trajectories_pad_narrow_runs_and_summarize_per_epoch(snapshot_runs):
     """bp (4 channels) and bp-bottleneck-2 (2 channels) stack along run; the padding is not
-    present, has class "" and is not counted as a unit in the summary."""
-    ds = combine_trajectories(snapshot_runs, **RF_OPTIONS)
+    present, has class "" and is not counted as a unit in the summary; the RF methods'
+    agreement at the last epoch comes along per unit."""
+    ds = combine_trajectories(snapshot_runs, agreement=True, **RF_OPTIONS)
     assert ds.sizes["run"] == 2 and ds.sizes["channel"] == 4
+    assert ds["gradient_vs_actmax"].dims == ("run", "channel") and ds.attrs["agreement_epoch"] == 2
+    assert ds["gradient_vs_actmax"].isel(run=1, channel=[2, 3]).isnull().all()  # padding
     assert ds["present"].sum("channel").values.tolist() == [4, 2]
     assert set(ds["rf_class"].isel(run=1, channel=[2, 3]).values.ravel()) == {""}
     summary = trajectory_summary(ds)
