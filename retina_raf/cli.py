@@ -631,7 +631,9 @@ def demo_cmd(out, reports):
     """Train bp, raf-r2 and raf-r32 briefly on the embedded sample, map and measure the
     retina RFs, and render the compare_ranks and rf_atlas reports (about 10 min on 2 cores).
 
-    Far too little data and training for scientific conclusions: it shows the pipeline.
+    Far too little data and training for scientific conclusions: it shows the pipeline. Next
+    to them it renders the published findings committed under reports/ (the pilot's RFs
+    through training on the full data set), so the first look shows real receptive fields.
     """
     from analysis.pipeline import run_demo
 

@@ -109,3 +109,23 @@ def test_trajectory_refuses_what_it_cannot_map(snapshot_runs, tmp_path, run_cli)
     code, _, err = run_cli("trajectory", str(plain), "--out", str(tmp_path / "x.nc"))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_demo_renders_published_trajectories_and_skips_missing_ones(snapshot_runs, tmp_path):
+    """render_published (what `make demo` adds): a committed trajectories file becomes the
+    rf_trajectory report under <reports>/<name>/; a missing one is skipped with a note."""
+    from analysis.pipeline import render_published
+    from analysis.results import write_results
+
+    source = write_results(combine_trajectories(snapshot_runs, **RF_OPTIONS),
+                           tmp_path / "trajectories.nc")  # fmt: skip
+    notes = []
+    published = [
+        ("pilot", "rf_trajectory", "trajectories", str(source)),
+        ("gone", "rf_trajectory", "trajectories", str(tmp_path / "missing.nc")),
+    ]
+    paths = render_published(tmp_path / "reports", published, log=notes.append)
+    assert set(paths) == {"pilot"}
+    assert paths["pilot"] == tmp_path / "reports" / "pilot" / "pilot.html"
+    assert (tmp_path / "reports" / "pilot" / "figures" / "trajectory_curves.pdf").is_file()
+    assert any("missing.nc not found" in note for note in notes)
