@@ -141,7 +141,8 @@ def combine_trajectories(
 ) -> xr.Dataset:
     """:func:`rf_trajectory` of several runs stacked along ``run`` (a results-style dataset).
 
-    Run coordinates as in :mod:`analysis.results` (run_id, preset, rank, n_bn, seed, rule);
+    Run coordinates as in :mod:`analysis.results` (run_id, preset, rank, n_bn, seed, rule),
+    and ``config`` (run): each run's resolved config as YAML;
     runs with fewer channels (bottlenecks) or epochs are padded: ``present`` (run, channel)
     is False there, numbers NaN and ``rf_class`` "". ``agreement``: also the correlations
     of the gradient, actmax and STA RFs at each run's last epoch (``gradient_vs_actmax``
@@ -149,6 +150,7 @@ def combine_trajectories(
     :func:`analysis.results.write_results`, read it with :func:`analysis.results.open_results`.
     """
     from retina_raf import runs
+    from retina_raf.config import dump_yaml
 
     if not run_dirs:
         raise RunError("no run folders given")
@@ -160,8 +162,10 @@ def combine_trajectories(
             check = final_method_agreement(run_dir, layer, **kwargs)
             ds = ds.merge(check.drop_attrs(), compat="override")
             ds.attrs["agreement_epoch"] = check.attrs["agreement_epoch"]
-        identity = {"run_id": Path(run_dir).name, **runs.run_identity(runs.load_config(run_dir))}
+        cfg = runs.load_config(run_dir)
+        identity = {"run_id": Path(run_dir).name, **runs.run_identity(cfg)}
         ds = ds.expand_dims("run").assign_coords({k: ("run", [v]) for k, v in identity.items()})
+        ds["config"] = ("run", [dump_yaml(cfg)])  # the run's whole recipe, data set included
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
         per_run.append(ds)
     out = xr.concat(per_run, dim="run", join="outer", combine_attrs="drop_conflicts")
@@ -200,6 +204,37 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
     out.attrs = {k: trajectory.attrs[k] for k in ("preset", "seed", "run_dir")
                  if k in trajectory.attrs}  # fmt: skip
     return out
+
+
+def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
+    """A Markdown table of the RFs of every run at one epoch (default: each run's last).
+
+    Columns: condition, seed, epoch, test accuracy, responsive units (of the run's channels),
+    mean symmetry and OSI over them, fractions center-surround and oriented. The README's
+    findings quote this table; ``retina-raf findings FILE`` prints it.
+    """
+    summary = trajectory_summary(trajectories)
+    lines = [
+        "| condition | seed | epoch | test acc. | responsive units | symmetry | OSI | "
+        "center-surround | oriented |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in range(trajectories.sizes["run"]):
+        row = summary.isel(run=run)
+        reached = row["epoch"].values[np.isfinite(row["symmetry"].values) |
+                                      (row["n_responsive"].values > 0)]  # fmt: skip
+        at = int(epoch if epoch is not None else reached.max())
+        row = row.sel(epoch=at)
+        channels = int(trajectories["present"].isel(run=run).sum())
+        acc = float(row["test_acc"]) if "test_acc" in row else float("nan")
+        lines.append(
+            f"| {trajectories['preset'].values[run]} | {int(trajectories['seed'].values[run])} "
+            f"| {at} | {acc:.3f} | {int(row['n_responsive'])} of {channels} "
+            f"| {float(row['symmetry']):.2f} | {float(row['osi']):.2f} "
+            f"| {float(row['fraction_center_surround']):.2f} "
+            f"| {float(row['fraction_oriented']):.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def plot_trajectories(

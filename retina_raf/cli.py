@@ -571,6 +571,19 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
     click.echo(f"wrote {out}")
 
 
+@cli.command("findings")
+@click.argument("trajectories", metavar="TRAJECTORIES.nc", type=click.Path(path_type=str))
+@click.option("--epoch", default=None, type=click.IntRange(0), help="Default: each run's last.")
+def findings_cmd(trajectories, epoch):
+    """Print the Markdown table of the RFs at one epoch of every run in a trajectories file
+    (what the README's findings quote)."""
+    from analysis.results import open_results
+    from analysis.trajectory import findings_table
+
+    with open_results(trajectories) as ds:
+        click.echo(findings_table(ds.load(), epoch))
+
+
 # -------------------------------------------------------------------------- results
 @cli.command("results")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
