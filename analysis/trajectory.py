@@ -18,6 +18,7 @@ symmetry and OSI, the fraction center-surround and oriented, and the number resp
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,6 @@ def rf_trajectory(
         DataError: a layer outside the retina.
     """
     from analysis.metrics import rf_metrics
-    from analysis.rf import extract_rfs
     from retina_raf import runs
     from retina_raf.models import model_from_config
 
@@ -82,8 +82,7 @@ def rf_trajectory(
     model = model_from_config(cfg.model).eval()
     per_epoch = []
     for epoch in wanted:
-        model.load_state_dict(runs.load_retina_snapshot(run_dir, epoch), strict=False)
-        rfs = extract_rfs(model, layer, method, seed=seed, progress=False, **rf_options)
+        rfs = _epoch_rfs(run_dir, model, epoch, layer, method, seed, rf_options)
         attrs = rfs.attrs
         # the per-unit coordinates become variables, so that they too get the epoch dim
         per_epoch.append(rfs.reset_coords(["responsive", "activation"]).expand_dims(epoch=[epoch]))
@@ -100,6 +99,36 @@ def rf_trajectory(
     ds.attrs.update({f"rf_{k}": v for k, v in rfs.attrs.items() if k != "run_dir"})
     ds.attrs.update({"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.seed})
     return ds
+
+
+def _epoch_rfs(run_dir: Path, model, epoch: int, layer, method, seed, rf_options) -> xr.DataArray:
+    """The RFs of one snapshot, cached in ``<run>/analysis/trajectory/`` under a key of the
+    snapshot's bytes and the RF options: a growing run maps only its new epochs."""
+    from analysis.results import _cache_key
+    from analysis.rf import extract_rfs
+    from retina_raf import runs
+    from retina_raf.io import write_netcdf
+
+    snapshot = runs.retina_snapshots(run_dir)[epoch]
+    digest = hashlib.sha256(snapshot.read_bytes()).hexdigest()
+    key = _cache_key(layer, method, seed, rf_options, digest)
+    cache = run_dir / runs.ANALYSIS_DIR / "trajectory" / f"{layer}-{method}-{key}-{epoch:03d}.nc"
+    if cache.is_file():
+        try:
+            with xr.open_dataset(cache, engine="h5netcdf") as cached:
+                rfs = cached["rf"].load()
+            return rfs.assign_attrs(_decode_attrs(rfs.attrs))
+        except (OSError, ValueError, KeyError):  # a damaged cache is recomputed and replaced
+            pass
+    model.load_state_dict(runs.load_retina_snapshot(run_dir, epoch), strict=False)
+    rfs = extract_rfs(model, layer, method, seed=seed, progress=False, **rf_options)
+    write_netcdf(rfs.drop_vars("spread", errors="ignore").to_dataset(), cache)
+    return rfs
+
+
+def _decode_attrs(attrs: dict) -> dict:
+    # NetCDF turns lists into arrays: back to lists, as extract_rfs returns them
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in attrs.items()}
 
 
 def _history(run_dir: Path) -> xr.Dataset | None:

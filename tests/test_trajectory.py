@@ -129,3 +129,14 @@ def test_demo_renders_published_trajectories_and_skips_missing_ones(snapshot_run
     assert paths["pilot"] == tmp_path / "reports" / "pilot" / "pilot.html"
     assert (tmp_path / "reports" / "pilot" / "figures" / "trajectory_curves.pdf").is_file()
     assert any("missing.nc not found" in note for note in notes)
+
+
+def test_trajectory_maps_each_snapshot_once(snapshot_runs, monkeypatch):
+    """RFs of a snapshot are cached under a key of its bytes and the options: a second call
+    (a run that grew by an epoch maps only the new one) extracts nothing and gives the same."""
+    import analysis.rf
+
+    first = rf_trajectory(snapshot_runs[1], **RF_OPTIONS)
+    monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("recomputed"))
+    again = rf_trajectory(snapshot_runs[1], **RF_OPTIONS)
+    assert again["rf"].equals(first["rf"]) and again["rf_class"].equals(first["rf_class"])
