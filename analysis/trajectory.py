@@ -86,7 +86,7 @@ def rf_trajectory(
         attrs = rfs.attrs
         # the per-unit coordinates become variables, so that they too get the epoch dim
         per_epoch.append(rfs.reset_coords(["responsive", "activation"]).expand_dims(epoch=[epoch]))
-    maps = xr.concat(per_epoch, dim="epoch")
+    maps = xr.concat(per_epoch, dim="epoch", coords="different", compat="equals")
     rfs = maps["rf"].assign_coords(responsive=maps["responsive"]).assign_attrs(attrs)
     metrics = rf_metrics(rfs)
     ds = metrics.drop_vars([c for c in metrics.coords if c not in ("epoch", "channel")])
@@ -197,7 +197,14 @@ def combine_trajectories(
         ds["config"] = ("run", [dump_yaml(cfg)])  # the run's whole recipe, data set included
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
         per_run.append(ds)
-    out = xr.concat(per_run, dim="run", join="outer", combine_attrs="drop_conflicts")
+    out = xr.concat(
+        per_run,
+        dim="run",
+        join="outer",
+        coords="different",
+        compat="equals",
+        combine_attrs="drop_conflicts",
+    )
     out["present"] = out["present"].fillna(False).astype(bool)
     out["rf_class"] = out["rf_class"].where(out["rf_class"].notnull(), "").astype(str)
     out["responsive"] = out["responsive"].fillna(False).astype(bool)
@@ -212,7 +219,8 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
 
     Returns a Dataset over ``epoch`` (and ``run``) with ``symmetry`` and ``osi`` (means over
     responsive units), ``fraction_center_surround`` and ``fraction_oriented`` (of responsive
-    units), ``n_responsive`` and, where the run's history has it, ``test_acc``.
+    units), ``n_responsive``, ``n_mapped`` (channels with an RF at that epoch; 0 for epochs a
+    run has not reached) and, where the run's history has it, ``test_acc``.
     """
     # padding (rf_class "") of bottlenecked runs in a combined file is not a unit
     responsive = (trajectory["rf_class"] != "unresponsive") & (trajectory["rf_class"] != "")
@@ -226,6 +234,8 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
             / safe,
             "fraction_oriented": (trajectory["rf_class"] == "oriented").sum("channel") / safe,
             "n_responsive": n_responsive,
+            # channels with an RF at that epoch: 0 where a run has no snapshot (padding)
+            "n_mapped": np.isfinite(trajectory["rf"]).any(("y", "x")).sum("channel"),
         }
     )
     if "test_acc" in trajectory:
@@ -250,8 +260,7 @@ def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
     ]
     for run in range(trajectories.sizes["run"]):
         row = summary.isel(run=run)
-        reached = row["epoch"].values[np.isfinite(row["symmetry"].values) |
-                                      (row["n_responsive"].values > 0)]  # fmt: skip
+        reached = row["epoch"].values[row["n_mapped"].values > 0]
         at = int(epoch if epoch is not None else reached.max())
         row = row.sel(epoch=at)
         channels = int(trajectories["present"].isel(run=run).sum())
@@ -296,7 +305,10 @@ def plot_trajectories(
             if metric not in summary:
                 continue
             preset = str(summary.attrs.get("preset", label))
-            ax.plot(summary["epoch"], summary[metric], marker="o", markersize=2.5,
+            values = summary[metric]
+            if "n_mapped" in summary:  # epochs the run has not reached are not zeros
+                values = values.where(summary["n_mapped"] > 0)
+            ax.plot(summary["epoch"], values, marker="o", markersize=2.5,
                     color=condition_color(preset), label=label)  # fmt: skip
         ax.set_xlabel("Epoch")
         ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)  # every panel on one epoch axis

@@ -561,6 +561,8 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
         run_id = str(ds["run_id"].values[run])
         for epoch in summary["epoch"].values:
             row = summary.isel(run=run).sel(epoch=epoch)
+            if int(row["n_mapped"]) == 0:
+                continue  # an epoch this run has not reached (padding)
             click.echo(f"{run_id} epoch {int(epoch):>3}: {int(row['n_responsive'])} responsive, "
                        f"symmetry {float(row['symmetry']):.2f}, osi {float(row['osi']):.2f}, "
                        f"center-surround {float(row['fraction_center_surround']):.2f}")  # fmt: skip
