@@ -121,8 +121,10 @@ def _epoch_rfs(run_dir: Path, model, epoch: int, layer, method, seed, rf_options
         except (OSError, ValueError, KeyError):  # a damaged cache is recomputed and replaced
             pass
     model.load_state_dict(runs.load_retina_snapshot(run_dir, epoch), strict=False)
+    # the spread across starts is not kept: fresh and cached epochs must look alike
     rfs = extract_rfs(model, layer, method, seed=seed, progress=False, **rf_options)
-    write_netcdf(rfs.drop_vars("spread", errors="ignore").to_dataset(), cache)
+    rfs = rfs.drop_vars("spread", errors="ignore")
+    write_netcdf(rfs.to_dataset(), cache)
     return rfs
 
 

@@ -136,7 +136,9 @@ def test_trajectory_maps_each_snapshot_once(snapshot_runs, monkeypatch):
     (a run that grew by an epoch maps only the new one) extracts nothing and gives the same."""
     import analysis.rf
 
-    first = rf_trajectory(snapshot_runs[1], **RF_OPTIONS)
+    options = {**RF_OPTIONS, "method": "actmax", "n_starts": 2, "n_steps": 3}
+    rf_trajectory(snapshot_runs[1], epochs=[0, 1], **options)  # epoch 2 not yet mapped
+    first = rf_trajectory(snapshot_runs[1], **options)  # cached and fresh epochs together
     monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("recomputed"))
-    again = rf_trajectory(snapshot_runs[1], **RF_OPTIONS)
+    again = rf_trajectory(snapshot_runs[1], **options)
     assert again["rf"].equals(first["rf"]) and again["rf_class"].equals(first["rf_class"])
