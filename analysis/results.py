@@ -324,7 +324,7 @@ def collect_experiment(
     ``<out>/results_<layer>_<method>.nc`` (``retina-raf sweep FILE --collect``).
 
     :func:`combine_runs` maps and measures the RFs of ``layer`` in every run of the
-    experiment (:class:`retina_raf.config.ExperimentConfig`) that finished the epochs it asks
+    experiment (:class:`retina_raf.sweep.ExperimentConfig`) that finished the epochs it asks
     for, and stacks them with the histories along ``run`` (coordinates run_id, preset, rank,
     n_bn, seed, rule); each grid setting is a ``run`` coordinate too (named by its last
     part, e.g. ``lr``). Unfinished runs are left out and listed in the ``missing_runs``

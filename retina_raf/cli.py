@@ -418,8 +418,8 @@ def sweep_command(
     from pathlib import Path
 
     from retina_raf import sweep
-    from retina_raf.config import load_experiment, update_experiment
     from retina_raf.errors import RunError
+    from retina_raf.sweep import load_experiment, update_experiment
 
     named = {"partition": partition, "time_min": time_min, "gpus_per_job": gpus_per_job}
     slurm_options = [f"{k}={v}" for k, v in named.items() if v is not None] + list(slurm_options)

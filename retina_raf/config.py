@@ -6,17 +6,14 @@ fields here rather than new config systems. Validation happens on load: unknown 
 out-of-range values raise :class:`~retina_raf.errors.ConfigError` naming the key and the
 allowed values.
 
-The paper's conditions (DESIGN.md section 5) are presets: functions of the preset name
-that fill model fields (``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bottleneck-<k>``).
+The paper's conditions are presets (:mod:`retina_raf.presets`, next to the model); the
+schema of experiment files lives with the sweeps (:mod:`retina_raf.sweep`).
 """
 
 import dataclasses
-import json
 import math
-import re
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from typing import Any
 import yaml
 
 from retina_raf.errors import ConfigError
+from retina_raf.presets import preset_model_fields
 
 # bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
 # kp: Kolen-Pollack; fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
@@ -321,66 +319,6 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- presets
-PRESET_PATTERNS = {
-    "bp": "backprop everywhere, no bottleneck",
-    "bp-bottleneck-<k>": "backprop, k retina output channels (paper: 1, 2, 4)",
-    "raf-r<k>": "RAF everywhere; the feedback into the retina (vvs_1's) has rank k "
-    "(paper: 2, 4, 32)",
-    "draf-bottleneck-<k>": "k retina output channels; the retina output receives a direct "
-    "full-rank error from the last VVS layer (dRAF); the rest RAF",
-}
-
-
-# The readout (fc_2) sends its exact error W^T e to fc_1 under the RAF presets. With RAF there
-# too, the paper's recipe (RMSprop, lr 1e-4, whose first steps are ~10 lr per weight) drives
-# fc_1's 32,768-input units faster than fc_2 can align with its random feedback, and the loss
-# explodes within ~50 steps (measured: 1e3-1e5 after 60 steps; stable with the readout exact).
-# The readout's error is 10-dimensional, full rank at any rank the presets use, so the retina's
-# error dimensionality is unchanged. `--set model.layer_rule.fc_2=raf` restores RAF there.
-READOUT_RULE = "bp"
-
-
-def preset_model_fields(preset: str, others: str = "raf") -> dict:
-    """The model fields a preset sets (DESIGN.md 5).
-
-    Args:
-        preset: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>`` or ``draf-bottleneck-<k>``.
-        others: the unconstrained rule: learning rule of the layers the condition does not
-            constrain, ``raf`` (default, at full rank) or ``bp``; ignored by the backprop
-            presets (``--unconstrained-rule`` on the command line).
-    """
-    if others not in ("raf", "bp"):
-        raise ConfigError(f"unconstrained rule {others!r} is not allowed (allowed: raf, bp)")
-    if preset == "bp":
-        return {"rule": "bp", "n_bn": 32}
-    if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
-        return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
-    readout = {"fc_2": READOUT_RULE} if others == "raf" else {}
-    if m := re.fullmatch(r"raf-r(\d+)", preset):
-        return {
-            "rule": others,
-            "n_bn": 32,
-            "layer_rule": {"vvs_1": "raf", **readout},
-            "layer_rank": {"vvs_1": _width(m.group(1), preset)},
-        }
-    if m := re.fullmatch(r"draf-bottleneck-(\d+)", preset):
-        return {
-            "rule": others,
-            "n_bn": _width(m.group(1), preset),
-            "direct_target": "retina_2",
-            "layer_rule": readout,
-        }
-    raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESET_PATTERNS)})")
-
-
-def _width(text: str, preset: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ConfigError(f"preset {preset!r}: the width/rank must be >= 1")
-    return value
-
-
 def resolve_run_config(
     preset: str, seed: int = 0, overrides: dict | None = None, others: str = "raf"
 ) -> RunConfig:
@@ -444,77 +382,6 @@ def layer_out_widths(m: ModelConfig) -> dict[str, int]:
     return widths
 
 
-# -------------------------------------------------------------------------- experiments
-# An experiment file (DESIGN.md 10) is a grid: presets x ranks x seeds x grid overrides.
-# ``retina_raf.sweep`` expands it into runs; this section only reads and validates it.
-@dataclass
-class SlurmConfig:
-    """What ``retina-raf sweep --executor slurm`` asks SLURM for: one job per run, as arrays."""
-
-    partition: str | None = spec(None, doc="partition (default: the cluster's default)")
-    time_min: int = spec(
-        24 * 60,
-        low=1,
-        high=365 * 24 * 60,
-        doc="time limit of one job in minutes; a job that reaches it is requeued and its "
-        "run resumes from its checkpoint",
-    )
-    gpus_per_job: int = spec(1, low=0, high=64)
-    cpus_per_task: int = spec(4, low=1, high=1024)
-    mem_gb: float | None = spec(None, low=0.1, high=1e5, doc="memory per job (default: SLURM's)")
-    array_parallelism: int = spec(64, low=1, high=100000, doc="jobs of one array running at once")
-    account: str | None = spec(None)
-    qos: str | None = spec(None)
-    constraint: str | None = spec(None, doc="node features, e.g. a100")
-    setup: list = spec([], doc="shell lines run in each job before Python (module load ...)")
-    additional: dict = spec({}, doc="any other sbatch option: name -> value (mail-type: END)")
-
-
-@dataclass
-class ExperimentConfig:
-    """An experiment file: which runs to train, and where and how to run them."""
-
-    name: str = spec("", doc="experiment name (default: the file's stem)")
-    description: str = spec("")
-    presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
-    unconstrained_rule: str = spec(
-        "raf",
-        choices=("raf", "bp"),
-        doc="rule of the layers the preset leaves unconstrained (old name: others)",
-    )
-    ranks: list = spec(
-        [None], doc="feedback ranks into the retina (model.layer_rank.vvs_1); null: the preset's"
-    )
-    seeds: list = spec([0], doc="seeds; an integer n in the file means 0..n-1")
-    overrides: dict = spec({}, doc="settings of every run: train.epochs: 3, or nested mappings")
-    grid: dict = spec({}, doc="setting -> list of values; every combination is a run")
-    data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
-    out: str | None = spec(None, doc="output folder (default: runs/<name>)")
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-
-
-def normalize_overrides(mapping: dict, where: str) -> dict:
-    """Overrides as written (``epochs: 3``, ``train.epochs: 3`` or nested) -> nested dict.
-
-    Short and dotted keys are resolved exactly as ``--set`` resolves them; ``preset`` and
-    ``seed`` are axes of the grid, not overrides. Errors name ``where`` and the key.
-    """
-    out: dict = {}
-    for key, value in flatten_dict(mapping).items():
-        if key.split(".")[0] in ("preset", "seed"):
-            raise ConfigError(f"{where}: '{key}' is an axis of the grid (use presets/seeds)")
-        try:  # resolve the key as --set does (a placeholder value), then put the real value
-            (full_key,) = flatten_dict(parse_overrides([f"{key}=0"]))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        node = out
-        *parents, leaf = full_key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def flatten_dict(mapping: dict, prefix: str = "") -> dict:
     """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (empty mappings kept as values)."""
     out = {}
@@ -525,161 +392,3 @@ def flatten_dict(mapping: dict, prefix: str = "") -> dict:
         else:
             out[key] = value
     return out
-
-
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment file.
-
-    Every key is checked, and every combination of preset, rank and grid values is
-    resolved into a :class:`RunConfig`, so a bad override fails here, naming the file and
-    the key, before anything is trained or submitted.
-    """
-    path = Path(path)
-    raw = load_yaml(path)
-    try:
-        if "others" in raw:  # the old name of unconstrained_rule, still read
-            if "unconstrained_rule" in raw:
-                raise ConfigError("others: the old name of unconstrained_rule; give only one")
-            warnings.warn(f"{path}: 'others' is deprecated, write 'unconstrained_rule'",
-                          FutureWarning, stacklevel=2)  # fmt: skip
-            raw["unconstrained_rule"] = raw.pop("others")
-        if isinstance(raw.get("seeds"), int) and not isinstance(raw["seeds"], bool):
-            if raw["seeds"] < 1:
-                raise ConfigError(f"seeds: {raw['seeds']} must be >= 1")
-            raw["seeds"] = list(range(raw["seeds"]))
-        exp = from_dict(ExperimentConfig, raw)
-        exp.name = exp.name or path.stem
-        check_experiment(exp)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return exp
-
-
-def check_experiment(exp: ExperimentConfig) -> None:
-    """Validate the axes and resolve every (preset, rank, grid point); normalizes in place."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", exp.name):
-        raise ConfigError(f"name: {exp.name!r} must be letters, digits, '_', '.', '+', '-'")
-    _check_axis("presets", exp.presets, str)
-    _check_axis("seeds", exp.seeds, int, low=0, high=2**31 - 1)
-    _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
-    for preset in exp.presets:
-        try:
-            preset_model_fields(preset, exp.unconstrained_rule)
-        except ConfigError as exc:
-            raise ConfigError(f"presets: {exc}") from None
-    exp.overrides = normalize_overrides(exp.overrides, "overrides")
-    fixed = flatten_dict(exp.overrides)
-    grid = {}
-    for key, values in exp.grid.items():
-        _check_axis(f"grid.{key}", values, object)
-        # A scalar placeholder gives the setting's full dotted name (epochs -> train.epochs).
-        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"grid.{key}"))
-        if dotted in fixed:
-            raise ConfigError(f"grid.{key}: also set in overrides; set it in one place")
-        if dotted in grid:
-            raise ConfigError(f"grid.{key}: the same setting as grid.{grid[dotted][0]}")
-        grid[dotted] = (key, values)
-    exp.grid = {dotted: values for dotted, (_, values) in grid.items()}
-    for point in grid_points(exp.grid):
-        where = "grid" if point else "overrides"
-        for preset in exp.presets:
-            for rank in exp.ranks:
-                overrides = experiment_overrides(exp, rank, point)
-                try:
-                    cfg = resolve_run_config(preset_with_rank(preset, rank), exp.seeds[0],
-                                             overrides, exp.unconstrained_rule)  # fmt: skip
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
-                retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
-                if rank is not None and retina_rule != "raf":
-                    raise ConfigError(
-                        f"ranks: preset {preset!r} sends {retina_rule} into the retina; a "
-                        "feedback rank needs RAF there (use a raf-r<k> preset)"
-                    )
-    slurm = exp.slurm
-    if not all(isinstance(line, str) for line in slurm.setup):
-        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
-
-
-def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
-    if not isinstance(values, list):
-        raise ConfigError(f"{key}: expected a list of values, got {values!r}")
-    if not values:
-        raise ConfigError(f"{key}: needs at least one value")
-    for value in values:
-        if value is None and allow_none:
-            continue
-        bad_type = tp is not object and (
-            not isinstance(value, tp) or isinstance(value, bool) and tp is int
-        )
-        if bad_type or tp is object and isinstance(value, (dict, list)) and not value:
-            raise ConfigError(f"{key}: {value!r} is not a valid value")
-        if low is not None and value < low or high is not None and value > high:
-            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {low} to {high})")
-    seen = [json.dumps(v, sort_keys=True) for v in values]
-    if len(set(seen)) != len(seen):
-        raise ConfigError(f"{key}: a value is listed twice")
-
-
-def grid_points(grid: dict) -> list[dict]:
-    """Every combination of the grid's values, in file order: ``[{key: value, ...}, ...]``."""
-    points = [{}]
-    for key, values in grid.items():
-        points = [{**point, key: value} for point in points for value in values]
-    return points
-
-
-def preset_with_rank(preset: str, rank: int | None) -> str:
-    """The preset of a run of an experiment: a ``ranks:`` value overriding the rank of a
-    ``raf-r<k>`` preset relabels it ``raf-r<rank>``, whose run it is."""
-    if rank is not None and re.fullmatch(r"raf-r\d+", preset):
-        return f"raf-r{rank}"
-    return preset
-
-
-def experiment_overrides(exp: ExperimentConfig, rank: int | None, point: dict) -> dict:
-    """The nested overrides of one run: fixed overrides, its grid point, its rank, the data."""
-    overrides = exp.overrides
-    for key, value in point.items():
-        overrides = merge(overrides, normalize_overrides({key: value}, f"grid.{key}"))
-    if rank is not None:
-        overrides = merge(overrides, {"model": {"layer_rank": {"vvs_1": rank}}})
-    if exp.data is not None:
-        overrides = merge(overrides, {"data": {"path": exp.data}})
-    return overrides
-
-
-def update_experiment(
-    exp: ExperimentConfig,
-    data: str | None = None,
-    sets: list[str] | tuple[str, ...] = (),
-    slurm_options: list[str] | tuple[str, ...] = (),
-) -> ExperimentConfig:
-    """Command-line changes to an experiment, validated like the file.
-
-    Args:
-        data: the image data set of every run (``--data``; not part of run ids).
-        sets: ``KEY=VALUE`` overrides of every run (``--set``; they change run ids).
-        slurm_options: ``KEY=VALUE``: a :class:`SlurmConfig` field (``partition=gpu``,
-            ``time_min=600``) or else any sbatch option (``mail-type=END``).
-    """
-    exp = dataclasses.replace(exp)
-    if data is not None:
-        exp.data = data
-    if sets:
-        exp.overrides = merge(exp.overrides, parse_overrides(list(sets)))
-    if slurm_options:
-        slurm = to_dict(exp.slurm)
-        names = {f.name for f in dataclasses.fields(SlurmConfig)}
-        for item in slurm_options:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--slurm expects key=value, got {item!r}")
-            key, value = key.strip().replace("-", "_"), yaml.safe_load(raw) if raw else None
-            if key in names:
-                slurm[key] = value
-            else:
-                slurm["additional"] = {**slurm["additional"], key.replace("_", "-"): value}
-        exp.slurm = from_dict(SlurmConfig, slurm, "slurm.")
-    check_experiment(exp)
-    return exp

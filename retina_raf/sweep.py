@@ -1,6 +1,6 @@
 """Experiment grids and the executors that train them (DESIGN.md 10).
 
-An experiment file (schema: :class:`retina_raf.config.ExperimentConfig`) is a grid of
+An experiment file (schema: :class:`ExperimentConfig`, defined and validated here) is a grid of
 presets x ranks x grid overrides x seeds. :func:`expand` turns it into :class:`Run`s with
 stable, readable ids; :func:`run_sweep` trains those that are not finished yet with an
 executor, so one file runs unchanged on a laptop, a multi-GPU box and a SLURM cluster:
@@ -31,34 +31,263 @@ a sweep told to stop stops. Combining finished runs into a results dataset is an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from retina_raf import runs
 from retina_raf.config import (
-    ExperimentConfig,
     RunConfig,
-    SlurmConfig,
-    experiment_overrides,
-    grid_points,
-    preset_with_rank,
+    flatten_dict,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
     resolve_run_config,
+    spec,
+    to_dict,
 )
 from retina_raf.errors import EXIT_INTERRUPTED, ConfigError, DataError, RunError, RunInterrupted
 from retina_raf.io import write_text
+from retina_raf.presets import preset_model_fields, preset_with_rank
 from retina_raf.runs import DONE_FILE, identity_settings, run_id  # noqa: F401 (re-exported)
 
 STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
+
+
+# ------------------------------------------------------------------- experiment files
+# An experiment file (DESIGN.md 10) is a grid: presets x ranks x seeds x grid overrides.
+# ``retina_raf.sweep`` expands it into runs; this section only reads and validates it.
+@dataclass
+class SlurmConfig:
+    """What ``retina-raf sweep --executor slurm`` asks SLURM for: one job per run, as arrays."""
+
+    partition: str | None = spec(None, doc="partition (default: the cluster's default)")
+    time_min: int = spec(
+        24 * 60,
+        low=1,
+        high=365 * 24 * 60,
+        doc="time limit of one job in minutes; a job that reaches it is requeued and its "
+        "run resumes from its checkpoint",
+    )
+    gpus_per_job: int = spec(1, low=0, high=64)
+    cpus_per_task: int = spec(4, low=1, high=1024)
+    mem_gb: float | None = spec(None, low=0.1, high=1e5, doc="memory per job (default: SLURM's)")
+    array_parallelism: int = spec(64, low=1, high=100000, doc="jobs of one array running at once")
+    account: str | None = spec(None)
+    qos: str | None = spec(None)
+    constraint: str | None = spec(None, doc="node features, e.g. a100")
+    setup: list = spec([], doc="shell lines run in each job before Python (module load ...)")
+    additional: dict = spec({}, doc="any other sbatch option: name -> value (mail-type: END)")
+
+
+@dataclass
+class ExperimentConfig:
+    """An experiment file: which runs to train, and where and how to run them."""
+
+    name: str = spec("", doc="experiment name (default: the file's stem)")
+    description: str = spec("")
+    presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
+    unconstrained_rule: str = spec(
+        "raf",
+        choices=("raf", "bp"),
+        doc="rule of the layers the preset leaves unconstrained (old name: others)",
+    )
+    ranks: list = spec(
+        [None], doc="feedback ranks into the retina (model.layer_rank.vvs_1); null: the preset's"
+    )
+    seeds: list = spec([0], doc="seeds; an integer n in the file means 0..n-1")
+    overrides: dict = spec({}, doc="settings of every run: train.epochs: 3, or nested mappings")
+    grid: dict = spec({}, doc="setting -> list of values; every combination is a run")
+    data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
+    out: str | None = spec(None, doc="output folder (default: runs/<name>)")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+def normalize_overrides(mapping: dict, where: str) -> dict:
+    """Overrides as written (``epochs: 3``, ``train.epochs: 3`` or nested) -> nested dict.
+
+    Short and dotted keys are resolved exactly as ``--set`` resolves them; ``preset`` and
+    ``seed`` are axes of the grid, not overrides. Errors name ``where`` and the key.
+    """
+    out: dict = {}
+    for key, value in flatten_dict(mapping).items():
+        if key.split(".")[0] in ("preset", "seed"):
+            raise ConfigError(f"{where}: '{key}' is an axis of the grid (use presets/seeds)")
+        try:  # resolve the key as --set does (a placeholder value), then put the real value
+            (full_key,) = flatten_dict(parse_overrides([f"{key}=0"]))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        node = out
+        *parents, leaf = full_key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file.
+
+    Every key is checked, and every combination of preset, rank and grid values is
+    resolved into a :class:`RunConfig`, so a bad override fails here, naming the file and
+    the key, before anything is trained or submitted.
+    """
+    path = Path(path)
+    raw = load_yaml(path)
+    try:
+        if "others" in raw:  # the old name of unconstrained_rule, still read
+            if "unconstrained_rule" in raw:
+                raise ConfigError("others: the old name of unconstrained_rule; give only one")
+            warnings.warn(f"{path}: 'others' is deprecated, write 'unconstrained_rule'",
+                          FutureWarning, stacklevel=2)  # fmt: skip
+            raw["unconstrained_rule"] = raw.pop("others")
+        if isinstance(raw.get("seeds"), int) and not isinstance(raw["seeds"], bool):
+            if raw["seeds"] < 1:
+                raise ConfigError(f"seeds: {raw['seeds']} must be >= 1")
+            raw["seeds"] = list(range(raw["seeds"]))
+        exp = from_dict(ExperimentConfig, raw)
+        exp.name = exp.name or path.stem
+        check_experiment(exp)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return exp
+
+
+def check_experiment(exp: ExperimentConfig) -> None:
+    """Validate the axes and resolve every (preset, rank, grid point); normalizes in place."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", exp.name):
+        raise ConfigError(f"name: {exp.name!r} must be letters, digits, '_', '.', '+', '-'")
+    _check_axis("presets", exp.presets, str)
+    _check_axis("seeds", exp.seeds, int, low=0, high=2**31 - 1)
+    _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
+    for preset in exp.presets:
+        try:
+            preset_model_fields(preset, exp.unconstrained_rule)
+        except ConfigError as exc:
+            raise ConfigError(f"presets: {exc}") from None
+    exp.overrides = normalize_overrides(exp.overrides, "overrides")
+    fixed = flatten_dict(exp.overrides)
+    grid = {}
+    for key, values in exp.grid.items():
+        _check_axis(f"grid.{key}", values, object)
+        # A scalar placeholder gives the setting's full dotted name (epochs -> train.epochs).
+        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"grid.{key}"))
+        if dotted in fixed:
+            raise ConfigError(f"grid.{key}: also set in overrides; set it in one place")
+        if dotted in grid:
+            raise ConfigError(f"grid.{key}: the same setting as grid.{grid[dotted][0]}")
+        grid[dotted] = (key, values)
+    exp.grid = {dotted: values for dotted, (_, values) in grid.items()}
+    for point in grid_points(exp.grid):
+        where = "grid" if point else "overrides"
+        for preset in exp.presets:
+            for rank in exp.ranks:
+                overrides = experiment_overrides(exp, rank, point)
+                try:
+                    cfg = resolve_run_config(preset_with_rank(preset, rank), exp.seeds[0],
+                                             overrides, exp.unconstrained_rule)  # fmt: skip
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+                retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
+                if rank is not None and retina_rule != "raf":
+                    raise ConfigError(
+                        f"ranks: preset {preset!r} sends {retina_rule} into the retina; a "
+                        "feedback rank needs RAF there (use a raf-r<k> preset)"
+                    )
+    slurm = exp.slurm
+    if not all(isinstance(line, str) for line in slurm.setup):
+        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
+
+
+def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
+    if not isinstance(values, list):
+        raise ConfigError(f"{key}: expected a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{key}: needs at least one value")
+    for value in values:
+        if value is None and allow_none:
+            continue
+        bad_type = tp is not object and (
+            not isinstance(value, tp) or isinstance(value, bool) and tp is int
+        )
+        if bad_type or tp is object and isinstance(value, (dict, list)) and not value:
+            raise ConfigError(f"{key}: {value!r} is not a valid value")
+        if low is not None and value < low or high is not None and value > high:
+            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {low} to {high})")
+    seen = [json.dumps(v, sort_keys=True) for v in values]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"{key}: a value is listed twice")
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, in file order: ``[{key: value, ...}, ...]``."""
+    points = [{}]
+    for key, values in grid.items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points
+
+
+def experiment_overrides(exp: ExperimentConfig, rank: int | None, point: dict) -> dict:
+    """The nested overrides of one run: fixed overrides, its grid point, its rank, the data."""
+    overrides = exp.overrides
+    for key, value in point.items():
+        overrides = merge(overrides, normalize_overrides({key: value}, f"grid.{key}"))
+    if rank is not None:
+        overrides = merge(overrides, {"model": {"layer_rank": {"vvs_1": rank}}})
+    if exp.data is not None:
+        overrides = merge(overrides, {"data": {"path": exp.data}})
+    return overrides
+
+
+def update_experiment(
+    exp: ExperimentConfig,
+    data: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    slurm_options: list[str] | tuple[str, ...] = (),
+) -> ExperimentConfig:
+    """Command-line changes to an experiment, validated like the file.
+
+    Args:
+        data: the image data set of every run (``--data``; not part of run ids).
+        sets: ``KEY=VALUE`` overrides of every run (``--set``; they change run ids).
+        slurm_options: ``KEY=VALUE``: a :class:`SlurmConfig` field (``partition=gpu``,
+            ``time_min=600``) or else any sbatch option (``mail-type=END``).
+    """
+    exp = dataclasses.replace(exp)
+    if data is not None:
+        exp.data = data
+    if sets:
+        exp.overrides = merge(exp.overrides, parse_overrides(list(sets)))
+    if slurm_options:
+        slurm = to_dict(exp.slurm)
+        names = {f.name for f in dataclasses.fields(SlurmConfig)}
+        for item in slurm_options:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--slurm expects key=value, got {item!r}")
+            key, value = key.strip().replace("-", "_"), yaml.safe_load(raw) if raw else None
+            if key in names:
+                slurm[key] = value
+            else:
+                slurm["additional"] = {**slurm["additional"], key.replace("_", "-"): value}
+        exp.slurm = from_dict(SlurmConfig, slurm, "slurm.")
+    check_experiment(exp)
+    return exp
 
 
 # ------------------------------------------------------------------------------ runs

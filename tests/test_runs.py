@@ -22,9 +22,8 @@ from test_train import TINY_SETS, tiny_config
 
 import retina_raf.train as train_module
 from retina_raf import runs
-from retina_raf.config import load_experiment
 from retina_raf.errors import EXIT_INTERRUPTED, RunError, RunInterrupted
-from retina_raf.sweep import expand, run_state
+from retina_raf.sweep import expand, load_experiment, run_state
 from retina_raf.train import config_from_cli, train
 
 REPO = Path(__file__).resolve().parents[1]

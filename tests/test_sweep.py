@@ -15,11 +15,12 @@ import pytest
 import xarray as xr
 import yaml
 
-from retina_raf.config import SlurmConfig, load_experiment
 from retina_raf.errors import ConfigError
 from retina_raf.sweep import (
     DONE_FILE,
+    SlurmConfig,
     expand,
+    load_experiment,
     lock_holder,
     run_dir,
     run_lock,
@@ -136,7 +137,7 @@ def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     assert first[0].startswith("bp-n_bn8-s0-") and first[-1].startswith("raf-r4-n_bn32-s1-")
 
     code = (
-        "import json, sys; from retina_raf.config import load_experiment;"
+        "import json, sys; from retina_raf.sweep import load_experiment;"
         "from retina_raf.sweep import expand;"
         "print(json.dumps([r.run_id for r in expand(load_experiment(sys.argv[1]))]))"
     )
@@ -267,7 +268,7 @@ def test_lock_is_exclusive_and_released_when_its_holder_is_killed(tmp_path):
     (run,) = expand(load_experiment(path))
     out = tmp_path / "out"
     holder = (
-        "import sys, time; from retina_raf.config import load_experiment;"
+        "import sys, time; from retina_raf.sweep import load_experiment;"
         "from retina_raf.sweep import expand, run_lock;"
         "run = expand(load_experiment(sys.argv[1]))[0];"
         "ctx = run_lock(sys.argv[2], run); print(ctx.__enter__(), flush=True); time.sleep(600)"
