@@ -72,7 +72,7 @@ def index_run_coords(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _cache_key(layer: str, method: str, seed: int, options: dict, weights: str) -> str:
+def cache_key(layer: str, method: str, seed: int, options: dict, weights: str) -> str:
     """What a cached analysis depends on: its options and the SHA-256 of the weights."""
     text = json.dumps({"layer": layer, "method": method, "seed": seed, **options,
                        "weights_sha256": weights}, sort_keys=True)  # fmt: skip
@@ -101,7 +101,7 @@ def analyze_run(
 
     run_dir = Path(run_dir)
     weights = runs.weights_digest(run_dir)
-    key = _cache_key(layer, method, seed, rf_options, weights)
+    key = cache_key(layer, method, seed, rf_options, weights)
     cache = run_dir / runs.ANALYSIS_DIR / f"{layer}-{method}.nc"
     if cache.exists() and not recompute:
         try:

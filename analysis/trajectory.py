@@ -104,14 +104,14 @@ def rf_trajectory(
 def _epoch_rfs(run_dir: Path, model, epoch: int, layer, method, seed, rf_options) -> xr.DataArray:
     """The RFs of one snapshot, cached in ``<run>/analysis/trajectory/`` under a key of the
     snapshot's bytes and the RF options: a growing run maps only its new epochs."""
-    from analysis.results import _cache_key
+    from analysis.results import cache_key
     from analysis.rf import extract_rfs
     from retina_raf import runs
     from retina_raf.io import write_netcdf
 
     snapshot = runs.retina_snapshots(run_dir)[epoch]
     digest = hashlib.sha256(snapshot.read_bytes()).hexdigest()
-    key = _cache_key(layer, method, seed, rf_options, digest)
+    key = cache_key(layer, method, seed, rf_options, digest)
     cache = run_dir / runs.ANALYSIS_DIR / "trajectory" / f"{layer}-{method}-{key}-{epoch:03d}.nc"
     if cache.is_file():
         try:
