@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format sample bench clean
+.PHONY: install demo test lint format sample bench gpu-data clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ bench: install
 	$(PY) benchmarks/metrics_speed.py
 	$(PY) benchmarks/fit_solvers.py
 	$(PY) benchmarks/skimage_alternatives.py
+
+# What benchmarks/gpu_check.sh needs on the device machine (carry data/full and benchmarks/wheels).
+gpu-data: install
+	mkdir -p data/full benchmarks/wheels
+	cp $(dir $(CIFAR))cifar10_gray_uint8.npz data/full/
+	$(PY) -m pip download --quiet --no-deps --dest benchmarks/wheels h5netcdf
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Test accuracy of the Fig. 3 networks as xarray: run folders -> one labelled dataset.
 
 The Fig. 3 panels plot accuracy, not receptive fields. ``collect_accuracy(run_dirs)`` reads
-each finished run's ``config.yaml`` and ``history.nc`` and stacks them along ``run``::
+each finished run's config and ``history.nc`` (through :mod:`retina_raf.runs`, which owns
+the run folder) and stacks them along ``run``::
 
     dims    run, epoch
     coords  run_id, preset, arch, rule, constrain, rank, rank_fraction, d, width, seed
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from retina_raf import runs
 from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
 
@@ -62,22 +64,20 @@ VAR_ATTRS = {
 
 
 def run_accuracy(run_dir: str | Path) -> dict:
-    """One run's identity and accuracies: ``{coordinate: value, ..., "curves": {...}}``.
+    """One finished run's identity and accuracies: ``{coordinate: value, ..., "curves": {...}}``.
+
+    The run folder is read through :mod:`retina_raf.runs` (its config and ``history.nc``).
 
     Raises:
-        RunError: no ``config.yaml`` or ``history.nc`` (not a run folder, or not started).
+        RunError: not a finished run folder (no ``DONE``, ``model.pt``, config or history),
+            or a damaged one.
     """
-    from retina_raf.config import load_run_config
-    from retina_raf.train import run_identity
-
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "history.nc"):
-        if not (run_dir / name).is_file():
-            raise RunError(f"{run_dir} has no {name} (not a run folder, or not started)")
-    cfg = load_run_config(run_dir / "config.yaml")
-    identity = run_identity(cfg)
-    with xr.open_dataset(run_dir / "history.nc", engine="h5netcdf") as history:
-        history = history.load()
+    cfg = runs.check_finished(run_dir)
+    identity = runs.run_identity(cfg)
+    history = runs.load_history(run_dir)
+    if history is None:
+        raise RunError(f"{run_dir} has no {runs.HISTORY_FILE}")
     row = {"run_id": run_dir.name, **{k: identity.get(k) for k in ACCURACY_COORDS[1:]}}
     row["arch"] = identity.get("arch", cfg.model.arch)
     for key in ("constrain", "width", "rank_fraction"):
@@ -188,9 +188,9 @@ def gap_to_bp(ds: xr.Dataset, metric: str = "test_acc", by: Sequence[str] = ("d"
     for key, group in table.groupby(by, dropna=False) if by else [((), table)]:
         key = key if isinstance(key, tuple) else (key,)
         bp = group[group["rule"] == "bp"][metric]
-        for (rule, constrain), runs in group[group["rule"] != "bp"].groupby(["rule", "constrain"]):
-            d = int(runs["d"].iloc[0])
-            at_least_d = runs[runs["rank"] >= d]
+        for (rule, constrain), cell in group[group["rule"] != "bp"].groupby(["rule", "constrain"]):
+            d = int(cell["d"].iloc[0])
+            at_least_d = cell[cell["rank"] >= d]
             if at_least_d.empty:
                 continue
             rank = int(at_least_d["rank"].min())

@@ -4,7 +4,7 @@
 trains ``bp``, ``raf-r2`` and ``raf-r32`` with a reduced network for a few epochs, maps
 the retina output's RFs by activation maximization, measures them, writes one results
 dataset and renders the ``compare_ranks`` and ``rf_atlas`` notebooks. On 2 CPU cores it
-takes about ten minutes. Its data and epochs are far too small for scientific conclusions.
+takes about a minute and a half. Its data and epochs are far too small for scientific conclusions.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ DEMO_SETTINGS = (
 # Fewer random starts and ascent steps than the defaults: the demo's RFs are rough anyway.
 DEMO_RF_OPTIONS = {"n_starts": 2, "n_steps": 40}
 DEMO_REPORTS = ("compare_ranks", "rf_atlas")
+# Published findings (reports/<experiment>/, committed) that the demo renders next to its own
+# runs, so that a new user sees RFs of networks trained on the full data set:
+# (report name, notebook, parameter name, results file relative to the project).
+PROJECT = Path(__file__).resolve().parent.parent
+PUBLISHED = (("pilot", "rf_trajectory", "trajectories", "reports/pilot/trajectories.nc"),)
 
 
 def run_demo(
@@ -41,11 +46,13 @@ def run_demo(
     seeds: Sequence[int] = (0,),
     notebooks: Sequence[str] = DEMO_REPORTS,
     log=print,
+    published: Sequence[tuple[str, str, str, str]] = PUBLISHED,
 ) -> dict[str, Path]:
     """Train, analyze and report; return the paths of the results file and each report.
 
     Runs already finished under ``out/runs`` are reused, so a second call only redoes the
-    analysis and reports.
+    analysis and reports. ``published``: findings of experiments trained on the full data set
+    and committed under ``reports/`` (:func:`render_published`), rendered next to the demo's.
     """
     from analysis.report import run_report
     from analysis.results import combine_runs, write_results
@@ -67,4 +74,24 @@ def run_demo(
         # panels go to <reports>/<name>/figures; paths show relative to the project
         paths[name] = run_report(NOTEBOOKS / f"{name}.ipynb", {"results": str(paths["results"])},
                                  reports)  # fmt: skip
+    paths.update(render_published(reports, published, log))
+    return paths
+
+
+def render_published(
+    reports: str | Path, published: Sequence[tuple[str, str, str, str]] = PUBLISHED, log=print
+) -> dict[str, Path]:
+    """Render the notebooks of published findings (when their files are in the project) into
+    ``<reports>/<name>/``; returns ``{name: html}``. Missing files are skipped with a note."""
+    from analysis.report import run_report
+
+    paths = {}
+    for name, notebook, parameter, relative in published:
+        source = PROJECT / relative if not Path(relative).is_absolute() else Path(relative)
+        if not source.is_file():
+            log(f"published findings {relative} not found: skipped")
+            continue
+        log(f"rendering the published {name} findings ({relative})")
+        paths[name] = run_report(NOTEBOOKS / f"{notebook}.ipynb", {parameter: str(source)},
+                                 reports, name=name)  # fmt: skip
     return paths

@@ -18,8 +18,16 @@ On disk (:func:`write_results`) the file follows CF: ``Conventions``, UDUNITS un
 names and the run indexes. Metrics of dask-backed RFs stay lazy (``analysis.metrics``).
 
 Runs with fewer channels (feedforward bottlenecks) are padded: ``present`` is False there,
-numeric variables NaN and ``rf_class`` the empty string. Each run's analysis is cached next
-to its weights (``<run>/analysis/<layer>-<method>.nc``) and reused when its options match.
+numeric variables NaN and ``rf_class`` the empty string. Only finished runs (``DONE``, see
+:mod:`retina_raf.runs`) are analyzed, and every run is checked (config, history, weights
+present) before any RF is mapped. Each run's analysis is cached next to its weights
+(``<run>/analysis/<layer>-<method>.nc``) and reused only when it was computed from the same
+``model.pt`` (SHA-256 of its bytes) with the same options: a run that was extended since is
+analyzed again.
+
+The networks of the paper's Fig. 3 have no retina: their results are test accuracies
+(:mod:`analysis.accuracy`, ``results_accuracy.nc``); :func:`collect_experiment` picks the
+kind by the runs' ``model.arch``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +43,7 @@ import xarray as xr
 from tqdm import tqdm  # not tqdm.auto: its notebook widget needs ipywidgets
 
 import retina_raf
+from retina_raf import runs
 from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
 
@@ -68,8 +76,10 @@ def index_run_coords(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _options_key(layer: str, method: str, seed: int, options: dict) -> str:
-    text = json.dumps({"layer": layer, "method": method, "seed": seed, **options}, sort_keys=True)
+def cache_key(layer: str, method: str, seed: int, options: dict, weights: str) -> str:
+    """What a cached analysis depends on: its options and the SHA-256 of the weights."""
+    text = json.dumps({"layer": layer, "method": method, "seed": seed, **options,
+                       "weights_sha256": weights}, sort_keys=True)  # fmt: skip
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -87,18 +97,23 @@ def analyze_run(
     """RFs and their metrics for one finished run, as a Dataset with dims (channel, y, x).
 
     Cached in ``<run_dir>/analysis/<layer>-<method>.nc`` (written atomically); the cache is
-    used when it was made with the same layer, method, seed and options.
+    used when it was made from the same ``model.pt`` (its SHA-256, attribute
+    ``weights_sha256``) with the same layer, method, seed and options.
     """
     from analysis.metrics import rf_metrics
     from analysis.rf import extract_rfs
 
     run_dir = Path(run_dir)
-    key = _options_key(layer, method, seed, rf_options)
-    cache = run_dir / "analysis" / f"{layer}-{method}.nc"
+    weights = runs.weights_digest(run_dir)
+    key = cache_key(layer, method, seed, rf_options, weights)
+    cache = run_dir / runs.ANALYSIS_DIR / f"{layer}-{method}.nc"
     if cache.exists() and not recompute:
-        with xr.open_dataset(cache, engine="h5netcdf") as cached:
-            if cached.attrs.get("options_key") == key:
-                return cached.load()
+        try:
+            with xr.open_dataset(cache, engine="h5netcdf") as cached:
+                if cached.attrs.get("options_key") == key:
+                    return cached.load()
+        except (OSError, ValueError):  # a damaged cache is recomputed and replaced
+            pass
     rfs = extract_rfs(run_dir, layer, method, seed=seed, device=device, progress=progress,
                       **rf_options)  # fmt: skip
     metrics = rf_metrics(rfs)
@@ -108,61 +123,43 @@ def analyze_run(
     for name in ("responsive", "activation"):
         ds[name] = rfs[name].reset_coords(drop=True)
     ds.attrs = {**{f"rf_{k}": v for k, v in rfs.attrs.items()}, **metrics.attrs,
-                "options_key": key}  # fmt: skip
+                "options_key": key, "weights_sha256": weights}  # fmt: skip
     write_netcdf(ds, cache)
     return ds
 
 
 def _history(run_dir: Path) -> xr.Dataset | None:
-    path = run_dir / "history.nc"
-    if not path.exists():
-        return None
-    with xr.open_dataset(path, engine="h5netcdf") as history:
-        return history.load().drop_attrs(deep=False)  # keep the variables' CF attributes
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    history = runs.load_history(run_dir)
+    return (
+        None if history is None else history.drop_attrs(deep=False)
+    )  # keep the variables' CF attributes
 
 
 def provenance(**extra) -> dict:
     """Attributes every results file carries: package version, git commit, date, ..."""
     return {
         "retina_raf_version": retina_raf.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": runs.git_commit(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
-
-
-def _require_finished(run_dir: Path) -> None:
-    if not (run_dir / "model.pt").is_file():
-        raise RunError(f"{run_dir} has no model.pt (the run is unfinished or not a run folder)")
 
 
 def run_dataset(
     run_dir: str | Path, layer: str = "retina_2", method: str = "actmax", **kwargs
 ) -> xr.Dataset:
     """One run's RFs, metrics and history with its identity as ``run``-dim coordinates."""
-    from retina_raf.config import dump_yaml, load_run_config, to_dict
-    from retina_raf.train import run_identity
+    from retina_raf.config import dump_yaml, to_dict
 
     run_dir = Path(run_dir)
-    _require_finished(run_dir)
-    cfg = load_run_config(run_dir / "config.yaml")  # the weights load only if not cached
-    config = to_dict(cfg)
+    cfg = runs.check_finished(run_dir)  # the weights load only if not cached
     ds = analyze_run(run_dir, layer, method, **kwargs)
     history = _history(run_dir)
     if history is not None:
         ds = xr.merge([ds, history], combine_attrs="override")
     ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
     ds = ds.expand_dims("run")
-    identity = {"run_id": run_dir.name, **run_identity(config)}
+    identity = {"run_id": run_dir.name, **runs.run_identity(to_dict(cfg))}
     ds = ds.assign_coords({k: ("run", [v]) for k, v in identity.items()})
     ds["config"] = ("run", [dump_yaml(cfg)])
     return ds
@@ -179,18 +176,19 @@ def combine_runs(
     """Stack the analyses of many run folders along ``run`` (module docstring has the schema).
 
     Args:
-        run_dirs: finished run folders (each with ``model.pt``).
+        run_dirs: finished run folders (each with ``DONE``).
         layer, method: which RFs; ``**kwargs`` go to :func:`analyze_run` (seed, device,
             RF options).
 
     Raises:
-        RunError: an unfinished or missing run folder; DataError: no run folders at all.
+        RunError: a missing, unfinished or damaged run folder (config, history or weights),
+            before any RF is mapped; DataError: no run folders at all.
     """
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise DataError("no run folders to combine")
     for run_dir in run_dirs:  # fail before hours of extraction, not after
-        _require_finished(run_dir)
+        runs.check_finished(run_dir)
     parts = []
     for run_dir in tqdm(run_dirs, desc="analyzing runs", unit="run", disable=not progress):
         parts.append(run_dataset(run_dir, layer, method, progress=False, **kwargs))
@@ -315,10 +313,69 @@ def load_results(
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Finished run folders (holding ``model.pt``) under ``root``, sorted by name."""
-    root = Path(root)
-    if not root.exists():
-        raise RunError(f"no such folder: {root}")
-    if (root / "model.pt").exists():
-        return [root]
-    return sorted(p.parent for p in root.glob("*/model.pt"))
+    """Finished run folders (with ``DONE``) under ``root``, sorted by name."""
+    return runs.find_runs(root)
+
+
+def collect_experiment(
+    exp,
+    out: str | Path,
+    layer: str = "retina_2",
+    method: str = "actmax",
+    device: str | None = None,
+) -> Path:
+    """The results dataset of an experiment's finished runs, for the notebooks
+    (``retina-raf sweep FILE --collect``).
+
+    Retina runs: ``<out>/results_<layer>_<method>.nc``. :func:`combine_runs` maps and
+    measures the RFs of ``layer`` in every run of the experiment
+    (:class:`retina_raf.sweep.ExperimentConfig`) that finished the epochs it asks for, and
+    stacks them with the histories along ``run`` (coordinates run_id, preset, rank, n_bn,
+    seed, rule).
+
+    The Fig. 3 networks (``model.arch`` mlp, vgg, vit) have no retina:
+    ``<out>/results_accuracy.nc``, the test accuracy of every finished run by rule,
+    constrained layer, rank, d and seed (:func:`analysis.accuracy.collect_accuracy`; ``layer``,
+    ``method`` and ``device`` are not used).
+
+    In both, each grid setting (of the experiment and of its ``conditions``) is a ``run``
+    coordinate too, named by its last part (e.g. ``lr``), unless a coordinate has that name
+    already; JSON text when its values are mappings, lists, or missing (``null``) for the
+    runs of a condition without that axis. Unfinished runs are left out and listed in the
+    ``missing_runs`` attribute.
+
+    Raises:
+        RunError: no run of the experiment is finished, or a finished one is damaged.
+    """
+    from retina_raf.sweep import expand, experiment_grid_keys, experiment_yaml, is_done, run_dir
+
+    out = Path(out)
+    planned = expand(exp)
+    finished = [run for run in planned if is_done(out, run)]
+    if not finished:
+        raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
+    folders = [run_dir(out, run) for run in finished]
+    fig3 = any(run.config().model.arch != "retina" for run in finished)
+    if fig3:
+        from analysis.accuracy import collect_accuracy
+
+        ds = collect_accuracy(folders)
+    else:
+        ds = combine_runs(folders, layer, method, device=device)
+    for key in experiment_grid_keys(exp):
+        name = key.rsplit(".", 1)[-1]
+        if name not in ds.coords:
+            values = [run.point.get(key) for run in finished]
+            if any(v is None or isinstance(v, (dict, list)) for v in values):
+                values = [json.dumps(v) for v in values]
+            ds = ds.assign_coords({name: ("run", values)})
+    ds.attrs.update(
+        experiment=exp.name,
+        experiment_yaml=experiment_yaml(exp),
+        missing_runs=" ".join(run.run_id for run in planned if run not in finished),
+    )
+    if fig3:
+        from analysis.accuracy import write_accuracy
+
+        return write_accuracy(ds, out / "results_accuracy.nc")
+    return write_results(ds, out / f"results_{layer}_{method}.nc")

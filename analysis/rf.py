@@ -17,8 +17,10 @@ The code is split the way feature-visualization libraries split it:
   ``gradient``  Lindsey et al.'s RF: the input gradient at the base image, divided by its RMS.
   ``actmax``    activation maximization (Erhan et al. 2009): projected gradient ascent of the
                 perturbation on the sphere ``||delta||_2 = norm`` from ``n_starts`` seeds; the
-                RF is the mean of the maximizing perturbations over the starts that responded,
-                the ``spread`` coordinate their standard deviation.
+                RF is the perturbation of the start that reached the highest response
+                (``combine="best"``; starts that found different maxima are not blurred
+                together) or the mean over the starts that responded (``"mean"``); the
+                ``spread`` coordinate is their standard deviation.
   ``sta``       white-noise spike-triggered average over ``n_samples`` Gaussian images
                 ``base + noise_std * z``: ``cov(response, z) / noise_std``, which by Stein's
                 lemma equals the input gradient averaged over the noise (so it is on the same
@@ -68,6 +70,7 @@ METHOD_OPTIONS: dict[str, dict] = {
         "gray_level": 0.5,
         "n_starts": 8,
         "start": "noise",
+        "combine": "best",
         "n_steps": 100,
         "step_size": 0.1,
         "norm": None,
@@ -368,6 +371,20 @@ def _actmax(units, channels, base, options, seed, progress):
     mean = (w * images).sum(dim=1, keepdim=True) / denominator
     spread = ((w * (images - mean) ** 2).sum(dim=1, keepdim=True) / denominator).sqrt()
     responsive = n_active > 0
+    if options["combine"] == "best":
+        # Starts can climb to different maxima (e.g. a grating at two phases): their mean
+        # would blur them together, so the RF is the image of the highest response reached.
+        score = torch.where(responded, activation, torch.full_like(activation, -torch.inf))
+        best = score.argmax(dim=1)
+        rf = images[torch.arange(len(best), device=best.device), best]
+        rf = torch.where(responsive.view(-1, *[1] * (rf.dim() - 1)), rf, 0.0)  # silent: zeros
+        return {
+            "rf": rf,
+            "spread": spread.squeeze(1),
+            "activation": torch.where(responsive, activation.amax(dim=1), activation.mean(1)),
+            "responsive": responsive,
+            "n_active_starts": n_active.to(torch.int64),
+        }
     mean_activation = torch.where(
         responsive, (weight * activation).sum(dim=1) / n_active.clamp_min(1), activation.mean(1)
     )
@@ -454,6 +471,7 @@ def resolve_options(method: str, options: dict, input_shape: tuple | None = None
     check("base", lambda v: v in ("zeros", "gray"), "'zeros' or 'gray'")
     check("gray_level", lambda v: is_real(v) and math.isfinite(v), "a finite number")
     check("start", lambda v: v in ("noise", "zeros"), "'noise' or 'zeros'")
+    check("combine", lambda v: v in ("best", "mean"), "'best' or 'mean'")
     check("n_starts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check("n_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     check("step_size", lambda v: is_real(v) and 0 < v < math.inf, "a positive number")
@@ -477,9 +495,9 @@ def _load(model, device):
     run_dir = Path(model)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run folder (no such directory)")
-    from retina_raf.train import load_trained
+    from retina_raf.runs import load_model
 
-    loaded, config = load_trained(run_dir, device=device or "cpu")
+    loaded, config = load_model(run_dir, device=device or "cpu")
     return loaded, config, run_dir
 
 
@@ -553,8 +571,8 @@ def extract_rfs(
     """RFs of the center unit of every channel of ``layer``, all channels in one batched pass.
 
     Args:
-        model: an ``nn.Module`` or a training run folder (loaded with
-            ``retina_raf.train.load_trained``; its identity becomes scalar coordinates).
+        model: an ``nn.Module`` or a finished training run folder (loaded with
+            ``retina_raf.runs.load_model``; its identity becomes scalar coordinates).
         layer: a name in ``model.layer_names``, or of a submodule whose output is the
             post-nonlinearity activation.
         method: ``"gradient"``, ``"actmax"`` or ``"sta"`` (see the module docstring).
@@ -572,7 +590,8 @@ def extract_rfs(
                 its kink has no gradient at the base itself), n_steps=100, step_size=0.1
                 (fraction of the norm per step, halved per start whenever a step would lower
                 the response), norm=None (= 0.1 * sqrt(input pixels): RMS contrast 0.1),
-                batch_size=None;
+                combine="best" (the start that reached the highest response) | "mean" (the
+                mean over the starts that responded), batch_size=None;
             sta: base, gray_level, n_samples=16384, noise_std=1.0, batch_size=1024.
 
     Returns:
@@ -622,6 +641,45 @@ def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> lis
     (cy, cx), (height, width) = units.center, units.input_shape[1:]
     return [max(cy - half, 0), min(cy + half + 1, height), max(cx - half, 0),
             min(cx + half + 1, width)]  # fmt: skip
+
+
+def method_agreement(
+    model: nn.Module,
+    layer: str,
+    methods: Sequence[str] = ("gradient", "actmax", "sta"),
+    options: dict[str, dict] | None = None,
+    **common,
+) -> xr.Dataset:
+    """How well the RF methods agree, unit by unit: Pearson correlations between their RFs.
+
+    Args:
+        model, layer: as :func:`extract_rfs`.
+        methods: at least two methods.
+        options: per-method options, e.g. ``{"actmax": {"n_starts": 4}}``.
+        **common: options of every method (``base``, ``gray_level``, ``seed``, ...).
+
+    Returns:
+        Dataset with, per pair ``a_vs_b``, the correlation (channel) of the two RFs over
+        pixels (NaN where either is flat), and ``responsive_<method>`` flags. The sign of a
+        correlation matters: actmax and the gradient should agree in polarity.
+    """
+    if len(methods) < 2:
+        raise ConfigError("method_agreement needs at least two methods")
+    options = options or {}
+    rfs = {m: extract_rfs(model, layer, m, progress=False, **common, **options.get(m, {}))
+           for m in methods}  # fmt: skip
+    out = xr.Dataset()
+    for i, a in enumerate(methods):
+        out[f"responsive_{a}"] = rfs[a]["responsive"].reset_coords(drop=True)
+        for b in methods[i + 1 :]:
+            x, y = (rfs[m].reset_coords(drop=True) for m in (a, b))
+            x, y = x - x.mean(("y", "x")), y - y.mean(("y", "x"))
+            norm = np.sqrt((x**2).sum(("y", "x")) * (y**2).sum(("y", "x")))
+            out[f"{a}_vs_{b}"] = ((x * y).sum(("y", "x")) / norm.where(norm > 0)).assign_attrs(
+                long_name=f"Pearson correlation of the {a} and {b} RFs", units="1"
+            )
+    out.attrs.update({"layer": layer, "methods": list(methods)})
+    return out
 
 
 def actmax_starts(
@@ -690,7 +748,7 @@ def _to_dataarray(
     if "n_active_starts" in result:
         coords["n_active_starts"] = ("channel", result["n_active_starts"].cpu().numpy())
     if config is not None:
-        from retina_raf.train import run_identity
+        from retina_raf.runs import run_identity
 
         coords.update(run_identity(config))  # scalar coords preset, rank, n_bn, seed, rule
     attrs = {

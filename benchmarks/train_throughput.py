@@ -9,6 +9,7 @@ grayscale training set for N epochs with the paper's recipe (whole data set on t
 channels_last, optional ``--amp``) and reports images/s, epoch time and test accuracy.
 
     python benchmarks/train_throughput.py                      # CPU, side by side
+    python benchmarks/train_throughput.py --epoch-check        # fft vs direct: same losses
     python benchmarks/train_throughput.py --device cuda --epochs 3 --data PATH [--amp]
 """
 
@@ -18,7 +19,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import retina_raf  # noqa: F401  (before torch: huge pages for large tensors, as in training)
 
@@ -60,10 +60,13 @@ def cpu_side_by_side(
     and to bp. Variants: the plain copy, then each preset (``name`` or ``name:conv_impl``)."""
     models, optimizers = {}, {}
     for variant in presets:
-        preset, _, impl = variant.partition(":")
+        name, _, others = variant.partition("@")  # raf-r2@bp: the other layers backprop
+        preset, _, impl = name.partition(":")
+        others = others or "raf"
         sets = [f"model.conv_impl={impl}"] if impl else []
-        cfg = resolve_run_config(preset, 0, parse_overrides(sets))
-        models[variant] = build_model(preset, seed=0, **parse_overrides(sets).get("model", {}))
+        cfg = resolve_run_config(preset, 0, parse_overrides(sets), others=others)
+        models[variant] = build_model(preset, seed=0, others=others,
+                                      **parse_overrides(sets).get("model", {}))  # fmt: skip
         optimizers[variant] = make_optimizer(models[variant], cfg)
     plain = plain_copy(build_model("bp", seed=0))
     models = {"plain": plain, **models}
@@ -97,6 +100,52 @@ def cpu_side_by_side(
               f"{step / bp_step:8.2f}")  # fmt: skip
 
 
+def epoch_check(preset: str = "bp") -> None:
+    """One epoch on the embedded sample with conv_impl fft and with direct, from the same
+    init, data order and dropout masks, next to a float-noise reference: direct again with
+    every initial weight moved by about one ulp (relative 2^-23). Training amplifies any
+    rounding difference, so the FFT is "equal within float noise" when its distance from
+    direct is of the size of that reference's."""
+    from retina_raf.data import Augmenter, DeviceData, load_cifar10
+
+    print(f"hardware: {hardware()}")
+    cfg = resolve_run_config(preset)
+    sample = load_cifar10(None)
+    mean = float(sample.x_train.mean() / 255.0)
+    std = float((sample.x_train / 255.0).std())
+    data = DeviceData(sample.x_train, sample.y_train, torch.device("cpu"), mean, std)
+    losses = {}
+    for variant in ("direct", "fft", "direct, init + 1 ulp"):
+        impl = variant.split(",")[0]
+        model = build_model(preset, seed=0, conv_impl=impl).train()
+        if "ulp" in variant:
+            with torch.no_grad():
+                noise = torch.Generator().manual_seed(1)
+                for p in model.parameters():
+                    sign = torch.randint(0, 2, p.shape, generator=noise) * 2 - 1
+                    p.mul_(1 + sign * 2.0**-23)
+        optimizer = make_optimizer(model, cfg)
+        shuffle = torch.Generator().manual_seed(0)
+        augmenter = Augmenter(seed=1, device=torch.device("cpu"), max_shift=0.1, flip_prob=0.5)
+        torch.manual_seed(2)  # the same dropout masks in every variant
+        losses[variant] = []
+        for x, y in data.batches(cfg.train.batch_size, shuffle, augmenter, drop_last=True):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[variant].append(loss.item())
+    steps = len(losses["direct"])
+    print(f"{preset}, one epoch of the embedded sample ({steps} steps of {cfg.train.batch_size}), "
+          "float32: |loss - direct's loss|")  # fmt: skip
+    print(f"{'variant':<22} {'step 1':>9} {'step 10':>9} {'max':>9} {'epoch mean':>11}")
+    reference = torch.tensor(losses["direct"])
+    for variant in ("fft", "direct, init + 1 ulp"):
+        diff = (torch.tensor(losses[variant]) - reference).abs()
+        epoch = abs(sum(losses[variant]) - sum(losses["direct"])) / steps
+        print(f"{variant:<22} {diff[0]:9.2e} {diff[9]:9.2e} {diff.max():9.2e} {epoch:11.2e}")
+
+
 def gpu_epochs(presets, epochs: int, data: str, amp: bool) -> None:
     print(f"hardware: {hardware()}")
     print(f"{'preset':<8} {'epoch':>5} {'epoch s':>8} {'images/s':>9} {'test acc':>8}")
@@ -112,9 +161,8 @@ def gpu_epochs(presets, epochs: int, data: str, amp: bool) -> None:
             ]
             cfg = resolve_run_config(preset, 0, parse_overrides(sets))
             rows = []
-            train(cfg, out, log=rows.append)
-            history = torch.load(Path(out) / f"{preset}-s0" / "checkpoint.pt",
-                                 weights_only=False)["history"]  # fmt: skip
+            run_dir = train(cfg, out, log=rows.append)
+            history = torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]
             n_train = 50_000 if cfg.data.train_limit is None else cfg.data.train_limit
             for row in history:
                 seconds = row["epoch_time_s"]
@@ -126,8 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--presets", nargs="+", default=["bp", "bp:direct", "raf-r2", "raf-r32"],
-                        help="CPU: presets to time, optionally preset:conv_impl")  # fmt: skip
+    parser.add_argument("--presets", nargs="+",
+                        default=["bp", "bp:direct", "raf-r2", "raf-r32", "raf-r2@bp"],
+                        help="CPU: presets to time, as preset[:conv_impl][@unconstrained rule], "
+                        "e.g. bp:direct or raf-r2@bp")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this process's CPU time (robust to other load "
@@ -137,10 +187,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="GPU: epochs per preset")
     parser.add_argument("--data", default=None, help="GPU: full CIFAR-10 (npz or folder)")
     parser.add_argument("--amp", action="store_true", help="GPU: bf16 autocast")
+    parser.add_argument("--epoch-check", action="store_true",
+                        help="bp, one epoch of the sample: fft vs direct losses")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cpu":
+    if args.epoch_check:
+        epoch_check()
+    elif args.device == "cpu":
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         cpu_side_by_side(args.presets, args.batch_size, args.repeats, args.warmup, clock)
     else:

@@ -2,7 +2,9 @@
 
 Every subcommand imports its heavy dependencies lazily so ``retina-raf --help`` stays fast.
 Expected mistakes (:class:`retina_raf.errors.RetinaRafError`, bad options) print one line
-on stderr and exit with status 2.
+on stderr and exit with status 2. Training stopped by SIGTERM (after writing its
+checkpoint) prints one line and exits with status 143
+(:data:`retina_raf.errors.EXIT_INTERRUPTED`); the same command resumes it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import sys
 import click
 
 from retina_raf import __version__
-from retina_raf.errors import RetinaRafError
+from retina_raf.errors import EXIT_INTERRUPTED, RetinaRafError, RunInterrupted
+
+
+def _netcdf_path(path: str, option: str = "--out") -> str:
+    """A NetCDF output path must end in .nc (what it holds, and what readers look for)."""
+    if not path.lower().endswith(".nc"):
+        raise click.BadParameter(f"{path!r} must end in .nc (a NetCDF file)", param_hint=option)
+    return path
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,14 +105,18 @@ def data_sample(
     type=click.Path(path_type=str),
     help="Parent folder of run folders.",
 )
-@click.option("--name", default=None, help="Run folder name (default: <preset>-s<seed>).")
+@click.option(
+    "--name",
+    default=None,
+    help="Run folder name (default: the run id, <preset>-s<seed>[-<settings hash>]).",
+)
 @click.option(
     "--device",
     default=None,
     type=click.Choice(["auto", "cpu", "cuda"]),
     help="Default: cuda when available.",
 )
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (a CPU warns and ignores it).")
 @click.option(
     "--unconstrained-rule",
     default=None,
@@ -136,7 +149,13 @@ def train_cmd(
     sets,
     config_only,
 ):
-    """Train one run (or resume it, or skip it when finished) into OUT/<preset>-s<seed>/."""
+    """Train one run (or resume it, or skip it when finished) into OUT/<run id>/.
+
+    The run id is <preset>-s<seed>, plus a hash of the settings that differ from the
+    preset's (the epochs, device, data path, threads, progress and checkpoint_every excepted:
+    a run asked for more epochs is continued). SIGTERM stops at the next batch with a
+    checkpoint and exit status 143; the same command resumes.
+    """
     from retina_raf.config import dump_yaml
     from retina_raf.train import config_from_cli, train
 
@@ -300,7 +319,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
             raise click.BadParameter(
                 f"{channels!r} is not a comma-separated list of integers", param_hint="--channels"
             ) from None
-    out = Path(out) if out else Path(run_dir) / f"rfs_{layer}_{method}.nc"
+    out = Path(_netcdf_path(out)) if out else Path(run_dir) / f"rfs_{layer}_{method}.nc"
     rfs = extract_rfs(
         run_dir, layer, method, channels=channel_list, seed=seed, device=device, **options
     )
@@ -408,8 +427,8 @@ def sweep_command(
     from pathlib import Path
 
     from retina_raf import sweep
-    from retina_raf.config import load_experiment, update_experiment
     from retina_raf.errors import RunError
+    from retina_raf.sweep import load_experiment, update_experiment
 
     named = {"partition": partition, "time_min": time_min, "gpus_per_job": gpus_per_job}
     slurm_options = [f"{k}={v}" for k, v in named.items() if v is not None] + list(slurm_options)
@@ -419,7 +438,9 @@ def sweep_command(
         click.echo(sweep.dry_run(exp, out))
         return
     if collect:
-        click.echo(f"wrote {sweep.collect(exp, out, layer, method, device)}")
+        from analysis.results import collect_experiment
+
+        click.echo(f"wrote {collect_experiment(exp, out, layer, method, device)}")
         return
     rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
     if rep is None:
@@ -491,6 +512,7 @@ def metrics_command(rfs_file: str, out: str) -> None:
     from analysis.metrics import load_rfs, rf_metrics, summarize
     from analysis.results import write_results
 
+    _netcdf_path(out)
     if Path(out).resolve() == Path(rfs_file).resolve():
         raise click.BadParameter("must differ from the input RFs file", param_hint="--out")
     rfs = load_rfs(rfs_file)
@@ -500,6 +522,77 @@ def metrics_command(rfs_file: str, out: str) -> None:
     for line in summarize(metrics, default_condition=Path(rfs_file).stem):
         click.echo(line)
     click.echo(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------- trajectory
+@cli.command("trajectory")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(path_type=str), help="Output .nc file.")
+@click.option(
+    "--layer", default="retina_2", show_default=True, type=click.Choice(["retina_1", "retina_2"])
+)
+@click.option(
+    "--method",
+    default="gradient",
+    show_default=True,
+    type=click.Choice(["gradient", "actmax", "sta"]),
+    help="RF method at every epoch.",
+)
+@click.option(
+    "--base",
+    default="zeros",
+    show_default=True,
+    type=click.Choice(["zeros", "gray"]),
+    help="Base image of the RF maps (gray: for runs trained on unstandardized images).",
+)
+@click.option("--gray-level", default=0.5, show_default=True, type=float)
+@click.option(
+    "--agreement/--no-agreement",
+    default=False,
+    help="Also correlate the gradient, actmax and STA RFs at each run's last epoch.",
+)
+def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
+    """RFs through training: map and measure the RFs of LAYER at every retina snapshot
+    (runs trained with train.retina_snapshots=true) of each RUN folder, into one NetCDF.
+
+    Prints, per run and epoch, the responsive units, mean symmetry and OSI and the fraction
+    center-surround.
+    """
+    from analysis.results import write_results
+    from analysis.trajectory import combine_trajectories, trajectory_summary
+
+    _netcdf_path(out)
+    ds = combine_trajectories(list(runs), layer, method, agreement=agreement, base=base,
+                              gray_level=gray_level)  # fmt: skip
+    write_results(ds, out)
+    summary = trajectory_summary(ds)
+    for run in range(ds.sizes["run"]):
+        run_id = str(ds["run_id"].values[run])
+        for epoch in summary["epoch"].values:
+            row = summary.isel(run=run).sel(epoch=epoch)
+            if int(row["n_mapped"]) == 0:
+                continue  # an epoch this run has not reached (padding)
+            click.echo(f"{run_id} epoch {int(epoch):>3}: {int(row['n_responsive'])} responsive, "
+                       f"symmetry {float(row['symmetry']):.2f}, osi {float(row['osi']):.2f}, "
+                       f"center-surround {float(row['fraction_center_surround']):.2f}")  # fmt: skip
+        if agreement:
+            pairs = [v for v in ds.data_vars if "_vs_" in str(v)]
+            text = ", ".join(f"{p} {float(ds[p].isel(run=run).mean()):.2f}" for p in pairs)
+            click.echo(f"{run_id} RF methods at the last epoch (mean correlation): {text}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command("findings")
+@click.argument("trajectories", metavar="TRAJECTORIES.nc", type=click.Path(path_type=str))
+@click.option("--epoch", default=None, type=click.IntRange(0), help="Default: each run's last.")
+def findings_cmd(trajectories, epoch):
+    """Print the Markdown table of the RFs at one epoch of every run in a trajectories file
+    (what the README's findings quote)."""
+    from analysis.results import open_results
+    from analysis.trajectory import findings_table
+
+    with open_results(trajectories) as ds:
+        click.echo(findings_table(ds.load(), epoch))
 
 
 # -------------------------------------------------------------------------- results
@@ -525,16 +618,18 @@ def metrics_command(rfs_file: str, out: str) -> None:
 def results_cmd(runs, out, layer, method, rf_seed, seed, device):
     """Combine run folders (or folders of runs) into one results dataset (NetCDF).
 
-    Maps the RFs of LAYER in every finished run, measures them, reads each history and
-    stacks everything along a `run` dimension with coordinates preset, rank, n_bn, seed, rule
-    (each an index: ds.sel(preset="raf-r4")).
+    Maps the RFs of LAYER in every finished run (with DONE), measures them, reads each
+    history and stacks everything along a `run` dimension with coordinates preset, rank,
+    n_bn, seed, rule (each an index: ds.sel(preset="raf-r4")). Every run is checked before
+    any RF is mapped; cached analyses are reused only for the same weights.
     """
     from analysis.results import combine_runs, find_runs, write_results
 
+    _netcdf_path(out)
     seed = _renamed(seed, "--seed", rf_seed, "--rf-seed") or 0
     run_dirs = [run for root in runs for run in find_runs(root)]
     if not run_dirs:
-        raise click.ClickException(f"no finished run folders (with model.pt) under {runs[0]}")
+        raise click.ClickException(f"no finished run folders (with DONE) under {runs[0]}")
     ds = combine_runs(run_dirs, layer, method, seed=seed, device=device)
     path = write_results(ds, out)
     click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {method}")
@@ -558,9 +653,11 @@ def results_cmd(runs, out, layer, method, rf_seed, seed, device):
 )
 def demo_cmd(out, reports):
     """Train bp, raf-r2 and raf-r32 briefly on the embedded sample, map and measure the
-    retina RFs, and render the compare_ranks and rf_atlas reports (about 10 min on 2 cores).
+    retina RFs, and render the compare_ranks and rf_atlas reports (about 1.5 min on 2 cores).
 
-    Far too little data and training for scientific conclusions: it shows the pipeline.
+    Far too little data and training for scientific conclusions: it shows the pipeline. Next
+    to them it renders the published findings committed under reports/ (the pilot's RFs
+    through training on the full data set), so the first look shows real receptive fields.
     """
     from analysis.pipeline import run_demo
 
@@ -598,6 +695,9 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         click.echo(f"retina-raf: error: {message}", err=True)
         sys.exit(2)
+    except RunInterrupted as exc:
+        click.echo(f"retina-raf: {' '.join(str(exc).split())}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

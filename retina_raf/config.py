@@ -6,16 +6,14 @@ fields here rather than new config systems. Validation happens on load: unknown 
 out-of-range values raise :class:`~retina_raf.errors.ConfigError` naming the key and the
 allowed values.
 
-The paper's conditions (DESIGN.md section 5) are presets: functions of the preset name
-that fill model fields (``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bottleneck-<k>``).
+The paper's conditions are presets (:mod:`retina_raf.presets`, next to the model); the
+schema of experiment files lives with the sweeps (:mod:`retina_raf.sweep`).
 """
 
 import dataclasses
-import json
-import re
+import math
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import yaml
 
 from retina_raf.errors import ConfigError
+from retina_raf.presets import preset_model_fields
 
 # bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
 # kp: Kolen-Pollack; fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
@@ -43,7 +42,8 @@ def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
 # --------------------------------------------------------------------------- sections
 @dataclass
 class ModelConfig:
-    """The Lindsey retina/VVS network (DESIGN.md 5) and each layer's learning rule."""
+    """The network: the Lindsey retina/VVS CNN (DESIGN.md 5) or, with ``arch``, a network of the
+    paper's Fig. 3 (DESIGN.md 7.1); and each layer's learning rule."""
 
     in_channels: int = spec(1, low=1, high=3, doc="input channels (1: grayscale)")
     image_size: int = spec(32, low=8, high=512)
@@ -158,10 +158,22 @@ class TrainConfig:
     num_threads: int = spec(0, low=0, high=1024, doc="torch CPU threads (0: torch's default)")
     diagnostics: bool = spec(True, doc="record feedback diagnostics every epoch")
     progress: bool = spec(True, doc="tqdm progress bars")
+    compile: bool = spec(
+        False,
+        doc="torch.compile the model for training (GPU; feedback layers stay in one graph; "
+        "the error-covariance diagnostics are then not tracked)",
+    )
     retina_snapshots: bool = spec(
         False,
         doc="after every epoch save the retina's weights (retina_1, retina_2; a few hundred KB) "
         "to snapshots/epoch_NNN.pt, so that RFs can be followed through training",
+    )
+    checkpoint_every: int = spec(
+        5,
+        low=1,
+        high=100000,
+        doc="epochs between checkpoints; the last epoch and a SIGTERM always write one, and "
+        "only the latest is kept",
     )
     amsgrad: bool = spec(False, doc="adam: the AMSGrad variant (the paper's Fig. 3 recipes)")
 
@@ -235,6 +247,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # NaN passes every range check below
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -365,70 +379,6 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- presets
-PRESET_PATTERNS = {
-    "bp": "backprop everywhere, no bottleneck",
-    "bp-bottleneck-<k>": "backprop, k retina output channels (paper: 1, 2, 4)",
-    "raf-r<k>": "RAF everywhere; the feedback into the retina (vvs_1's) has rank k "
-    "(paper: 2, 4, 32)",
-    "draf-bottleneck-<k>": "k retina output channels; the retina output receives a direct "
-    "full-rank error from the last VVS layer (dRAF); the rest RAF",
-    "raf": "RAF at full rank in every layer, the readout included (any model.arch; with "
-    "model.rank or model.layer_rank for the Fig. 3 networks)",
-}
-
-
-# The readout (fc_2) sends its exact error W^T e to fc_1 under the RAF presets. With RAF there
-# too, the paper's recipe (RMSprop, lr 1e-4, whose first steps are ~10 lr per weight) drives
-# fc_1's 32,768-input units faster than fc_2 can align with its random feedback, and the loss
-# explodes within ~50 steps (measured: 1e3-1e5 after 60 steps; stable with the readout exact).
-# The readout's error is 10-dimensional, full rank at any rank the presets use, so the retina's
-# error dimensionality is unchanged. `--set model.layer_rule.fc_2=raf` restores RAF there.
-READOUT_RULE = "bp"
-
-
-def preset_model_fields(preset: str, others: str = "raf") -> dict:
-    """The model fields a preset sets (DESIGN.md 5).
-
-    Args:
-        preset: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>`` or ``draf-bottleneck-<k>``.
-        others: the unconstrained rule: learning rule of the layers the condition does not
-            constrain, ``raf`` (default, at full rank) or ``bp``; ignored by the backprop
-            presets (``--unconstrained-rule`` on the command line).
-    """
-    if others not in ("raf", "bp"):
-        raise ConfigError(f"unconstrained rule {others!r} is not allowed (allowed: raf, bp)")
-    if preset == "bp":
-        return {"rule": "bp", "n_bn": 32}
-    if preset == "raf":
-        return {"rule": "raf"}
-    if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
-        return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
-    readout = {"fc_2": READOUT_RULE} if others == "raf" else {}
-    if m := re.fullmatch(r"raf-r(\d+)", preset):
-        return {
-            "rule": others,
-            "n_bn": 32,
-            "layer_rule": {"vvs_1": "raf", **readout},
-            "layer_rank": {"vvs_1": _width(m.group(1), preset)},
-        }
-    if m := re.fullmatch(r"draf-bottleneck-(\d+)", preset):
-        return {
-            "rule": others,
-            "n_bn": _width(m.group(1), preset),
-            "direct_target": "retina_2",
-            "layer_rule": readout,
-        }
-    raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESET_PATTERNS)})")
-
-
-def _width(text: str, preset: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ConfigError(f"preset {preset!r}: the width/rank must be >= 1")
-    return value
-
-
 def resolve_run_config(
     preset: str, seed: int = 0, overrides: dict | None = None, others: str = "raf"
 ) -> RunConfig:
@@ -444,7 +394,9 @@ def check_run_config(cfg: RunConfig) -> None:
 
     With a class subset (``data.classes``) or CIFAR-100, ``model.num_classes`` left at its
     default of 10 is set to the number of classes the data have (so that a grid over
-    ``data.classes`` needs no second axis); any other value must equal it.
+    ``data.classes`` needs no second axis); any other value must equal it. The Fig. 3
+    networks (``model.arch`` mlp, vgg, vit) are checked by
+    :func:`retina_raf.nets.check_net_config`.
     """
     _match_data(cfg)
     m = cfg.model
@@ -530,91 +482,6 @@ def layer_out_widths(m: ModelConfig) -> dict[str, int]:
     return widths
 
 
-# -------------------------------------------------------------------------- experiments
-# An experiment file (DESIGN.md 10) is a grid: presets x ranks x seeds x grid overrides.
-# ``retina_raf.sweep`` expands it into runs; this section only reads and validates it.
-@dataclass
-class SlurmConfig:
-    """What ``retina-raf sweep --executor slurm`` asks SLURM for: one job per run, as arrays."""
-
-    partition: str | None = spec(None, doc="partition (default: the cluster's default)")
-    time_min: int = spec(
-        24 * 60,
-        low=1,
-        high=365 * 24 * 60,
-        doc="time limit of one job in minutes; a job that reaches it is requeued and its "
-        "run resumes from its checkpoint",
-    )
-    gpus_per_job: int = spec(1, low=0, high=64)
-    cpus_per_task: int = spec(4, low=1, high=1024)
-    mem_gb: float | None = spec(None, low=0.1, high=1e5, doc="memory per job (default: SLURM's)")
-    array_parallelism: int = spec(64, low=1, high=100000, doc="jobs of one array running at once")
-    account: str | None = spec(None)
-    qos: str | None = spec(None)
-    constraint: str | None = spec(None, doc="node features, e.g. a100")
-    setup: list = spec([], doc="shell lines run in each job before Python (module load ...)")
-    additional: dict = spec({}, doc="any other sbatch option: name -> value (mail-type: END)")
-
-
-@dataclass
-class ExperimentConfig:
-    """An experiment file: which runs to train, and where and how to run them."""
-
-    name: str = spec("", doc="experiment name (default: the file's stem)")
-    description: str = spec("")
-    presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
-    unconstrained_rule: str = spec(
-        "raf",
-        choices=("raf", "bp"),
-        doc="rule of the layers the preset leaves unconstrained (old name: others)",
-    )
-    ranks: list = spec(
-        [None], doc="feedback ranks into the retina (model.layer_rank.vvs_1); null: the preset's"
-    )
-    seeds: list = spec([0], doc="seeds; an integer n in the file means 0..n-1")
-    overrides: dict = spec({}, doc="settings of every run: train.epochs: 3, or nested mappings")
-    grid: dict = spec({}, doc="setting -> list of values; every combination is a run")
-    data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
-    out: str | None = spec(None, doc="output folder (default: runs/<name>)")
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    conditions: list = spec(
-        [],
-        doc="several grids in one experiment: a list of mappings with presets, ranks, grid "
-        "and overrides, each a grid of its own under the experiment's seeds, overrides and "
-        "grid (e.g. bp alone next to raf x layer x rank)",
-    )
-
-
-CONDITION_KEYS = ("presets", "ranks", "grid", "overrides")
-
-
-# Settings that say where and how fast a run trains, not what it learns: they may differ
-# between a laptop and a cluster and do not enter run ids.
-PLACEMENT_KEYS = ("data.path", "train.device", "train.progress", "train.num_threads")
-
-
-def normalize_overrides(mapping: dict, where: str) -> dict:
-    """Overrides as written (``epochs: 3``, ``train.epochs: 3`` or nested) -> nested dict.
-
-    Short and dotted keys are resolved exactly as ``--set`` resolves them; ``preset`` and
-    ``seed`` are axes of the grid, not overrides. Errors name ``where`` and the key.
-    """
-    out: dict = {}
-    for key, value in flatten_dict(mapping).items():
-        if key.split(".")[0] in ("preset", "seed"):
-            raise ConfigError(f"{where}: '{key}' is an axis of the grid (use presets/seeds)")
-        try:  # resolve the key as --set does (a placeholder value), then put the real value
-            (full_key,) = flatten_dict(parse_overrides([f"{key}=0"]))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        node = out
-        *parents, leaf = full_key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def flatten_dict(mapping: dict, prefix: str = "") -> dict:
     """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (empty mappings kept as values)."""
     out = {}
@@ -625,250 +492,3 @@ def flatten_dict(mapping: dict, prefix: str = "") -> dict:
         else:
             out[key] = value
     return out
-
-
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment file.
-
-    Every key is checked, and every combination of preset, rank and grid values is
-    resolved into a :class:`RunConfig`, so a bad override fails here, naming the file and
-    the key, before anything is trained or submitted.
-    """
-    path = Path(path)
-    raw = load_yaml(path)
-    try:
-        if "others" in raw:  # the old name of unconstrained_rule, still read
-            if "unconstrained_rule" in raw:
-                raise ConfigError("others: the old name of unconstrained_rule; give only one")
-            warnings.warn(f"{path}: 'others' is deprecated, write 'unconstrained_rule'",
-                          FutureWarning, stacklevel=2)  # fmt: skip
-            raw["unconstrained_rule"] = raw.pop("others")
-        if isinstance(raw.get("seeds"), int) and not isinstance(raw["seeds"], bool):
-            if raw["seeds"] < 1:
-                raise ConfigError(f"seeds: {raw['seeds']} must be >= 1")
-            raw["seeds"] = list(range(raw["seeds"]))
-        exp = from_dict(ExperimentConfig, raw)
-        exp.name = exp.name or path.stem
-        check_experiment(exp)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return exp
-
-
-def check_experiment(exp: ExperimentConfig) -> None:
-    """Validate the axes and resolve every (preset, rank, grid point); normalizes in place."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", exp.name):
-        raise ConfigError(f"name: {exp.name!r} must be letters, digits, '_', '.', '+', '-'")
-    if not isinstance(exp.conditions, list):
-        raise ConfigError(f"conditions: expected a list of mappings, got {exp.conditions!r}")
-    if exp.presets or not exp.conditions:  # with conditions, each may name its own presets
-        _check_axis("presets", exp.presets, str)
-    _check_axis("seeds", exp.seeds, int, low=0, high=2**31 - 1)
-    _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
-    _check_presets("presets", exp.presets, exp.unconstrained_rule)
-    exp.overrides = normalize_overrides(exp.overrides, "overrides")
-    exp.grid = _normalize_grid(exp.grid, flatten_dict(exp.overrides), {}, "grid")
-    exp.conditions = [_normalize_condition(exp, i, cond) for i, cond in enumerate(exp.conditions)]
-    for i, part in enumerate(experiment_parts(exp)):
-        _check_runs(part, f"conditions[{i}]." if exp.conditions else "")
-    slurm = exp.slurm
-    if not all(isinstance(line, str) for line in slurm.setup):
-        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
-
-
-def _check_presets(key: str, presets: list, unconstrained_rule: str) -> None:
-    for preset in presets:
-        try:
-            preset_model_fields(preset, unconstrained_rule)
-        except ConfigError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-
-
-def _normalize_grid(grid: dict, fixed: dict, other_grid: dict, where: str) -> dict:
-    """A grid with full dotted keys; a setting set in ``fixed`` or ``other_grid`` is an error."""
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{where}: expected a mapping of settings to lists, got {grid!r}")
-    out, names = {}, {}
-    for key, values in grid.items():
-        _check_axis(f"{where}.{key}", values, object)
-        # A scalar placeholder gives the setting's full dotted name (epochs -> train.epochs).
-        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"{where}.{key}"))
-        if dotted in fixed:
-            raise ConfigError(f"{where}.{key}: also set in overrides; set it in one place")
-        if dotted in out:
-            raise ConfigError(f"{where}.{key}: the same setting as {where}.{names[dotted]}")
-        if dotted in other_grid:
-            raise ConfigError(f"{where}.{key}: also an axis of the experiment's grid")
-        out[dotted], names[dotted] = values, key
-    return out
-
-
-def _normalize_condition(exp: ExperimentConfig, index: int, cond) -> dict:
-    """One entry of ``conditions``, validated, with full dotted grid keys."""
-    where = f"conditions[{index}]"
-    if not isinstance(cond, dict):
-        raise ConfigError(f"{where}: expected a mapping (keys: {', '.join(CONDITION_KEYS)})")
-    unknown = sorted(set(cond) - set(CONDITION_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"unknown key '{where}.{unknown[0]}' (allowed: {', '.join(CONDITION_KEYS)})"
-        )
-    out = {}
-    if "presets" in cond:
-        _check_axis(f"{where}.presets", cond["presets"], str)
-        _check_presets(f"{where}.presets", cond["presets"], exp.unconstrained_rule)
-        out["presets"] = list(cond["presets"])
-    elif not exp.presets:
-        raise ConfigError(f"{where}: names no presets, and the experiment has none to inherit")
-    if "ranks" in cond:
-        _check_axis(f"{where}.ranks", cond["ranks"], int, low=1, high=65536, allow_none=True)
-        out["ranks"] = list(cond["ranks"])
-    overrides = normalize_overrides(cond.get("overrides") or {}, f"{where}.overrides")
-    for key in flatten_dict(overrides):
-        if key in exp.grid:
-            raise ConfigError(f"{where}.overrides.{key}: also a grid axis; set it in one place")
-    if overrides:
-        out["overrides"] = overrides
-    fixed = flatten_dict(merge(exp.overrides, overrides))
-    grid = _normalize_grid(cond.get("grid") or {}, fixed, exp.grid, f"{where}.grid")
-    if grid:
-        out["grid"] = grid
-    return out
-
-
-def experiment_parts(exp: ExperimentConfig) -> list[ExperimentConfig]:
-    """The experiment as grids: itself, or one per entry of ``conditions``.
-
-    A condition's presets and ranks replace the experiment's, its overrides are merged over
-    the experiment's (the condition's win) and its grid axes are added to the experiment's.
-    """
-    if not exp.conditions:
-        return [exp]
-    return [
-        dataclasses.replace(
-            exp,
-            presets=cond.get("presets", exp.presets),
-            ranks=cond.get("ranks", exp.ranks),
-            overrides=merge(exp.overrides, cond.get("overrides", {})),
-            grid={**exp.grid, **cond.get("grid", {})},
-            conditions=[],
-        )
-        for cond in exp.conditions
-    ]
-
-
-def _check_runs(part: ExperimentConfig, where_prefix: str) -> None:
-    """Resolve every (preset, rank, grid point) of one grid: a bad setting fails here."""
-    for point in grid_points(part.grid):
-        where = where_prefix + ("grid" if point else "overrides")
-        for preset in part.presets:
-            for rank in part.ranks:
-                overrides = experiment_overrides(part, rank, point)
-                try:
-                    cfg = resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
-                                             overrides, part.unconstrained_rule)  # fmt: skip
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
-                retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
-                if rank is not None and retina_rule != "raf":
-                    raise ConfigError(
-                        f"{where_prefix}ranks: preset {preset!r} sends {retina_rule} into the "
-                        "retina; a feedback rank needs RAF there (use a raf-r<k> preset)"
-                    )
-
-
-def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
-    if not isinstance(values, list):
-        raise ConfigError(f"{key}: expected a list of values, got {values!r}")
-    if not values:
-        raise ConfigError(f"{key}: needs at least one value")
-    for value in values:
-        if value is None and allow_none:
-            continue
-        bad_type = tp is not object and (
-            not isinstance(value, tp) or isinstance(value, bool) and tp is int
-        )
-        if bad_type or tp is object and isinstance(value, (dict, list)) and not value:
-            raise ConfigError(f"{key}: {value!r} is not a valid value")
-        if low is not None and value < low or high is not None and value > high:
-            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {low} to {high})")
-    seen = [json.dumps(v, sort_keys=True) for v in values]
-    if len(set(seen)) != len(seen):
-        raise ConfigError(f"{key}: a value is listed twice")
-
-
-def grid_points(grid: dict) -> list[dict]:
-    """Every combination of the grid's values, in file order: ``[{key: value, ...}, ...]``."""
-    points = [{}]
-    for key, values in grid.items():
-        points = [{**point, key: value} for point in points for value in values]
-    return points
-
-
-def preset_with_rank(preset: str, rank: int | None) -> str:
-    """The preset of a run of an experiment: a ``ranks:`` value overriding the rank of a
-    ``raf-r<k>`` preset relabels it ``raf-r<rank>``, whose run it is."""
-    if rank is not None and re.fullmatch(r"raf-r\d+", preset):
-        return f"raf-r{rank}"
-    return preset
-
-
-def experiment_overrides(exp: ExperimentConfig, rank: int | None, point: dict) -> dict:
-    """The nested overrides of one run: fixed overrides, its grid point, its rank, the data."""
-    overrides = exp.overrides
-    for key, value in point.items():
-        overrides = merge(overrides, normalize_overrides({key: value}, f"grid.{key}"))
-    if rank is not None:
-        overrides = merge(overrides, {"model": {"layer_rank": {"vvs_1": rank}}})
-    if exp.data is not None:
-        overrides = merge(overrides, {"data": {"path": exp.data}})
-    return overrides
-
-
-def update_experiment(
-    exp: ExperimentConfig,
-    data: str | None = None,
-    sets: list[str] | tuple[str, ...] = (),
-    slurm_options: list[str] | tuple[str, ...] = (),
-    seeds: str | None = None,
-) -> ExperimentConfig:
-    """Command-line changes to an experiment, validated like the file.
-
-    Args:
-        data: the image data set of every run (``--data``; not part of run ids).
-        sets: ``KEY=VALUE`` overrides of every run (``--set``; they change run ids).
-        slurm_options: ``KEY=VALUE``: a :class:`SlurmConfig` field (``partition=gpu``,
-            ``time_min=600``) or else any sbatch option (``mail-type=END``).
-        seeds: ``--seeds``: ``N`` (seeds 0..N-1) or ``0,3,4``, in place of the file's
-            seeds (a run's id does not depend on which other seeds are run).
-    """
-    exp = dataclasses.replace(exp)
-    if data is not None:
-        exp.data = data
-    if seeds is not None:
-        try:
-            values = [int(v) for v in str(seeds).split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds expects N or a list like 0,3,4; got {seeds!r}") from None
-        if len(values) == 1 and "," not in str(seeds):
-            if values[0] < 1:
-                raise ConfigError(f"--seeds: {values[0]} must be >= 1")
-            values = list(range(values[0]))
-        exp.seeds = values
-    if sets:
-        exp.overrides = merge(exp.overrides, parse_overrides(list(sets)))
-    if slurm_options:
-        slurm = to_dict(exp.slurm)
-        names = {f.name for f in dataclasses.fields(SlurmConfig)}
-        for item in slurm_options:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--slurm expects key=value, got {item!r}")
-            key, value = key.strip().replace("-", "_"), yaml.safe_load(raw) if raw else None
-            if key in names:
-                slurm[key] = value
-            else:
-                slurm["additional"] = {**slurm["additional"], key.replace("_", "-"): value}
-        exp.slurm = from_dict(SlurmConfig, slurm, "slurm.")
-    check_experiment(exp)
-    return exp

@@ -216,6 +216,17 @@ def _download(root: Path) -> None:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    # np.load takes anything that is neither a zip nor a .npy for a pickle, and then refuses
+    # "pickled data": say what the file is not instead
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path} is a single .npy array, not an .npz with {', '.join(_ARRAYS)}")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path} is not an .npz file (not a zip archive of numpy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [name for name in _ARRAYS if name not in npz.files]

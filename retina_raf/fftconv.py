@@ -83,21 +83,21 @@ def check_fft_geometry(conv: nn.Conv2d, what: str = "conv") -> None:
 
 
 # ------------------------------------------------------------------------------ spectra
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 def map_spectrum(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(b, c, H, W) real maps -> frequency-major spectrum (F, b, c), F = N_y (N_x // 2 + 1)."""
     b, c = maps.shape[:2]
-    spectrum = torch.fft.rfft2(maps.to(_compute_dtype(maps)), s=grid)  # (b, c, N_y, N_x/2+1)
+    spectrum = torch.fft.rfft2(maps.to(compute_dtype(maps)), s=grid)  # (b, c, N_y, N_x/2+1)
     return spectrum.reshape(b, c, -1).permute(2, 0, 1).contiguous()
 
 
 def kernel_spectrum(weight: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(m, n, k, k) kernel -> spectrum of ``kb[t] = W[p - t]``, frequency-major (F, n, m)."""
     m, n, kh, kw = weight.shape
-    flipped = weight.to(_compute_dtype(weight)).flip(-2, -1)
+    flipped = weight.to(compute_dtype(weight)).flip(-2, -1)
     placed = F.pad(flipped, (0, grid[1] - kw, 0, grid[0] - kh))
     placed = placed.roll(shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
     return torch.fft.rfft2(placed).reshape(m, n, -1).permute(2, 1, 0).contiguous()
@@ -108,11 +108,14 @@ def spectrum_to_maps(
 ) -> torch.Tensor:
     """Frequency-major (F, b, c) -> real maps (b, c, H, W): irfft2 on the grid, crop to size."""
     _, b, c = spectrum.shape
-    half = spectrum.permute(1, 2, 0).reshape(b, c, grid[0], grid[1] // 2 + 1)
-    # Two 1-D passes, cropping the rows before the second: the same numbers as irfft2, and
-    # on a CPU about 1.7x faster than its 2-D complex-to-real transform (MKL, 36 x 36)
-    rows = torch.fft.ifft(half, dim=-2)[..., : size[0], :]
-    return torch.fft.irfft(rows, n=grid[1], dim=-1)[..., : size[1]]
+    # Two 1-D passes instead of irfft2 (the same numbers; on a CPU its 2-D complex-to-real
+    # transform is about 1.7x slower, MKL at 36 x 36): the row pass runs on the
+    # frequency-major layout itself (no transposed copy of the spectrum) and keeps only the
+    # rows in the window, the column pass transforms those and is cropped in turn.
+    frequency_major = spectrum.view(grid[0], grid[1] // 2 + 1, b, c)
+    rows = torch.fft.ifft(frequency_major, dim=0)[: size[0]]  # (H, N_x/2+1, b, c)
+    maps = torch.fft.irfft(rows.permute(2, 3, 0, 1), n=grid[1], dim=-1)
+    return maps[..., : size[1]]
 
 
 @functools.lru_cache(maxsize=32)
@@ -279,17 +282,17 @@ def choose_conv_impl(impl: str, weight_shape, image_size, device) -> str:
         device: where the input lives.
 
     The ``auto`` rule, measured with ``benchmarks/conv_impl.py`` (forward + both gradients,
-    batch 64, 2 CPU threads; figures in the README): on a CPU the FFT wins once the kernel is
-    large and the layer mixes channels, k >= 5 with at least 4 input and 4 output channels
-    (9 x 9, 32 -> 32 at 32 x 32: about 4x faster); with a single input channel (retina_1),
-    small kernels or tiny images direct convolution is as fast or faster. On CUDA, cuDNN
-    chooses among its own algorithms (FFT ones included) under ``cudnn.benchmark``, so
+    batch 64, 32 x 32 images, AMD EPYC, 2 CPU threads, direct / fft time): on a CPU the FFT
+    wins for kernels of 7 and more with at least 4 input channels (9 x 9: 32 -> 32 1.7-1.9x,
+    32 -> 1 3x, 4 -> 32 1.9x; 7 x 7, 32 -> 32 1.1x) and loses for 5 x 5 (0.7x), 3 x 3 (0.3x)
+    and one input channel (retina_1, 9 x 9: 0.45x; two input channels break even). On CUDA,
+    cuDNN chooses among its own algorithms (FFT ones included) under ``cudnn.benchmark``, so
     ``auto`` keeps the direct path there.
     """
     if impl != "auto":
         return impl
     if torch.device(device).type != "cpu":
         return "direct"
-    m, n, ky, kx = weight_shape
-    large = min(ky, kx) >= 5 and min(image_size) >= 8
-    return "fft" if large and min(m, n) >= 4 else "direct"
+    _, n_in, ky, kx = weight_shape
+    large = min(ky, kx) >= 7 and min(image_size) >= 8
+    return "fft" if large and n_in >= 4 else "direct"

@@ -27,13 +27,13 @@ from retina_raf.config import (
     ModelConfig,
     check_run_config,
     layer_out_widths,
-    preset_model_fields,
     resolve_run_config,
 )
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import DirectFeedback, RAFConv2d, RAFLinear
 from retina_raf.feedback.rules import rule_options
 from retina_raf.fftconv import FFTConv2d
+from retina_raf.presets import preset_model_fields  # noqa: F401 (the presets of these models)
 
 
 class ConvBlock(nn.Module):

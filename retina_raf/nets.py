@@ -559,7 +559,7 @@ def build_net(name: str, rule: str = "bp", *, seed: int | None = None, **fields)
 
 # ---------------------------------------------------------------------------- identity
 def run_identity(cfg: RunConfig) -> dict:
-    """The labels that place a Fig. 3 run among others (see ``train.run_identity``).
+    """The labels that place a Fig. 3 run among others (see :func:`retina_raf.runs.run_identity`).
 
     ``rule``: bp (every layer backprop), draf (direct feedback) or the constrained layers'
     rule; ``constrain``: ``none``, ``all``, the pattern of ``model.constrain``, the

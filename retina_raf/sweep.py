@@ -1,7 +1,9 @@
 """Experiment grids and the executors that train them (DESIGN.md 10).
 
-An experiment file (schema: :class:`retina_raf.config.ExperimentConfig`) is a grid of
-presets x ranks x grid overrides x seeds. :func:`expand` turns it into :class:`Run`s with
+An experiment file (schema: :class:`ExperimentConfig`, defined and validated here) is a grid of
+presets x ranks x grid overrides x seeds, or several such grids under one set of seeds
+(``conditions``: e.g. backprop alone next to RAF x layer x rank, the Fig. 3 panels).
+:func:`expand` turns it into :class:`Run`s with
 stable, readable ids; :func:`run_sweep` trains those that are not finished yet with an
 executor, so one file runs unchanged on a laptop, a multi-GPU box and a SLURM cluster:
 
@@ -10,57 +12,387 @@ executor, so one file runs unchanged on a laptop, a multi-GPU box and a SLURM cl
 
 Everything lives in the sweep's output folder::
 
-    <out>/<run_id>/             the run folder of retina_raf.train (DONE when finished)
+    <out>/<run_id>/             a run folder (retina_raf.runs; DONE when finished)
     <out>/.locks/<run_id>.lock  held (fcntl.flock) by the process that trains the run
     <out>/sweep.log             journal: one line per start/resume/done/failed/busy event
     <out>/logs/<run_id>.err     traceback of a run's last failure
     <out>/logs/worker-<i>.log   output of the local worker processes
     <out>/slurm/<job_id>/       submitit's files and the SLURM logs of each job
 
+Run ids, the definition of finished, the lock and the folder layout are those of
+:mod:`retina_raf.runs`, so ``retina-raf train`` with a run's config works on the same folder.
 Concurrency: only the process holding a run's lock trains it, and the DONE check happens
-under the lock, so two sweeps (or two jobs) never train one run twice nor write one run
-folder at once. The OS releases the lock of a process that dies (kill -9, node failure, a
-SLURM time limit), and the run then resumes from its checkpoint. flock works on local disks
-and on NFS (Linux emulates it with NFS byte-range locks).
+under the lock, so two sweeps (or two jobs, or a sweep and ``retina-raf train``) never train
+one run twice nor write one run folder at once. The OS releases the lock of a process that
+dies (kill -9, node failure, a SLURM time limit), and the run then resumes from its
+checkpoint. SIGTERM stops a run at a batch boundary with a checkpoint (retina_raf.train), and
+a sweep told to stop stops. Combining finished runs into a results dataset is analysis:
+``analysis.results.collect_experiment`` (``retina-raf sweep --collect``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
+from retina_raf import runs
 from retina_raf.config import (
-    PLACEMENT_KEYS,
-    ExperimentConfig,
     RunConfig,
-    SlurmConfig,
-    experiment_overrides,
-    experiment_parts,
     flatten_dict,
-    grid_points,
-    preset_with_rank,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
     resolve_run_config,
+    spec,
     to_dict,
 )
-from retina_raf.errors import ConfigError, DataError, RunError
+from retina_raf.errors import EXIT_INTERRUPTED, ConfigError, DataError, RunError, RunInterrupted
 from retina_raf.io import write_text
+from retina_raf.presets import preset_model_fields, preset_with_rank
+from retina_raf.runs import DONE_FILE, identity_settings, run_id  # noqa: F401 (re-exported)
 
 STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
-DONE_FILE = "DONE"
+
+
+# ------------------------------------------------------------------- experiment files
+# An experiment file (DESIGN.md 10) is a grid: presets x ranks x seeds x grid overrides.
+# ``retina_raf.sweep`` expands it into runs; this section only reads and validates it.
+@dataclass
+class SlurmConfig:
+    """What ``retina-raf sweep --executor slurm`` asks SLURM for: one job per run, as arrays."""
+
+    partition: str | None = spec(None, doc="partition (default: the cluster's default)")
+    time_min: int = spec(
+        24 * 60,
+        low=1,
+        high=365 * 24 * 60,
+        doc="time limit of one job in minutes; a job that reaches it is requeued and its "
+        "run resumes from its checkpoint",
+    )
+    gpus_per_job: int = spec(1, low=0, high=64)
+    cpus_per_task: int = spec(4, low=1, high=1024)
+    mem_gb: float | None = spec(None, low=0.1, high=1e5, doc="memory per job (default: SLURM's)")
+    array_parallelism: int = spec(64, low=1, high=100000, doc="jobs of one array running at once")
+    account: str | None = spec(None)
+    qos: str | None = spec(None)
+    constraint: str | None = spec(None, doc="node features, e.g. a100")
+    setup: list = spec([], doc="shell lines run in each job before Python (module load ...)")
+    additional: dict = spec({}, doc="any other sbatch option: name -> value (mail-type: END)")
+
+
+@dataclass
+class ExperimentConfig:
+    """An experiment file: which runs to train, and where and how to run them."""
+
+    name: str = spec("", doc="experiment name (default: the file's stem)")
+    description: str = spec("")
+    presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
+    unconstrained_rule: str = spec(
+        "raf",
+        choices=("raf", "bp"),
+        doc="rule of the layers the preset leaves unconstrained (old name: others)",
+    )
+    ranks: list = spec(
+        [None], doc="feedback ranks into the retina (model.layer_rank.vvs_1); null: the preset's"
+    )
+    seeds: list = spec([0], doc="seeds; an integer n in the file means 0..n-1")
+    overrides: dict = spec({}, doc="settings of every run: train.epochs: 3, or nested mappings")
+    grid: dict = spec({}, doc="setting -> list of values; every combination is a run")
+    data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
+    out: str | None = spec(None, doc="output folder (default: runs/<name>)")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    conditions: list = spec(
+        [],
+        doc="several grids in one experiment: a list of mappings with presets, ranks, grid "
+        "and overrides, each a grid of its own under the experiment's seeds, overrides and "
+        "grid (e.g. bp alone next to raf x layer x rank)",
+    )
+
+
+CONDITION_KEYS = ("presets", "ranks", "grid", "overrides")
+
+
+def normalize_overrides(mapping: dict, where: str) -> dict:
+    """Overrides as written (``epochs: 3``, ``train.epochs: 3`` or nested) -> nested dict.
+
+    Short and dotted keys are resolved exactly as ``--set`` resolves them; ``preset`` and
+    ``seed`` are axes of the grid, not overrides. Errors name ``where`` and the key.
+    """
+    out: dict = {}
+    for key, value in flatten_dict(mapping).items():
+        if key.split(".")[0] in ("preset", "seed"):
+            raise ConfigError(f"{where}: '{key}' is an axis of the grid (use presets/seeds)")
+        try:  # resolve the key as --set does (a placeholder value), then put the real value
+            (full_key,) = flatten_dict(parse_overrides([f"{key}=0"]))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        node = out
+        *parents, leaf = full_key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file.
+
+    Every key is checked, and every combination of preset, rank and grid values is
+    resolved into a :class:`RunConfig`, so a bad override fails here, naming the file and
+    the key, before anything is trained or submitted.
+    """
+    path = Path(path)
+    raw = load_yaml(path)
+    try:
+        if "others" in raw:  # the old name of unconstrained_rule, still read
+            if "unconstrained_rule" in raw:
+                raise ConfigError("others: the old name of unconstrained_rule; give only one")
+            warnings.warn(f"{path}: 'others' is deprecated, write 'unconstrained_rule'",
+                          FutureWarning, stacklevel=2)  # fmt: skip
+            raw["unconstrained_rule"] = raw.pop("others")
+        if isinstance(raw.get("seeds"), int) and not isinstance(raw["seeds"], bool):
+            if raw["seeds"] < 1:
+                raise ConfigError(f"seeds: {raw['seeds']} must be >= 1")
+            raw["seeds"] = list(range(raw["seeds"]))
+        exp = from_dict(ExperimentConfig, raw)
+        exp.name = exp.name or path.stem
+        check_experiment(exp)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return exp
+
+
+def check_experiment(exp: ExperimentConfig) -> None:
+    """Validate the axes and resolve every (preset, rank, grid point); normalizes in place."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", exp.name):
+        raise ConfigError(f"name: {exp.name!r} must be letters, digits, '_', '.', '+', '-'")
+    if not isinstance(exp.conditions, list):
+        raise ConfigError(f"conditions: expected a list of mappings, got {exp.conditions!r}")
+    if exp.presets or not exp.conditions:  # with conditions, each may name its own presets
+        _check_axis("presets", exp.presets, str)
+    _check_axis("seeds", exp.seeds, int, low=0, high=2**31 - 1)
+    _check_axis("ranks", exp.ranks, int, low=1, high=65536, allow_none=True)
+    _check_presets("presets", exp.presets, exp.unconstrained_rule)
+    exp.overrides = normalize_overrides(exp.overrides, "overrides")
+    exp.grid = _normalize_grid(exp.grid, flatten_dict(exp.overrides), {}, "grid")
+    exp.conditions = [_normalize_condition(exp, i, cond) for i, cond in enumerate(exp.conditions)]
+    for i, part in enumerate(experiment_parts(exp)):
+        _check_runs(part, f"conditions[{i}]." if exp.conditions else "")
+    slurm = exp.slurm
+    if not all(isinstance(line, str) for line in slurm.setup):
+        raise ConfigError("slurm.setup: expected a list of shell lines (strings)")
+
+
+def _check_presets(key: str, presets: list, unconstrained_rule: str) -> None:
+    for preset in presets:
+        try:
+            preset_model_fields(preset, unconstrained_rule)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
+def _normalize_grid(grid: dict, fixed: dict, other_grid: dict, where: str) -> dict:
+    """A grid with full dotted keys; a setting set in ``fixed`` or ``other_grid`` is an error."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings to lists, got {grid!r}")
+    out, names = {}, {}
+    for key, values in grid.items():
+        _check_axis(f"{where}.{key}", values, object)
+        # A scalar placeholder gives the setting's full dotted name (epochs -> train.epochs).
+        (dotted,) = flatten_dict(normalize_overrides({key: 0}, f"{where}.{key}"))
+        if dotted in fixed:
+            raise ConfigError(f"{where}.{key}: also set in overrides; set it in one place")
+        if dotted in out:
+            raise ConfigError(f"{where}.{key}: the same setting as {where}.{names[dotted]}")
+        if dotted in other_grid:
+            raise ConfigError(f"{where}.{key}: also an axis of the experiment's grid")
+        out[dotted], names[dotted] = values, key
+    return out
+
+
+def _normalize_condition(exp: ExperimentConfig, index: int, cond) -> dict:
+    """One entry of ``conditions``, validated, with full dotted grid keys."""
+    where = f"conditions[{index}]"
+    if not isinstance(cond, dict):
+        raise ConfigError(f"{where}: expected a mapping (keys: {', '.join(CONDITION_KEYS)})")
+    unknown = sorted(set(cond) - set(CONDITION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{where}.{unknown[0]}' (allowed: {', '.join(CONDITION_KEYS)})"
+        )
+    out = {}
+    if "presets" in cond:
+        _check_axis(f"{where}.presets", cond["presets"], str)
+        _check_presets(f"{where}.presets", cond["presets"], exp.unconstrained_rule)
+        out["presets"] = list(cond["presets"])
+    elif not exp.presets:
+        raise ConfigError(f"{where}: names no presets, and the experiment has none to inherit")
+    if "ranks" in cond:
+        _check_axis(f"{where}.ranks", cond["ranks"], int, low=1, high=65536, allow_none=True)
+        out["ranks"] = list(cond["ranks"])
+    overrides = normalize_overrides(cond.get("overrides") or {}, f"{where}.overrides")
+    for key in flatten_dict(overrides):
+        if key in exp.grid:
+            raise ConfigError(f"{where}.overrides.{key}: also a grid axis; set it in one place")
+    if overrides:
+        out["overrides"] = overrides
+    fixed = flatten_dict(merge(exp.overrides, overrides))
+    grid = _normalize_grid(cond.get("grid") or {}, fixed, exp.grid, f"{where}.grid")
+    if grid:
+        out["grid"] = grid
+    return out
+
+
+def experiment_parts(exp: ExperimentConfig) -> list[ExperimentConfig]:
+    """The experiment as grids: itself, or one per entry of ``conditions``.
+
+    A condition's presets and ranks replace the experiment's, its overrides are merged over
+    the experiment's (the condition's win) and its grid axes are added to the experiment's.
+    """
+    if not exp.conditions:
+        return [exp]
+    return [
+        dataclasses.replace(
+            exp,
+            presets=cond.get("presets", exp.presets),
+            ranks=cond.get("ranks", exp.ranks),
+            overrides=merge(exp.overrides, cond.get("overrides", {})),
+            grid={**exp.grid, **cond.get("grid", {})},
+            conditions=[],
+        )
+        for cond in exp.conditions
+    ]
+
+
+def experiment_grid_keys(exp: ExperimentConfig) -> list[str]:
+    """Full dotted keys of every grid axis of the experiment and its conditions, in order."""
+    return list(dict.fromkeys(key for part in experiment_parts(exp) for key in part.grid))
+
+
+def _check_runs(part: ExperimentConfig, where_prefix: str) -> None:
+    """Resolve every (preset, rank, grid point) of one grid: a bad setting fails here."""
+    for point in grid_points(part.grid):
+        where = where_prefix + ("grid" if point else "overrides")
+        for preset in part.presets:
+            for rank in part.ranks:
+                overrides = experiment_overrides(part, rank, point)
+                try:
+                    cfg = resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
+                                             overrides, part.unconstrained_rule)  # fmt: skip
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+                retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
+                if rank is not None and retina_rule != "raf":
+                    raise ConfigError(
+                        f"{where_prefix}ranks: preset {preset!r} sends {retina_rule} into the "
+                        "retina; a feedback rank needs RAF there (use a raf-r<k> preset)"
+                    )
+
+
+def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
+    if not isinstance(values, list):
+        raise ConfigError(f"{key}: expected a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{key}: needs at least one value")
+    for value in values:
+        if value is None and allow_none:
+            continue
+        bad_type = tp is not object and (
+            not isinstance(value, tp) or isinstance(value, bool) and tp is int
+        )
+        if bad_type or tp is object and isinstance(value, (dict, list)) and not value:
+            raise ConfigError(f"{key}: {value!r} is not a valid value")
+        if low is not None and value < low or high is not None and value > high:
+            raise ConfigError(f"{key}: {value!r} is out of range (allowed: {low} to {high})")
+    seen = [json.dumps(v, sort_keys=True) for v in values]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"{key}: a value is listed twice")
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, in file order: ``[{key: value, ...}, ...]``."""
+    points = [{}]
+    for key, values in grid.items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points
+
+
+def experiment_overrides(exp: ExperimentConfig, rank: int | None, point: dict) -> dict:
+    """The nested overrides of one run: fixed overrides, its grid point, its rank, the data."""
+    overrides = exp.overrides
+    for key, value in point.items():
+        overrides = merge(overrides, normalize_overrides({key: value}, f"grid.{key}"))
+    if rank is not None:
+        overrides = merge(overrides, {"model": {"layer_rank": {"vvs_1": rank}}})
+    if exp.data is not None:
+        overrides = merge(overrides, {"data": {"path": exp.data}})
+    return overrides
+
+
+def update_experiment(
+    exp: ExperimentConfig,
+    data: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    slurm_options: list[str] | tuple[str, ...] = (),
+    seeds: str | None = None,
+) -> ExperimentConfig:
+    """Command-line changes to an experiment, validated like the file.
+
+    Args:
+        data: the image data set of every run (``--data``; not part of run ids).
+        sets: ``KEY=VALUE`` overrides of every run (``--set``; they change run ids).
+        slurm_options: ``KEY=VALUE``: a :class:`SlurmConfig` field (``partition=gpu``,
+            ``time_min=600``) or else any sbatch option (``mail-type=END``).
+        seeds: ``--seeds``: ``N`` (seeds 0..N-1) or ``0,3,4``, in place of the file's
+            seeds (a run's id does not depend on which other seeds are run).
+    """
+    exp = dataclasses.replace(exp)
+    if data is not None:
+        exp.data = data
+    if seeds is not None:
+        try:
+            values = [int(v) for v in str(seeds).split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds expects N or a list like 0,3,4; got {seeds!r}") from None
+        if len(values) == 1 and "," not in str(seeds):
+            if values[0] < 1:
+                raise ConfigError(f"--seeds: {values[0]} must be >= 1")
+            values = list(range(values[0]))
+        exp.seeds = values
+    if sets:
+        exp.overrides = merge(exp.overrides, parse_overrides(list(sets)))
+    if slurm_options:
+        slurm = to_dict(exp.slurm)
+        names = {f.name for f in dataclasses.fields(SlurmConfig)}
+        for item in slurm_options:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--slurm expects key=value, got {item!r}")
+            key, value = key.strip().replace("-", "_"), yaml.safe_load(raw) if raw else None
+            if key in names:
+                slurm[key] = value
+            else:
+                slurm["additional"] = {**slurm["additional"], key.replace("_", "-"): value}
+        exp.slurm = from_dict(SlurmConfig, slurm, "slurm.")
+    check_experiment(exp)
+    return exp
 
 
 # ------------------------------------------------------------------------------ runs
@@ -94,7 +426,7 @@ def expand(exp: ExperimentConfig) -> list[Run]:
     """All runs of an experiment, seed-major (every condition's seed 0 comes first, so a
     sweep cut short still covers every condition). Raises ConfigError for two grid points
     that are the same configuration. An experiment with ``conditions`` is the union of
-    their grids (:func:`~retina_raf.config.experiment_parts`)."""
+    their grids (:func:`experiment_parts`)."""
     runs: list[Run] = []
     seen: dict[str, Run] = {}
     parts = experiment_parts(exp)
@@ -128,42 +460,6 @@ def expand(exp: ExperimentConfig) -> list[Run]:
     return runs
 
 
-def run_id(cfg: RunConfig, rank: int | None = None, point: dict | None = None) -> str:
-    """Stable, readable id of a run: preset, rank and grid labels, seed, settings hash.
-
-    The hash (8 hex digits of SHA-1) covers every setting of ``cfg`` that differs from the
-    preset's defaults, except :data:`~retina_raf.config.PLACEMENT_KEYS` (where and how fast
-    it trains); it does not depend on how the file spelled the keys or on Python's hash seed.
-    """
-    labels = [cfg.preset]
-    if rank is not None:
-        labels.append(f"rank{rank}")
-    labels += [_label(key, value) for key, value in (point or {}).items()]
-    labels.append(f"s{cfg.seed}")
-    diff = identity_settings(cfg)
-    if diff:
-        text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
-        labels.append(hashlib.sha1(text.encode()).hexdigest()[:8])
-    return "-".join(labels)
-
-
-def identity_settings(cfg: RunConfig) -> dict:
-    """Flat ``{dotted key: value}`` of the settings that differ from the preset's defaults."""
-    base = flatten_dict(to_dict(resolve_run_config(cfg.preset, cfg.seed)))
-    flat = flatten_dict(to_dict(cfg))
-    return {
-        key: value
-        for key, value in flat.items()
-        if key not in PLACEMENT_KEYS and (key not in base or base[key] != value)
-    }
-
-
-def _label(key: str, value) -> str:
-    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-    text = "".join(c if c.isalnum() or c in "._+" else "_" for c in text)
-    return f"{key.rsplit('.', 1)[-1]}{text}"
-
-
 # ------------------------------------------------------------------ run folder state
 def run_dir(out: Path, run: Run) -> Path:
     """The run's folder, ``<out>/<run_id>``."""
@@ -175,12 +471,17 @@ def error_file(out: Path, run: Run) -> Path:
     return Path(out) / "logs" / f"{run.run_id}.err"
 
 
+def is_done(out: Path, run: Run) -> bool:
+    """Whether the run is finished with at least the epochs its config asks for."""
+    return runs.is_finished(run_dir(out, run), run.config().train.epochs)
+
+
 def run_state(out: Path, run: Run, queued: dict | None = None) -> str:
-    """One of :data:`STATES`: ``done`` (DONE written), ``running`` (a process holds its
-    lock), ``queued`` (its SLURM job, in ``queued``, is waiting), ``failed`` (the last
-    attempt raised), ``interrupted`` (has a checkpoint to resume from) or ``pending``."""
+    """One of :data:`STATES`: ``done`` (finished, :func:`is_done`), ``running`` (a process
+    holds its lock), ``queued`` (its SLURM job, in ``queued``, is waiting), ``failed`` (the
+    last attempt raised), ``interrupted`` (has a checkpoint to resume from) or ``pending``."""
     folder = run_dir(out, run)
-    if (folder / DONE_FILE).exists():
+    if is_done(out, run):
         return "done"
     if lock_holder(out, run) is not None:
         return "running"
@@ -188,72 +489,29 @@ def run_state(out: Path, run: Run, queued: dict | None = None) -> str:
         return "queued"
     if error_file(out, run).exists():
         return "failed"
-    if (folder / "checkpoint.pt").exists():
+    if (folder / runs.CHECKPOINT_FILE).exists():
         return "interrupted"
     return "pending"
 
 
-def _lock_path(out: Path, run: Run) -> Path:
-    return Path(out) / ".locks" / f"{run.run_id}.lock"
-
-
 @contextlib.contextmanager
 def run_lock(out: Path, run: Run) -> Iterator[bool]:
-    """Try to take the run's lock without waiting; yields whether this process has it.
-
-    The lock is an ``flock`` on ``<out>/.locks/<run_id>.lock``: the OS drops it when the
-    process exits or dies. The file is never deleted (deleting a lock file races with a
-    process that has just opened it); it holds ``host pid job`` of the current holder.
-    """
-    path = _lock_path(out, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{_whoami()}\n".encode())
-        yield True
-    finally:
-        os.close(fd)  # releases the flock
+    """:func:`retina_raf.runs.run_lock` of the run's folder: yields whether this process
+    has the lock (``<out>/.locks/<run_id>.lock``)."""
+    with runs.run_lock(run_dir(out, run)) as mine:
+        yield mine
 
 
 def lock_holder(out: Path, run: Run) -> str | None:
     """``"host pid=... [job=...]"`` of the process training the run, or None if nobody is."""
-    path = _lock_path(out, run)
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return path.read_text().strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _whoami() -> str:
-    job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (
-        f"{socket.gethostname()} pid={os.getpid()}"
-        + (f" job={job}" if job else "")
-        + (f" gpu={gpu}" if gpu else "")
-    )
+    return runs.lock_holder(run_dir(out, run))
 
 
 def journal(out: Path, event: str, run: Run, detail: str = "") -> None:
     """Append one line to ``<out>/sweep.log`` (one ``write`` with O_APPEND: lines of
     concurrent processes do not interleave)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    line = f"{stamp} {_whoami()} {event} {run.run_id}" + (f" {detail}" if detail else "")
+    line = f"{stamp} {runs.whoami()} {event} {run.run_id}" + (f" {detail}" if detail else "")
     path = Path(out) / "sweep.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -278,18 +536,17 @@ def train_run(run: Run, out: Path) -> str:
         if not mine:
             journal(out, "busy", run, f"held by {lock_holder(out, run)}")
             return "busy"
-        folder = run_dir(out, run)
-        if (folder / DONE_FILE).exists():
+        if is_done(out, run):
             return "done"
-        resume = (folder / "checkpoint.pt").exists()
+        resume = (run_dir(out, run) / runs.CHECKPOINT_FILE).exists()
         journal(out, "resume" if resume else "start", run)
         try:
-            train(run.config(), out, name=run.run_id)
+            train(run.config(), out, name=run.run_id, locked=True)
         except Exception:
             write_text(traceback.format_exc(), error_file(out, run))
             journal(out, "failed", run, f"see {error_file(out, run)}")
             raise
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a signal handler
+        except BaseException as exc:  # RunInterrupted (SIGTERM), KeyboardInterrupt, SystemExit
             journal(out, "interrupted", run, type(exc).__name__)
             raise
         error_file(out, run).unlink(missing_ok=True)
@@ -415,10 +672,13 @@ def run_local(runs: list[Run], out: Path, workers: int | None = None) -> SweepRe
 
 def _worker_main(out: str) -> None:
     """A local worker: train the runs (JSON on stdin) that nobody else has taken."""
-    runs = [Run(**item) for item in json.loads(sys.stdin.read())]
-    for run in runs:
+    todo = [Run(**item) for item in json.loads(sys.stdin.read())]
+    for run in todo:
         try:
             train_run(run, Path(out))
+        except RunInterrupted as exc:  # the sweep is being stopped: so is this worker
+            print(f"worker stopped: {exc}", flush=True)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception:
             traceback.print_exc()
 
@@ -428,7 +688,7 @@ def _progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None
     from tqdm import tqdm
 
     def n_done() -> int:
-        return sum((run_dir(out, run) / DONE_FILE).exists() for run in runs)
+        return sum(is_done(out, run) for run in runs)
 
     # disable=None: no bar when the output is not a terminal (logs, CI)
     with tqdm(total=len(runs), desc="runs", unit="run", initial=n_done(), disable=None) as bar:
@@ -444,8 +704,9 @@ def _progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None
 # ------------------------------------------------------------------ slurm executor
 class RunJob:
     """The callable one SLURM job runs (pickled by submitit). It has a ``checkpoint``
-    method, so submitit requeues the job when it reaches its time limit, and the run then
-    resumes from its own checkpoint."""
+    method, so submitit requeues the job when it nears its time limit (SIGUSR2); training
+    first stops at the next batch boundary and writes its checkpoint (retina_raf.train), and
+    the requeued job resumes from it."""
 
     def __init__(self, run: Run, out: str):
         self.run = run
@@ -610,7 +871,7 @@ def run_sweep(
     todo = [run for run in runs if run_state(out, run, queued) not in ("done", "running", "queued")]
     _check_data(todo)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(_experiment_yaml(exp), out / "experiment.yaml")
+    write_text(experiment_yaml(exp), out / "experiment.yaml")
     print(
         f"{exp.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running or queued, "
         f"{len(todo)} to train ({executor})",
@@ -644,7 +905,8 @@ def _merge_reports(full: SweepReport, part: SweepReport) -> SweepReport:
     return full
 
 
-def _experiment_yaml(exp: ExperimentConfig) -> str:
+def experiment_yaml(exp: ExperimentConfig) -> str:
+    """The experiment as YAML (every field, normalized): what ``experiment.yaml`` holds."""
     import yaml
 
     return yaml.safe_dump(asdict(exp), sort_keys=False)
@@ -664,59 +926,6 @@ def dry_run(exp: ExperimentConfig, out: Path) -> str:
     counts = [f"{sum(line.split()[1] == s for line in lines)} {s}" for s in STATES]
     lines.append(f"{len(runs)} runs: " + ", ".join(c for c in counts if not c.startswith("0 ")))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------ collect
-def collect(
-    exp: ExperimentConfig,
-    out: Path,
-    layer: str = "retina_2",
-    method: str = "actmax",
-    device: str | None = None,
-) -> Path:
-    """The results dataset (DESIGN.md 11) of the experiment's finished runs, for the notebooks:
-    ``<out>/results_<layer>_<method>.nc``.
-
-    :func:`analysis.results.combine_runs` maps and measures the RFs of ``layer`` in every
-    finished run and stacks them with the histories along ``run`` (coordinates run_id,
-    preset, rank, n_bn, seed, rule); each grid setting is a ``run`` coordinate too (named by
-    its last part, e.g. ``lr``). Unfinished runs are left out and listed in the
-    ``missing_runs`` attribute.
-
-    An experiment of the Fig. 3 networks (``model.arch`` mlp, vgg, vit) has no retina: its
-    dataset is the test accuracy of every run by rule, constrained layer, rank, d and seed
-    (:func:`analysis.accuracy.collect_accuracy`), ``<out>/results_accuracy.nc``.
-    """
-    from analysis.results import combine_runs, write_results
-
-    out = Path(out)
-    runs = expand(exp)
-    finished = [run for run in runs if (run_dir(out, run) / DONE_FILE).exists()]
-    if not finished:
-        raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
-    if any(run.config().model.arch != "retina" for run in finished):
-        from analysis.accuracy import collect_accuracy, write_accuracy
-
-        ds = collect_accuracy([run_dir(out, run) for run in finished])
-        ds.attrs.update(
-            experiment=exp.name,
-            experiment_yaml=_experiment_yaml(exp),
-            missing_runs=" ".join(run.run_id for run in runs if run not in finished),
-        )
-        return write_accuracy(ds, out / "results_accuracy.nc")
-    ds = combine_runs([run_dir(out, run) for run in finished], layer, method, device=device)
-    for key in dict.fromkeys(key for part in experiment_parts(exp) for key in part.grid):
-        name = key.rsplit(".", 1)[-1]
-        if name not in ds.coords:
-            values = [json.dumps(v) if isinstance(v, (dict, list)) else v
-                      for v in (run.point.get(key) for run in finished)]  # fmt: skip
-            ds = ds.assign_coords({name: ("run", values)})
-    ds.attrs.update(
-        experiment=exp.name,
-        experiment_yaml=_experiment_yaml(exp),
-        missing_runs=" ".join(run.run_id for run in runs if run not in finished),
-    )
-    return write_results(ds, out / f"results_{layer}_{method}.nc")
 
 
 if __name__ == "__main__":  # a local worker process (see run_local)

@@ -1,23 +1,34 @@
 """Training runs (DESIGN.md 7): one (preset, seed, config) -> one run folder.
 
-::
+The folder's layout, its id, what "finished" means, the lock and every load and save
+belong to :mod:`retina_raf.runs`; this module trains. Running the same run again resumes it
+from ``checkpoint.pt``; a finished run is not retrained, and asking it for more epochs
+extends it. Every file is written atomically, so a run killed at any moment (kill -9)
+resumes from its latest checkpoint, written every ``train.checkpoint_every`` epochs and
+after the last one.
 
-    <out>/<run-id>/config.yaml     the complete resolved config
-    <out>/<run-id>/checkpoint.pt   model + optimizer + scheduler + RNG states (atomic)
-    <out>/<run-id>/history.nc      per-epoch losses, accuracies, feedback diagnostics
-    <out>/<run-id>/model.pt        final weights (+ config)
-    <out>/<run-id>/DONE            written last: the run is finished
+**SIGTERM** (what SLURM sends before a time limit, a preemption or a requeue) stops the run
+at the next batch boundary: it writes a checkpoint of the partial epoch and raises
+:class:`~retina_raf.errors.RunInterrupted`, and ``retina-raf train`` exits with status 143
+(:data:`~retina_raf.errors.EXIT_INTERRUPTED`). Started again (a requeued job runs the same
+command), the run resumes inside that epoch. A signal handler that was installed before
+(submitit's, for its time-limit signal) runs once the checkpoint is written.
 
-Running the same run again resumes from ``checkpoint.pt``; a finished run is not retrained.
-Every file is written atomically, so a run killed at any moment loses at most the epoch in
-progress. On the CPU with ``train.deterministic`` a resumed run ends with bitwise the same
-weights as an uninterrupted one: the shuffling, augmentation and dropout/noise generators
-are checkpointed with the model.
+On the CPU with ``train.deterministic`` a resumed run ends with bitwise the same weights
+(and history) as an uninterrupted one, wherever it stopped: the shuffling, augmentation and
+dropout/noise generators are checkpointed with the model, and a partial epoch redraws its
+permutation and continues its sums.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import signal
+import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,75 +37,33 @@ import torch.nn.functional as F
 import xarray as xr
 from tqdm.auto import tqdm
 
-from retina_raf import __version__
+from retina_raf import __version__, runs
 from retina_raf.config import (
     RunConfig,
+    check_run_config,
     dump_yaml,
     from_dict,
-    load_run_config,
     resolve_run_config,
     to_dict,
 )
 from retina_raf.data import Augmenter, DeviceData, load_cifar10, load_cifar100, select_classes
-from retina_raf.errors import ConfigError, RunError
+from retina_raf.errors import ConfigError, RunError, RunInterrupted
 from retina_raf.feedback import feedback_diagnostics
-from retina_raf.io import atomic_path, write_netcdf, write_text
-from retina_raf.models import RetinaNet, model_from_config
+from retina_raf.io import write_netcdf, write_text
+from retina_raf.models import model_from_config
 from retina_raf.optim import BlockedRMSprop
+
+# The run folder's owner provides these; they stay importable from here.
+from retina_raf.runs import (  # noqa: F401
+    RESUMABLE_KEYS,
+    finished_epochs,
+    run_id,
+    run_identity,
+)
+from retina_raf.runs import load_model as load_trained  # noqa: F401
 
 DEFAULT_OUT = "runs"
 DIVERGENCE_CHECK = 20  # batches between checks for a non-finite loss
-# settings that may differ when a run is resumed (they do not change what is computed)
-RESUMABLE_KEYS = {
-    ("train", "epochs"),
-    ("train", "progress"),
-    ("train", "device"),
-    ("train", "num_threads"),
-    ("model", "conv_impl"),  # direct and FFT convolution compute the same, to float tolerance
-    ("train", "retina_snapshots"),
-    ("data", "path"),  # the same data may live elsewhere on another machine
-}
-
-
-# --------------------------------------------------------------------------- identity
-def run_id(cfg: RunConfig) -> str:
-    """The default folder name of a run: ``<preset>-s<seed>``."""
-    return f"{cfg.preset}-s{cfg.seed}"
-
-
-def run_identity(config: dict | RunConfig) -> dict:
-    """The labels that place a run among others: preset, rank, n_bn, seed, rule.
-
-    ``rank`` is the rank of the feedback sent into the retina: the RAF rank of ``vvs_1``,
-    the direct feedback's rank under dRAF, and for backprop the rank of ``W^T`` of
-    ``vvs_1`` (``min(n_bn, vvs_channels)``). ``rule`` is ``bp``, ``raf`` or ``draf`` (the
-    family of the preset), or the rule of ``vvs_1`` for custom configurations.
-    """
-    cfg = config if isinstance(config, RunConfig) else from_dict(RunConfig, config)
-    m = cfg.model
-    if m.arch != "retina":  # the Fig. 3 networks: rule, constrained layer, rank, d, width
-        from retina_raf.nets import run_identity as net_identity
-
-        return net_identity(cfg)
-    vvs1_rule = m.layer_rule.get("vvs_1", m.rule)
-    if m.direct_target is not None:
-        rule = "draf"
-        source = m.direct_source or f"vvs_{m.vvs_layers}"
-        source_width = (
-            m.num_classes
-            if source == "fc_2"
-            else (m.fc_units if source == "fc_1" else m.vvs_channels)
-        )
-        rank = m.direct_rank or source_width
-    elif vvs1_rule == "bp":
-        rule, rank = "bp", min(m.n_bn, m.vvs_channels)
-    else:
-        rule, rank = (
-            "raf" if vvs1_rule in ("raf", "raf_pca") else vvs1_rule,
-            m.layer_rank.get("vvs_1", m.vvs_channels),
-        )
-    return {"preset": cfg.preset, "rank": int(rank), "n_bn": int(m.n_bn),
-            "seed": int(cfg.seed), "rule": rule}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -124,6 +93,9 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
 
 
 def _load_data(cfg: RunConfig, device: torch.device) -> tuple[DeviceData, DeviceData]:
+    """The training and test splits on ``device``: CIFAR-10 (gray or RGB) or CIFAR-100, a
+    class subset first (the limits count its images), standardized with the training
+    split's statistics (per channel in RGB)."""
     d = cfg.data
     if d.dataset == "cifar100":
         if d.path is None:
@@ -131,13 +103,13 @@ def _load_data(cfg: RunConfig, device: torch.device) -> tuple[DeviceData, Device
         ds = load_cifar100(d.path, rgb=d.rgb, gray=d.gray)
     else:
         ds = load_cifar10(d.path, gray=d.gray, rgb=d.rgb)
-    if d.classes is not None:  # the subset first: the limits count its images
+    if d.classes is not None:
         ds = select_classes(ds, d.classes)
     x_train, y_train = ds.x_train[: d.train_limit], ds.y_train[: d.train_limit]
     x_test, y_test = ds.x_test[: d.test_limit], ds.y_test[: d.test_limit]
     mean = std = None
     if d.standardize and d.rgb:  # per channel
-        mean, std = type(ds)(x_train, y_train, x_test, y_test, ds.source, ds.gray).channel_stats()
+        mean, std = dataclasses.replace(ds, x_train=x_train, y_train=y_train).channel_stats()
     elif d.standardize:
         pixels = x_train.astype(np.float64) / 255.0
         mean, std = float(pixels.mean()), float(pixels.std())
@@ -171,8 +143,16 @@ def train_epoch(
     augmenter: Augmenter | None,
     device: torch.device,
     desc: str = "",
-) -> dict:
+    resume: PartialEpoch | None = None,
+    stop=None,
+) -> dict | PartialEpoch:
     """One pass over the training set; returns mean loss and accuracy.
+
+    Args:
+        resume: this epoch's :class:`PartialEpoch` from a checkpoint: its batches are
+            skipped (same permutation) and its sums continued.
+        stop: called at every batch boundary; when it returns True the epoch ends there and
+            its :class:`PartialEpoch` is returned instead of the means.
 
     Raises:
         RunError: when the loss becomes NaN or infinite (divergence).
@@ -184,13 +164,19 @@ def train_epoch(
     # cudnn.benchmark keep one plan); shuffling drops different images each epoch
     n_batches = max(len(data) // cfg.train.batch_size, 1)
     n_seen = min(n_batches * cfg.train.batch_size, len(data))
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    done = resume or PartialEpoch()
+    total_loss = torch.tensor(done.loss_sum, device=device)  # float32, as the sums it continues
+    correct = torch.tensor(done.correct, device=device, dtype=torch.long)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    batches = data.batches(cfg.train.batch_size, shuffle, augmenter, drop_last=True)
-    bar = tqdm(batches, total=n_batches,
-               desc=desc, leave=False, disable=not cfg.train.progress, unit="batch")  # fmt: skip
-    for step, (x, y) in enumerate(bar):
+    batches = _EpochBatches(
+        data.batches(cfg.train.batch_size, shuffle, augmenter, drop_last=True),
+        done,
+        lambda rng: _set_rng_state(rng, shuffle, augmenter),
+        stop,
+    )
+    bar = tqdm(batches, total=n_batches, initial=done.batches, desc=desc, leave=False,
+               disable=not _show_bars(cfg), unit="batch")  # fmt: skip
+    for step, (x, y) in enumerate(bar, start=done.batches):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
@@ -208,7 +194,77 @@ def train_epoch(
         optimizer.step()
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
+    if batches.stopped_at is not None:
+        if nonfinite.item():  # never checkpoint weights that may have gone non-finite
+            raise RunError(f"training diverged: non-finite loss by batch {batches.stopped_at}")
+        return PartialEpoch(batches.stopped_at, total_loss.item(), int(correct.item()))
     return {"train_loss": total_loss.item() / n_seen, "train_acc": correct.item() / n_seen}
+
+
+@dataclass
+class PartialEpoch:
+    """How far an epoch got before it stopped at a batch boundary (SIGTERM).
+
+    Attributes:
+        batches: batches done.
+        loss_sum: sum of the per-image losses so far (the value of the float32 accumulator).
+        correct: correctly classified training images so far.
+        rng: RNG states at the stop (:func:`_rng_state`), restored once the done batches have
+            been skipped; their augmentation is redrawn and discarded on the way.
+    """
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    rng: dict | None = None
+
+    def record(self, shuffle_start: torch.Tensor) -> dict:
+        """What a checkpoint keeps (its ``partial`` entry), with the shuffle generator's state
+        at the start of the epoch, from which the epoch's permutation is drawn again."""
+        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct,
+                "shuffle_start": shuffle_start}  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: dict, rng: dict) -> PartialEpoch:
+        """The inverse of :meth:`record`; ``rng``: the checkpoint's RNG states (at the stop)."""
+        return cls(record["batches"], record["loss_sum"], record["correct"], rng=rng)
+
+
+class _EpochBatches:
+    """An epoch's batches from ``start.batches`` on; ends early at a batch boundary when
+    ``stop()`` says so (``stopped_at`` is then the number of batches done).
+
+    The first batch is drawn only after ``stop()`` was asked, so a stopped epoch has drawn
+    no random numbers for batches it did not train.
+    """
+
+    def __init__(self, batches, start: PartialEpoch, restore_rng, stop=None):
+        self.batches, self.start, self.restore_rng, self.stop = batches, start, restore_rng, stop
+        self.stopped_at: int | None = None
+
+    def __iter__(self):
+        batches = iter(self.batches)
+        for _ in range(self.start.batches):  # the same permutation: the epoch's shuffle state
+            next(batches)
+        if self.start.batches and self.start.rng is not None:
+            self.restore_rng(self.start.rng)
+        index = self.start.batches
+        while True:
+            if self.stop is not None and self.stop():
+                self.stopped_at = index
+                return
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            yield batch
+            index += 1
+
+
+def _show_bars(cfg: RunConfig) -> bool:
+    """Progress bars only on a terminal: in a log file (SLURM, ``make demo``) their control
+    codes are noise, and the per-epoch log line says the same."""
+    return cfg.train.progress and sys.stderr.isatty()
 
 
 @torch.no_grad()
@@ -227,9 +283,13 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------- history
-def history_dataset(rows: list[dict], cfg: RunConfig) -> xr.Dataset:
-    """Per-epoch records -> ``xarray.Dataset`` with dims ``epoch`` (and ``layer``), every
-    variable with CF ``long_name`` and UDUNITS ``units``."""
+def history_dataset(rows: list[dict], cfg: RunConfig, provenance: dict | None = None) -> xr.Dataset:
+    """Per-epoch records -> ``xarray.Dataset`` with dims ``epoch`` (and ``layer``).
+
+    Attributes: the run's identity, its config, and ``provenance``
+    (:func:`retina_raf.runs.training_provenance`: versions, git commit, device, amp, TF32);
+    every variable has a CF ``long_name`` and a UDUNITS ``units``.
+    """
     attrs = {  # CF attributes of what a run records per epoch
         "epoch": ("training epoch (1 = after the first pass over the data)", "1"),
         "layer": ("feedback layer (its error is sent to the layer below)", None),
@@ -276,14 +336,16 @@ def history_dataset(rows: list[dict], cfg: RunConfig) -> xr.Dataset:
         long_name, units = attrs.get(str(name), (str(name).replace("_", " "), None))
         ds[name].attrs.update({"long_name": long_name, **({"units": units} if units else {})})
     ds.attrs.update({"Conventions": "CF-1.10", **{k: str(v) for k, v in run_identity(cfg).items()},
-                     "config": dump_yaml(cfg), "retina_raf_version": __version__})  # fmt: skip
+                     "config": dump_yaml(cfg), "retina_raf_version": __version__,
+                     **(provenance or {})})  # fmt: skip
     return ds
 
 
-def _diagnostics(model: RetinaNet) -> dict:
+def _diagnostics(model: torch.nn.Module) -> dict:
     out = {}
     for name, values in feedback_diagnostics(model).items():
-        # "layers.vvs_1.conv" -> "vvs_1": the model's own layer names
+        # "layers.vvs_1.conv" -> "vvs_1": the model's own layer names (a Fig. 3 network's
+        # are its module paths already: "fc_2", "block_1.attn.key")
         short = name.removeprefix("layers.").removesuffix(".conv").removesuffix(".linear")
         out[short] = {k: float(v) for k, v in values.items() if _is_number(v)}
     return out
@@ -306,64 +368,95 @@ def _rng_state(shuffle: torch.Generator, augmenter: Augmenter | None) -> dict:
 
 
 def _set_rng_state(state: dict, shuffle: torch.Generator, augmenter: Augmenter | None) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
+    """Restore :func:`_rng_state`. Every generator, CUDA ones included, takes its state as a
+    CPU ByteTensor: checkpoints are loaded to the CPU for this reason."""
+    torch.set_rng_state(state["torch"].cpu())
+    shuffle.set_state(state["shuffle"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if augmenter is not None and "augment" in state:
-        augmenter.generator.set_state(state["augment"])
-
-
-def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    saved = to_dict(load_run_config(run_dir / "config.yaml"))
-    new = to_dict(cfg)
-    for section, values in new.items():
-        if not isinstance(values, dict):
-            if saved.get(section) != values:
-                raise RunError(
-                    f"{run_dir} holds a different run ({section}: {saved.get(section)!r})"
-                )
-            continue
-        for key, value in values.items():
-            if (section, key) not in RESUMABLE_KEYS and saved[section].get(key) != value:
-                raise RunError(
-                    f"{run_dir} holds a run with {section}.{key}={saved[section].get(key)!r}, "
-                    f"not {value!r}: use another --out or delete the folder"
-                )
+        augmenter.generator.set_state(state["augment"].cpu())
 
 
 def train(
-    cfg: RunConfig | dict, out_dir: str | Path = DEFAULT_OUT, name: str | None = None, log=print
+    cfg: RunConfig | dict,
+    out_dir: str | Path = DEFAULT_OUT,
+    name: str | None = None,
+    log=print,
+    locked: bool = False,
 ) -> Path:
-    """Train (or resume, or skip) one run; return its folder ``out_dir/<name>``.
+    """Train (or resume, extend or skip) one run; return its folder ``out_dir/<name>``.
+
+    Everything that can be checked (settings, name, a folder holding another run, the
+    device, the data) is checked before anything is created; then the run's lock is taken,
+    so a run that another process is training is refused.
 
     Args:
         cfg: a :class:`RunConfig` or its dict form (validated).
         out_dir: parent folder of run folders.
-        name: run folder name (default ``<preset>-s<seed>``).
-        log: where the one-line messages go (``print``; a sweep passes its logger).
+        name: run folder name (default :func:`retina_raf.runs.run_id`).
+        log: where the one-line messages go (``print``; the CLI sends them to stderr); each
+            also goes, timestamped, to the run's ``train.log``.
+        locked: the caller already holds the run's lock (a sweep).
 
     Raises:
-        RunError: divergence (the last good checkpoint is kept), or a folder holding another run.
+        ConfigError, DataError: bad settings, name, device or data (nothing was created).
+        RunError: divergence (the last good checkpoint is kept), a folder holding another
+            run, a damaged checkpoint, a checkpoint past the epochs asked for, or a run that
+            another process is training.
+        RunInterrupted: SIGTERM (or submitit's time-limit signal) stopped the run at a batch
+            boundary, after its checkpoint was written.
     """
     if isinstance(cfg, dict):
         cfg = from_dict(RunConfig, cfg)
-    run_dir = Path(out_dir) / (name or run_id(cfg))
-    resuming = (run_dir / "checkpoint.pt").exists()
-    if resuming:
-        _check_same_run(run_dir, cfg)
-    if (run_dir / "DONE").exists():
-        done = finished_epochs(run_dir)
-        if done >= cfg.train.epochs:
-            log(f"{run_dir}: already finished ({done} epochs); not retrained")
-            return run_dir
-        (run_dir / "DONE").unlink()  # more epochs asked for: continue from the checkpoint
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(dump_yaml(cfg), run_dir / "config.yaml")
-
+    check_run_config(cfg)
+    run_dir = Path(out_dir) / runs.check_run_name(name or run_id(cfg))
+    runs.check_same_run(run_dir, cfg)
+    if _already_finished(run_dir, cfg, log):
+        return run_dir
     device = pick_device(cfg.train.device)
     _configure_torch(cfg, device)
     train_data, test_data = _load_data(cfg, device)
+    with contextlib.nullcontext(True) if locked else runs.run_lock(run_dir) as mine:
+        if not mine:
+            raise RunError(
+                f"{run_dir} is being trained by another process ({runs.lock_holder(run_dir)})"
+            )
+        if _already_finished(run_dir, cfg, log):  # by another process, while data loaded
+            return run_dir
+        return _train_locked(cfg, run_dir, device, train_data, test_data, log)
+
+
+def _already_finished(run_dir: Path, cfg: RunConfig, log) -> bool:
+    if not runs.is_finished(run_dir):
+        return False
+    done = runs.finished_epochs(run_dir)
+    if done < cfg.train.epochs:
+        return False  # more epochs asked for: the run is extended from its checkpoint
+    log(f"{run_dir}: already finished ({done} epochs); not retrained")
+    return True
+
+
+def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Path:
+    """:func:`train` once the run's lock is held and its inputs are checked."""
+    state = runs.load_checkpoint(run_dir)  # a damaged one fails here, before any change
+    epochs = cfg.train.epochs
+    if state is not None:
+        reached = len(state["history"]) + (1 if state.get("partial") else 0)
+        if reached > epochs:
+            raise RunError(
+                f"{run_dir} has trained {reached} epochs already, more than the {epochs} asked "
+                f"for: ask for at least {reached}, or use another --out or --name"
+            )
+    runs.remove_stale_temp_files(run_dir)
+    runs.mark_unfinished(run_dir)  # extending: unfinished until DONE is written again
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(dump_yaml(cfg), run_dir / runs.CONFIG_FILE)
+    log = runs.RunLog(run_dir, echo)
+    if cfg.train.amp and device.type != "cuda":
+        log(f"warning: train.amp (bf16 autocast) needs CUDA; on {device} training is float32")
+    provenance = runs.training_provenance(device, cfg.train.amp)
+
     model = model_from_config(cfg.model, seed=cfg.seed).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -377,124 +470,129 @@ def train(
                               flip_prob=0.5 if cfg.data.flip else 0.0)  # fmt: skip
     torch.manual_seed(cfg.seed + 2)
     rows: list[dict] = []
-    if resuming:
-        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    partial = None
+    if state is None:
+        log(f"{run_dir}: training {epochs} epochs on {device}")
+    else:
+        # loaded on the CPU: load_state_dict copies into the model's (and optimizer's) device
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], shuffle, augmenter)
         rows = state["history"]
-        log(f"{run_dir}: resuming after epoch {len(rows)} of {cfg.train.epochs}")
+        if state.get("partial"):
+            partial = PartialEpoch.from_record(state["partial"], rng=state["rng"])
+            shuffle.set_state(state["partial"]["shuffle_start"])  # the epoch's permutation
+            log(f"{run_dir}: resuming epoch {len(rows) + 1} of {epochs} "
+                f"after batch {partial.batches}")  # fmt: skip
+        else:
+            log(f"{run_dir}: resuming after epoch {len(rows)} of {epochs}")
 
-    if cfg.train.retina_snapshots and not rows:
-        save_retina_snapshot(run_dir, model, 0)  # the initial retina: where the RFs start
-    epochs = range(len(rows) + 1, cfg.train.epochs + 1)
-    bar = tqdm(epochs, desc=run_dir.name, unit="epoch", disable=not cfg.train.progress,
-               initial=len(rows), total=cfg.train.epochs)  # fmt: skip
-    for epoch in bar:
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(model, train_data, optimizer, cfg, shuffle, augmenter, device,
-                            desc=f"epoch {epoch}")  # fmt: skip
-        stats.update(evaluate(model, test_data, cfg.train.batch_size, device, cfg.train.amp))
-        scheduler.step()
-        row = {"epoch": epoch, **stats, "lr": lr, "epoch_time_s": time.perf_counter() - start,
-               "train_images": len(train_data)}  # fmt: skip
-        if cfg.train.diagnostics:
-            row["diagnostics"] = _diagnostics(model)
-        rows.append(row)
-        if cfg.train.retina_snapshots:
-            save_retina_snapshot(run_dir, model, epoch)
-        _save_checkpoint(run_dir, model, optimizer, scheduler, shuffle, augmenter, rows, cfg)
-        log(f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: "
-            f"train loss {stats['train_loss']:.4f} "
-            f"acc {stats['train_acc']:.3f} | test loss {stats['test_loss']:.4f} "
-            f"acc {stats['test_acc']:.3f} | {row['epoch_time_s']:.1f} s")  # fmt: skip
+    def checkpoint(partial_epoch: dict | None = None) -> None:
+        runs.save_checkpoint(run_dir, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": _rng_state(shuffle, augmenter),
+            "history": rows, "config": to_dict(cfg), "partial": partial_epoch})  # fmt: skip
 
-    _save_final(run_dir, model, cfg)
+    if cfg.train.retina_snapshots and not rows and partial is None:
+        runs.save_retina_snapshot(run_dir, model.state_dict(), 0)  # where the RFs start
+    # compiled or not, the parameters are the model's: checkpoints save `model`
+    step_model = torch.compile(model) if cfg.train.compile else model
+
+    bar = tqdm(range(len(rows) + 1, epochs + 1), desc=run_dir.name, unit="epoch",
+               disable=not _show_bars(cfg), initial=len(rows), total=epochs)  # fmt: skip
+    try:
+        with _StopOnSignal() as stop:
+            for epoch in bar:
+                start = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                shuffle_start = shuffle.get_state()
+                stats = train_epoch(step_model, train_data, optimizer, cfg, shuffle, augmenter,
+                                    device, desc=f"epoch {epoch}", resume=partial,
+                                    stop=stop.requested)  # fmt: skip
+                partial = None
+                if isinstance(stats, PartialEpoch):
+                    checkpoint(stats.record(shuffle_start))
+                    stop.finish(log, f"{run_dir}: stopped by {stop.name} in epoch {epoch} "
+                                     f"after batch {stats.batches}")  # fmt: skip
+                stats.update(evaluate(model, test_data, cfg.train.batch_size, device,
+                                      cfg.train.amp))  # fmt: skip
+                scheduler.step()
+                row = {"epoch": epoch, **stats, "lr": lr,
+                       "epoch_time_s": time.perf_counter() - start,
+                       "train_images": len(train_data)}  # fmt: skip
+                if cfg.train.diagnostics:
+                    row["diagnostics"] = _diagnostics(model)
+                rows.append(row)
+                if cfg.train.retina_snapshots:
+                    runs.save_retina_snapshot(run_dir, model.state_dict(), epoch)
+                write_netcdf(history_dataset(rows, cfg, provenance), run_dir / runs.HISTORY_FILE)
+                if epoch % cfg.train.checkpoint_every == 0 or epoch == epochs or stop.requested():
+                    checkpoint()
+                log(f"{run_dir.name} epoch {epoch}/{epochs}: "
+                    f"train loss {stats['train_loss']:.4f} "
+                    f"acc {stats['train_acc']:.3f} | test loss {stats['test_loss']:.4f} "
+                    f"acc {stats['test_acc']:.3f} | {row['epoch_time_s']:.1f} s")  # fmt: skip
+                if stop.requested() and epoch < epochs:
+                    stop.finish(log, f"{run_dir}: stopped by {stop.name} after epoch {epoch}")
+    except RunError as exc:
+        log.write(f"error: {exc}")  # the exception itself reaches the caller's output
+        raise
+    runs.save_model(run_dir, model.state_dict(), cfg)
+    runs.mark_finished(run_dir, len(rows))
+    log(f"{run_dir}: finished {len(rows)} epochs")
     return run_dir
 
 
-RETINA_LAYERS = ("retina_1", "retina_2")  # all that an RF of retina_2 depends on
-SNAPSHOT_DIR = "snapshots"
+class _StopOnSignal:
+    """While active, SIGTERM asks training to stop at the next batch boundary.
 
-
-def save_retina_snapshot(run_dir: Path, model: RetinaNet, epoch: int) -> Path:
-    """Write the retina layers' weights after ``epoch`` to ``snapshots/epoch_NNN.pt``.
-
-    The file holds ``{"epoch": int, "model": partial state_dict}`` (CPU tensors) with the keys
-    of ``RetinaNet.state_dict()`` under ``layers.retina_1`` and ``layers.retina_2``: loaded with
-    ``strict=False`` into a model of the run's config, it gives that epoch's retina.
+    So does SIGUSR2 when a Python handler already listens to it (submitit's signal that a
+    job nears its time limit). :meth:`finish` is called once the checkpoint is written: it
+    logs, runs the signal's previous Python handler if there was one (submitit requeues the
+    job there), and raises :class:`RunInterrupted`. Later signals only repeat the request:
+    the checkpoint is not cut short. Outside the main thread (where Python cannot install
+    handlers) nothing is installed and training is never asked to stop.
     """
-    prefixes = tuple(f"layers.{name}." for name in RETINA_LAYERS)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-             if k.startswith(prefixes)}  # fmt: skip
-    path = run_dir / SNAPSHOT_DIR / f"epoch_{epoch:03d}.pt"
-    path.parent.mkdir(exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"epoch": epoch, "model": state}, tmp)
-    return path
 
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
 
-def retina_snapshots(run_dir: str | Path) -> dict[int, Path]:
-    """Epoch -> snapshot file of a run folder (empty when it kept none); epoch 0 is the init."""
-    folder = Path(run_dir) / SNAPSHOT_DIR
-    if not folder.is_dir():
-        return {}
-    return {int(p.stem.split("_")[1]): p for p in sorted(folder.glob("epoch_[0-9][0-9][0-9].pt"))}
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal"
 
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in (signal.SIGTERM, signal.SIGUSR2):
+            current = signal.getsignal(signum)
+            if signum == signal.SIGTERM or callable(current):
+                self.previous[signum] = current
+                signal.signal(signum, self._request)
+        return self
 
-def _save_checkpoint(run_dir, model, optimizer, scheduler, shuffle, augmenter, rows, cfg):
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": _rng_state(shuffle, augmenter),
-             "history": rows, "config": to_dict(cfg)}  # fmt: skip
-    with atomic_path(run_dir / "checkpoint.pt") as tmp:
-        torch.save(state, tmp)
-    write_netcdf(history_dataset(rows, cfg), run_dir / "history.nc")
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
+    def _request(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
 
-def _save_final(run_dir: Path, model: RetinaNet, cfg: RunConfig) -> None:
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
-             for k, v in model.state_dict().items()}  # fmt: skip
-    with atomic_path(run_dir / "model.pt") as tmp:
-        torch.save({"model": state, "config": to_dict(cfg)}, tmp)
-    write_text(f"finished {cfg.train.epochs} epochs\n", run_dir / "DONE")
+    def requested(self) -> bool:
+        """Whether a stop was asked for (polled at every batch boundary)."""
+        return self.signum is not None
 
-
-def finished_epochs(run_dir: str | Path) -> int:
-    """Number of epochs recorded in a run folder's ``history.nc`` (0 when there is none)."""
-    path = Path(run_dir) / "history.nc"
-    if not path.exists():
-        return 0
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as history:
-            return int(history.sizes.get("epoch", 0))
-    except Exception as exc:
-        raise RunError(f"cannot read {path}: {exc}") from exc
-
-
-def load_trained(run_dir: str | Path, device="cpu") -> tuple[RetinaNet, dict]:
-    """The final model of a run folder (eval mode) and its config dict.
-
-    Raises:
-        RunError: the folder does not exist or holds no ``model.pt`` (unfinished run).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"no such run folder: {run_dir}")
-    path = run_dir / "model.pt"
-    if not path.is_file():
-        raise RunError(f"{run_dir} has no model.pt (the run is unfinished or not a run folder)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        cfg = from_dict(RunConfig, state["config"])
-        model = model_from_config(cfg.model).to(device)
-        model.load_state_dict(state["model"])
-    except RunError:
-        raise
-    except Exception as exc:
-        raise RunError(f"cannot load {path}: {exc}") from exc
-    return model.eval(), to_dict(cfg)
+    def finish(self, log: runs.RunLog, message: str) -> None:
+        """After the checkpoint: log, run the previous handler, raise RunInterrupted."""
+        message += "; checkpoint written, run the same command again to resume"
+        log.write(message)  # the exception carries it to the caller's output
+        previous = self.previous.get(self.signum)
+        if callable(previous):
+            previous(self.signum, None)
+        raise RunInterrupted(message, self.signum)
 
 
 def config_from_cli(

@@ -241,6 +241,20 @@ def test_bad_inputs_through_cli(tmp_path, run_cli):
         assert set(tmp_path.rglob("*")) == before, case
 
 
+def test_text_file_named_npz_is_called_what_it_is(tmp_path, run_cli):
+    """A text file (or a single .npy) named .npz: one line saying it is not an .npz, not
+    numpy's complaint about pickled data."""
+    text = tmp_path / "cifar.npz"
+    text.write_text("x_train,y_train\n1,2\n")
+    single = tmp_path / "one.npz"
+    with open(single, "wb") as handle:
+        np.save(handle, np.zeros(3))
+    for path, message in [(text, "is not an .npz file"), (single, "single .npy array")]:
+        code, _, err = run_cli("data", "info", path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert message in err and "pickle" not in err
+
+
 def test_data_info_cli(run_cli):
     """`retina-raf data info` prints counts, per-class counts, shape, mean and std."""
     code, out, _ = run_cli("data", "info", EMBEDDED_SAMPLE)

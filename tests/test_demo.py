@@ -37,6 +37,7 @@ def test_tiny_demo_trains_analyzes_and_reports(tmp_path):
         settings=TINY_SETTINGS,
         rf_options={"n_starts": 1, "n_steps": 5},
         log=messages.append,
+        published=(),
     )
     assert set(paths) == {"results", "compare_ranks", "rf_atlas"}
     with xr.open_dataset(paths["results"], engine="h5netcdf") as results:

@@ -640,3 +640,17 @@ def test_silent_layer_zero_error_keeps_feedback_finite():
     (layer(x) * 0.0).sum().backward()
     assert torch.isfinite(layer.p.grad).all() and torch.isfinite(layer.error_covariance).all()
     assert torch.isfinite(x.grad).all()
+
+
+def test_feedback_layers_do_not_split_a_torch_compile_graph():
+    """A RAF network (error covariance tracked, as by default) traces into one torch.compile
+    graph: nothing the backward passes do is a side effect that dynamo has to break on."""
+    import torch._dynamo as dynamo
+
+    from retina_raf.models import build_model
+
+    model = build_model("raf-r2", seed=0, vvs_layers=1, fc_units=16, retina_channels=4,
+                        vvs_channels=4, n_bn=4)  # fmt: skip
+    assert model.vvs_1.conv.track_error_covariance
+    explanation = dynamo.explain(lambda x: model(x).sum())(torch.rand(2, 1, 32, 32))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1

@@ -206,7 +206,8 @@ def test_blocked_rmsprop_is_torch_rmsprop_bit_for_bit(momentum, weight_decay):
 
 def test_conv_impl_is_a_validated_setting_and_auto_picks_per_layer(run_cli):
     """model.conv_impl accepts auto | direct | fft (a bad value is one line, exit 2); auto
-    computes by FFT on the CPU where it pays (9x9, 32 -> 32) and directly for retina_1."""
+    computes by FFT on the CPU where it pays (9x9 from 32 channels) and directly for
+    retina_1 and small kernels."""
     with pytest.raises(ConfigError, match="conv_impl"):
         resolve_run_config("bp", overrides={"model": {"conv_impl": "winograd"}})
     status, _, err = run_cli("train", "--preset", "bp", "--set", "model.conv_impl=winograd",
@@ -215,6 +216,8 @@ def test_conv_impl_is_a_validated_setting_and_auto_picks_per_layer(run_cli):
     assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cpu") == "fft"
     assert choose_conv_impl("auto", (32, 1, 9, 9), (32, 32), "cpu") == "direct"
     assert choose_conv_impl("auto", (32, 32, 3, 3), (32, 32), "cpu") == "direct"
+    assert choose_conv_impl("auto", (32, 32, 5, 5), (32, 32), "cpu") == "direct"  # measured
+    assert choose_conv_impl("auto", (1, 32, 9, 9), (32, 32), "cpu") == "fft"  # N_bn = 1
     assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cuda") == "direct"
     assert choose_conv_impl("direct", (32, 32, 9, 9), (32, 32), "cpu") == "direct"
 

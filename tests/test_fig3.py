@@ -16,11 +16,12 @@ import yaml
 
 from analysis.accuracy import collect_accuracy, gap_to_bp, load_accuracy, write_accuracy
 from analysis.report import notebook_parameters, run_report
-from retina_raf.config import load_experiment, resolve_run_config
+from retina_raf.config import resolve_run_config
 from retina_raf.data import GrayCifar10, load_cifar10, load_cifar100, select_classes
 from retina_raf.errors import ConfigError, DataError
-from retina_raf.sweep import expand, identity_settings, run_sweep
-from retina_raf.train import _load_data, make_optimizer, run_identity
+from retina_raf.runs import identity_settings, run_identity
+from retina_raf.sweep import expand, load_experiment, run_sweep
+from retina_raf.train import _load_data, make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -211,7 +212,7 @@ def test_fig3a_one_layer_at_a_time():
     assert (cfg.hidden_units, cfg.hidden_layers) == (512, 4)
     assert all(run.config().model.layer_rule == {"fc_5": "bp"} for run in runs)
     paper = load_experiment(EXPERIMENTS / "fig3a_mlp_layer_rank.yaml")
-    from retina_raf.config import update_experiment
+    from retina_raf.sweep import update_experiment
 
     paper = update_experiment(paper, sets=["model.layer_rule.fc_5=raf"])
     assert expand(paper)[1].config().model.layer_rule == {"fc_5": "raf"}

@@ -452,6 +452,40 @@ def test_cli_metrics_bad_input_exits_2_with_one_line_and_no_output(tmp_path, run
     assert not list(tmp_path.glob(".metrics*"))
 
 
+def test_cli_metrics_refuses_nan_rfs_flagged_responsive(tmp_path, run_cli):
+    """An RF with NaN or inf that its file flags responsive is refused (one line, exit 2),
+    instead of silently counting as unresponsive; flagged unresponsive, it is measured."""
+    good = syn.dog()
+    for bad_value in (np.nan, np.inf):
+        bad = good.copy()
+        bad[5, 5] = bad_value
+        rfs = as_rfs([good, bad]).assign_coords(responsive=("channel", [True, True]))
+        source, out = tmp_path / "rfs.nc", tmp_path / "metrics.nc"
+        write_netcdf(rfs.to_dataset(), source)
+        code, _, stderr = run_cli("metrics", source, "--out", out)
+        assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert "1 RF(s)" in stderr and "NaN or inf" in stderr and not out.exists()
+    flagged = rfs.assign_coords(responsive=("channel", [True, False]))
+    write_netcdf(flagged.to_dataset(), source)
+    code, _, stderr = run_cli("metrics", source, "--out", out)
+    assert code == 0, stderr
+    with xr.open_dataset(out, engine="h5netcdf") as ds:  # rf_class as CF flags: decode
+        assert list(metrics.decode_rf_class(ds).rf_class.values) == [
+            "center-surround",
+            "unresponsive",
+        ]
+
+
+def test_cli_metrics_on_a_folder_or_a_txt_output_says_what_is_wrong(tmp_path, run_cli):
+    """`metrics DIR` says DIR is a folder (not "no such file"); `--out x.txt` is refused."""
+    code, _, stderr = run_cli("metrics", tmp_path, "--out", tmp_path / "m.nc")
+    assert code == 2 and "is a folder" in stderr and "no such file" not in stderr
+    source = tmp_path / "rfs.nc"
+    write_netcdf(as_rfs([syn.dog()]).to_dataset(), source)
+    code, _, stderr = run_cli("metrics", source, "--out", tmp_path / "m.txt")
+    assert code == 2 and "must end in .nc" in stderr and not (tmp_path / "m.txt").exists()
+
+
 def test_cli_metrics_refuses_to_overwrite_its_input(tmp_path, run_cli):
     source = tmp_path / "rfs.nc"
     write_netcdf(as_rfs([syn.dog()]).to_dataset(), source)

@@ -219,7 +219,7 @@ def test_draf_config_of_the_penultimate_source_keeps_the_readout_full_rank():
         "data": {"rgb": True}})  # fmt: skip
     plan = layer_plan(cfg.model)
     assert plan["fc_5"] == ("raf", None)
-    from retina_raf.train import run_identity
+    from retina_raf.runs import run_identity
 
     identity = run_identity(cfg)
     assert identity["rule"] == "draf" and identity["rank"] == 10

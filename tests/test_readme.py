@@ -33,3 +33,25 @@ def test_reports_folder_is_tracked_with_its_readme():
                              cwd=ROOT, capture_output=True, text=True).stdout.split()  # fmt: skip
     if tracked:
         assert ignored == ["reports/demo/x.html"]
+
+
+def test_readme_pilot_findings_are_what_the_published_file_says():
+    """The published pilot (reports/pilot/trajectories.nc): the README's table is what
+    `retina-raf findings` computes from it, and every run trained on all 50,000 images of
+    the full grayscale CIFAR-10 with the epochs the table states."""
+    import yaml
+
+    from analysis.results import open_results
+    from analysis.trajectory import findings_table
+
+    with open_results(ROOT / "reports" / "pilot" / "trajectories.nc") as ds:
+        ds = ds.load()
+    table = findings_table(ds)
+    assert table in (ROOT / "README.md").read_text()
+    for run in range(ds.sizes["run"]):
+        config = yaml.safe_load(str(ds["config"].values[run]))
+        assert config["data"]["train_limit"] is None  # every training image
+        assert config["data"]["path"].endswith("cifar10_gray_uint8.npz")
+        assert config["train"]["retina_snapshots"]
+        epochs = ds["test_acc"].isel(run=run).dropna("epoch")["epoch"].values
+        assert list(epochs) == list(range(1, int(epochs.max()) + 1))  # every epoch recorded

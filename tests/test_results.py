@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import xarray as xr
 from test_train import tiny_config
 
 import analysis.rf
-from analysis.results import combine_runs, open_results, write_results
+from analysis.results import analyze_run, combine_runs, open_results, write_results
+from retina_raf import runs
 from retina_raf.errors import RunError
 from retina_raf.train import train
 
@@ -101,3 +103,36 @@ def test_results_index_runs_and_write_cf_netcdf(tmp_path):
         assert reopened.sel(preset="bp-bottleneck-2").sizes["run"] == 2
     with open_results([path, path]) as lazy:  # dask-backed (open_mfdataset)
         assert lazy.sizes["run"] == 16 and lazy.sel(preset="raf-r2").sizes["run"] == 4
+
+
+def test_extended_run_is_analyzed_again_not_paired_with_stale_rfs(tmp_path):
+    """Train 1 epoch, results, train to 2 epochs, results: the second results hold the RFs
+    of the 2-epoch weights (the cache is keyed on the SHA-256 of model.pt), not the cached
+    1-epoch RFs next to a 2-epoch history."""
+    out = tmp_path / "runs"
+    run_dir = train(tiny_config("raf-r2", epochs=1), out, log=lambda m: None)
+    first = combine_runs([run_dir], progress=False, **RF_OPTIONS)
+    train(tiny_config("raf-r2", epochs=2), out, log=lambda m: None)
+    second = combine_runs([run_dir], progress=False, **RF_OPTIONS)
+    fresh = analyze_run(run_dir, recompute=True, progress=False, **RF_OPTIONS)
+    assert first.sizes["epoch"] == 1 and second.sizes["epoch"] == 2
+    assert not first["rf"].equals(second["rf"])
+    assert second["rf"].isel(run=0).reset_coords(drop=True).equals(fresh["rf"])
+    cached = run_dir / "analysis" / "retina_2-actmax.nc"
+    with xr.open_dataset(cached, engine="h5netcdf") as ds:
+        assert ds.attrs["weights_sha256"] == runs.weights_digest(run_dir)
+
+
+def test_damaged_history_fails_before_any_rf_is_mapped(run_dirs, tmp_path, run_cli, monkeypatch):
+    """`results` over runs of which one has a damaged history.nc: one line naming it, exit 2,
+    no RF extracted and no output written (every run is checked first)."""
+    import shutil
+
+    broken = tmp_path / "runs" / "broken"
+    shutil.copytree(run_dirs[1], broken)
+    (broken / "history.nc").write_bytes(b"CDF\x01 not really")
+    monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("extracted"))
+    out = tmp_path / "results.nc"
+    code, _, err = run_cli("results", run_dirs[0], broken, "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "history.nc" in err and "broken" in err and not out.exists()

@@ -513,6 +513,14 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_run, tmp_path, run_cli, args, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_cli_rfs_out_must_be_netcdf(tiny_run, tmp_path, run_cli):
+    """`rfs --out x.txt` is refused before any work (it would write NetCDF under .txt)."""
+    code, _, err = run_cli("rfs", tiny_run, "--out", tmp_path / "x.txt", "--method", "gradient")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "must end in .nc" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_run_folder_without_model_exits_2(tmp_path, run_cli):
     """Claim: a run folder without model.pt (or no folder at all) is a one-line error, exit 2."""
     run_dir = tmp_path / "unfinished"
@@ -523,3 +531,60 @@ def test_cli_run_folder_without_model_exits_2(tmp_path, run_cli):
         assert code == 2
         assert len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "rfs.nc").exists()
+
+
+def test_actmax_best_start_is_not_blurred_by_starts_that_found_other_maxima():
+    """A unit with two maxima (response |<w, x>|, maximal at +w and at -w): starts climb to
+    either, so their mean blurs toward zero, while combine="best" returns one clean maximum."""
+
+    class TwoMaxima(nn.Module):
+        def __init__(self, kernel):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, kernel.shape[-1], padding=kernel.shape[-1] // 2,
+                                  bias=False)  # fmt: skip
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.stack([kernel, -kernel]).unsqueeze(1))
+            self.out = nn.Identity()
+
+        def forward(self, x):
+            return self.out(torch.relu(self.conv(x)).sum(1, keepdim=True))
+
+    torch.manual_seed(0)
+    kernel = torch.randn(7, 7)
+    model = TwoMaxima(kernel)
+    options = dict(n_starts=8, n_steps=40, progress=False, input_shape=(1, 15, 15))
+    best = extract_rfs(model, "out", "actmax", combine="best", **options)
+    mean = extract_rfs(model, "out", "actmax", combine="mean", **options)
+    target = torch.zeros(15, 15)
+    target[4:11, 4:11] = kernel
+
+    def similarity(rf) -> float:
+        rf = torch.as_tensor(rf.values[0])
+        return abs(float((rf * target).sum() / (rf.norm() * target.norm())))
+
+    def amplitude(rf) -> float:
+        return float(np.linalg.norm(rf.values[0]))
+
+    assert similarity(best) > 0.95  # one maximum, at full contrast (the sphere's norm)
+    assert amplitude(best) == pytest.approx(best.attrs["norm"], rel=1e-4)
+    assert amplitude(mean) < 0.8 * amplitude(best)  # +w and -w starts cancel in the mean
+
+
+def test_methods_agree_unit_by_unit_on_a_unit_that_is_linear_where_probed():
+    """Gradient, actmax and STA RFs of a unit that is linear over the probed inputs (a ReLU
+    kept active by a large bias) are all its kernel: method_agreement reports correlations
+    near +1 for every pair and flags every unit responsive."""
+    from analysis.rf import method_agreement
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 7, padding=3)
+    with torch.no_grad():
+        conv.bias.fill_(50.0)
+    model = nn.Sequential(conv, nn.ReLU())
+    agreement = method_agreement(
+        model, "1", input_shape=(1, 15, 15),
+        options={"actmax": {"n_starts": 2, "n_steps": 20}, "sta": {"n_samples": 4096}},
+    )  # fmt: skip
+    for pair in ("gradient_vs_actmax", "gradient_vs_sta", "actmax_vs_sta"):
+        assert (agreement[pair] > 0.95).all(), pair
+    assert agreement["responsive_actmax"].all()

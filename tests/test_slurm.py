@@ -17,8 +17,8 @@ import pytest
 import xarray as xr
 import yaml
 
-from retina_raf.config import dump_yaml, load_experiment
-from retina_raf.sweep import DONE_FILE, expand, run_dir
+from retina_raf.config import dump_yaml
+from retina_raf.sweep import DONE_FILE, expand, load_experiment, run_dir
 from retina_raf.train import load_trained
 
 REPO = Path(__file__).resolve().parents[1]

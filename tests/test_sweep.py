@@ -15,11 +15,12 @@ import pytest
 import xarray as xr
 import yaml
 
-from retina_raf.config import SlurmConfig, load_experiment
 from retina_raf.errors import ConfigError
 from retina_raf.sweep import (
     DONE_FILE,
+    SlurmConfig,
     expand,
+    load_experiment,
     lock_holder,
     run_dir,
     run_lock,
@@ -118,7 +119,8 @@ def test_smoke_file_is_tiny():
 
 def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     """The same grid written two ways gives the same ids, in any process; every run of a
-    grid has its own id; a changed setting changes the id; placement settings do not."""
+    grid has its own id; a changed setting changes the id; placement settings and the
+    number of epochs (more epochs extend a run) do not."""
     a = write_experiment(
         tmp_path / "a", presets=["bp", "raf-r4"], seeds=2, ranks=[None],
         overrides={"train": {"epochs": 3, "lr": 1e-3}}, grid={"model.n_bn": [8, 32]},
@@ -135,7 +137,7 @@ def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     assert first[0].startswith("bp-n_bn8-s0-") and first[-1].startswith("raf-r4-n_bn32-s1-")
 
     code = (
-        "import json, sys; from retina_raf.config import load_experiment;"
+        "import json, sys; from retina_raf.sweep import load_experiment;"
         "from retina_raf.sweep import expand;"
         "print(json.dumps([r.run_id for r in expand(load_experiment(sys.argv[1]))]))"
     )
@@ -149,11 +151,11 @@ def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     assert ids(plain) == ["bp-s0", "bp-s1"]  # nothing differs from the preset: no hash
     placed = write_experiment(
         tmp_path, "placed", presets=["bp"], seeds=2, data=str(tmp_path / "elsewhere.npz"),
-        overrides={"train": {"device": "cpu", "progress": False}},
+        overrides={"train": {"device": "cpu", "progress": False, "epochs": 4}},
     )  # fmt: skip
     assert ids(placed) == ["bp-s0", "bp-s1"]
     changed = write_experiment(tmp_path, "changed", presets=["bp"], seeds=2,
-                               overrides={"train": {"epochs": 4}})  # fmt: skip
+                               overrides={"train": {"lr": 0.001}})  # fmt: skip
     assert ids(changed)[0].startswith("bp-s0-") and ids(changed)[0] != ids(plain)[0]
 
 
@@ -238,7 +240,7 @@ def test_dry_run_lists_every_run_with_its_state(tmp_path, run_cli):
     out = tmp_path / "out"
     done, running, failed, interrupted, pending = expand(load_experiment(path))
     run_dir(out, done).mkdir(parents=True)
-    (run_dir(out, done) / DONE_FILE).write_text("finished\n")
+    (run_dir(out, done) / DONE_FILE).write_text("finished 1 epochs\n")
     run_dir(out, interrupted).mkdir()
     (run_dir(out, interrupted) / "checkpoint.pt").write_bytes(b"")
     (out / "logs").mkdir()
@@ -266,7 +268,7 @@ def test_lock_is_exclusive_and_released_when_its_holder_is_killed(tmp_path):
     (run,) = expand(load_experiment(path))
     out = tmp_path / "out"
     holder = (
-        "import sys, time; from retina_raf.config import load_experiment;"
+        "import sys, time; from retina_raf.sweep import load_experiment;"
         "from retina_raf.sweep import expand, run_lock;"
         "run = expand(load_experiment(sys.argv[1]))[0];"
         "ctx = run_lock(sys.argv[2], run); print(ctx.__enter__(), flush=True); time.sleep(600)"

@@ -9,12 +9,13 @@ import xarray as xr
 import retina_raf.train as train_module
 from retina_raf.config import parse_overrides, resolve_run_config
 from retina_raf.errors import RunError
-from retina_raf.train import load_trained, run_identity, train
+from retina_raf.train import load_trained, run_id, run_identity, train
 
 TINY_SETS = [
     "model.retina_channels=4", "model.n_bn=4", "model.vvs_channels=4", "model.vvs_layers=1",
     "model.kernel_size=5", "model.fc_units=16", "train.batch_size=50", "train.progress=false",
     "train.num_threads=1", "data.train_limit=200", "data.test_limit=100", "train.lr=0.001",
+    "train.checkpoint_every=1",
 ]  # fmt: skip
 
 
@@ -119,7 +120,7 @@ def test_killed_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path, log=lambda m: None)
-    run_dir = tmp_path / "raf-r2-s0"
+    run_dir = tmp_path / run_id(cfg)
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert len(state["history"]) == 1
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
@@ -142,7 +143,7 @@ def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path, monk
     monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
     with pytest.raises(RunError, match="diverged"):
         train(cfg, tmp_path, log=lambda m: None)
-    run_dir = tmp_path / "raf-r2-s0"
+    run_dir = tmp_path / run_id(cfg)
     assert len(torch.load(run_dir / "checkpoint.pt", weights_only=False)["history"]) == 1
     assert not (run_dir / "DONE").exists()
 
@@ -154,7 +155,7 @@ def test_cli_trains_and_reports(tmp_path, run_cli):
             "--device", "cpu", *sets]  # fmt: skip
     code, out, err = run_cli(*args)
     assert code == 0, err
-    assert out.strip().endswith("bp-bottleneck-2-s0")
+    assert out.strip().split("/")[-1].startswith("bp-bottleneck-2-s0-")  # + settings hash
     assert "epoch 1/1" in err
     code, out, err = run_cli(*args)
     assert code == 0 and "already finished" in err

@@ -137,7 +137,14 @@ def plot_rf_montage(
     # bottleneck) does not blow one RF up to the journal width
     cell_mm = (width_mm(width) - colorbar_mm) / max(ncols, 8)
     image_width_mm = cell_mm * ncols * image.shape[1] / (image.shape[1] - pad)
-    fig_width = max(image_width_mm + colorbar_mm, 45.0 if title else 30.0)
+    # a narrow montage (one RF) must still hold its title: about 0.6 em per character
+    with paper_style():
+        title_pt = matplotlib.font_manager.FontProperties(
+            size=matplotlib.rcParams["figure.titlesize"]
+        ).get_size_in_points()
+    longest = max((len(line) for line in (title or "").splitlines()), default=0)
+    title_width_mm = 0.6 * title_pt * 25.4 / 72 * longest + 4.0
+    fig_width = max(image_width_mm + colorbar_mm, title_width_mm if title else 30.0, 30.0)
     image_mm = image_width_mm * image.shape[0] / image.shape[1]
     height = image_mm + title_mm + footer_mm + 2.0
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")

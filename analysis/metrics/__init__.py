@@ -241,8 +241,16 @@ def _apply(rfs, names, core, **kwargs) -> xr.Dataset:
 
 
 def load_rfs(path) -> xr.DataArray:
-    """The DataArray "rf" of a NetCDF file (loaded into memory), or a one-line DataError."""
+    """The DataArray "rf" of a NetCDF file (loaded into memory), or a one-line DataError.
+
+    An RF holding NaN or inf is refused unless it is flagged ``responsive=False``: in a
+    metrics run it would silently count as unresponsive while its flag says otherwise.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder, not an RFs NetCDF file (for a run folder: retina-raf rfs {path})"
+        )
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
@@ -260,11 +268,27 @@ def load_rfs(path) -> xr.DataArray:
                 and set(flag.dims) <= set(rf.dims)
             ):
                 rf = rf.assign_coords(responsive=flag.load())
-            return rf
     except DataError:
         raise
     except Exception as exc:  # h5py/h5netcdf raise many types for a file that is not NetCDF
         raise DataError(f"{path} is not a readable NetCDF file ({type(exc).__name__})") from exc
+    _check_finite_where_responsive(rf, path)
+    return rf
+
+
+def _check_finite_where_responsive(rf: xr.DataArray, path) -> None:
+    pixels = [d for d in RF_DIMS[1:] if d in rf.dims]
+    if not pixels or not np.issubdtype(rf.dtype, np.number):
+        return  # the metrics' own input checks say what is wrong
+    bad = ~np.isfinite(rf).all(pixels)
+    if "responsive" in rf.coords:
+        bad = bad & rf["responsive"].astype(bool)
+    n_bad = int(bad.sum())
+    if n_bad:
+        raise DataError(
+            f"{path}: {n_bad} RF(s) not flagged unresponsive hold NaN or inf values "
+            "(re-extract them, or set their `responsive` flag to False)"
+        )
 
 
 def _check_rfs(rfs) -> xr.DataArray:

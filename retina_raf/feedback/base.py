@@ -73,7 +73,12 @@ class FeedbackMixin:
         )
         if self.track_error_covariance:
             self.register_buffer("error_covariance", torch.eye(error_channels, **factory))
-        self._covariance_updates = 0
+        # A tensor, not a Python int: the backward pass increments it in place, which neither
+        # syncs a GPU nor splits a torch.compile graph. Not persistent: the state_dict keeps
+        # it as extra state (an int), as it always has.
+        self.register_buffer(
+            "covariance_updates", torch.zeros((), dtype=torch.long, device=device), persistent=False
+        )
         self.reset_feedback_parameters()
 
     def reset_feedback_parameters(self) -> None:
@@ -86,7 +91,7 @@ class FeedbackMixin:
                 kaiming_uniform_(self.p, self.error_channels)
             if self.track_error_covariance:
                 self.error_covariance.copy_(torch.eye(self.error_channels))
-        self._covariance_updates = 0
+            self.covariance_updates.zero_()
 
     @property
     def rule(self) -> str:
@@ -105,25 +110,31 @@ class FeedbackMixin:
         """Update the covariance average with an error batch (N, m) or (b, m, H, W)."""
         if not self.track_error_covariance:
             return
+        if torch.compiler.is_compiling() and self.p_rule != "pca":
+            # A buffer updated inside a traced backward is a side effect that splits the graph
+            # at every feedback layer: compiled training skips this diagnostic average (the
+            # PCA rule needs it, so under compile it keeps it and its graph breaks).
+            return
         with torch.no_grad():
             batch_covariance = error_covariance(delta).to(self.error_covariance.dtype)
             # The average starts at I (trace-normalized like every batch term): adding a
             # multiple of I leaves the eigenvectors, hence P and the principal angles, unchanged.
             self.error_covariance.lerp_(batch_covariance, 1.0 - self.covariance_momentum)
-            if self.p_rule == "pca" and self._covariance_updates % self.pca_interval == 0:
+            # reading the counter syncs; only the PCA rule needs it (every pca_interval steps)
+            if self.p_rule == "pca" and int(self.covariance_updates) % self.pca_interval == 0:
                 # A diverged run (non-finite error) keeps its P; the training loop reports it.
                 if torch.isfinite(self.error_covariance).all():
                     top = top_eigenvectors(self.error_covariance, self.feedback_rank)
                     self.p.copy_(top.to(self.p.dtype))
-            self._covariance_updates += 1
+            self.covariance_updates += 1
 
     # The update counter decides when "pca" recomputes P: keep it in the state_dict so a
     # resumed run recomputes at the same steps as an uninterrupted one.
     def get_extra_state(self) -> dict:
-        return {"covariance_updates": self._covariance_updates}
+        return {"covariance_updates": int(self.covariance_updates)}
 
     def set_extra_state(self, state: dict) -> None:
-        self._covariance_updates = int(state["covariance_updates"])
+        self.covariance_updates.fill_(int(state["covariance_updates"]))
 
     def _feedback_repr(self) -> str:
         return (

@@ -138,7 +138,7 @@ class RAFConv2dFFTFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = grad_q = grad_p = None
         with no_autocast(grad_output.device.type):
             delta = grad_output
-            p = layer.p.to(fftconv._compute_dtype(delta))
+            p = layer.p.to(fftconv.compute_dtype(delta))
             if need_b:
                 grad_b = delta.sum((0, 2, 3)).to(ctx.dtypes[1])
             if need_w or need_q or need_x:

@@ -175,7 +175,9 @@ def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) ->
         p = p.detach().to(p_rows.dtype)
         gradient = p_rows.t().mm(torch.addmm(d_rows, p_rows, p, beta=-1))
         return gradient.mul_(channels).div_(squared_norm(delta)).to(p_dtype)
-    pc = _accurate(channel_gram(p_delta, delta))  # unnormalized P C, (r, m)
+    pc = channel_gram(
+        _accurate(p_delta), _accurate(delta)
+    )  # unnormalized P C, (r, m); fp32 under bf16
     p = p.detach().to(pc.dtype)
     gradient = torch.addmm(pc, pc.mm(p.t()), p, beta=-1)  # (P C P^T) P - P C
     # multiply, then divide: a zero error (a silent layer) must give 0, not 0 * (m / tiny) = NaN
@@ -184,7 +186,8 @@ def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) ->
 
 def error_covariance(delta: torch.Tensor) -> torch.Tensor:
     """Trace-normalized covariance (m, m) of an error batch (N, m) or (b, m, H, W)."""
-    gram = _accurate(channel_gram(delta, delta))
+    accurate = _accurate(delta)  # bf16 errors: the Gram matrix is accumulated in float32
+    gram = channel_gram(accurate, accurate)
     return gram.mul_(delta.shape[1]).div_(squared_norm(delta))  # 0 for a zero error, not NaN
 
 

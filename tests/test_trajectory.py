@@ -1,0 +1,144 @@
+"""RFs through training (analysis.trajectory): retina snapshots and the RFs mapped from them.
+
+Claims: a run with ``train.retina_snapshots`` keeps the retina's weights at its init and after
+every epoch (only retina_1 and retina_2); a snapshot loaded into a model of the run's config
+gives the RFs of the trained model at that epoch; runs with different widths combine into one
+results-style file that the ``rf_trajectory`` notebook renders.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_train import tiny_config
+
+from analysis.rf import extract_rfs
+from analysis.trajectory import combine_trajectories, rf_trajectory, trajectory_summary
+from retina_raf import runs
+from retina_raf.errors import DataError, RunError
+from retina_raf.train import train
+
+SNAPSHOTS = ("train.retina_snapshots=true",)
+RF_OPTIONS = {"method": "gradient", "base": "gray", "gray_level": 0.5}
+
+
+@pytest.fixture(scope="module")
+def snapshot_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return [  # the tiny settings set n_bn=4: the bottleneck run sets its own again
+        train(
+            tiny_config(preset, epochs=2, extra=(*SNAPSHOTS, f"model.n_bn={n_bn}")),
+            out,
+            log=lambda m: None,
+        )  # fmt: skip
+        for preset, n_bn in (("bp", 4), ("bp-bottleneck-2", 2))
+    ]
+
+
+def test_snapshots_hold_the_retina_at_init_and_after_every_epoch(snapshot_runs):
+    """Epochs 0 (init), 1 and 2; keys of retina_1 and retina_2 only; the last one equals the
+    final model's retina."""
+    run_dir = snapshot_runs[0]
+    assert sorted(runs.retina_snapshots(run_dir)) == [0, 1, 2]
+    last = runs.load_retina_snapshot(run_dir, 2)
+    assert {k.split(".")[1] for k in last} == {"retina_1", "retina_2"}
+    final = torch.load(run_dir / "model.pt", weights_only=False)["model"]
+    for key, value in last.items():
+        assert torch.equal(value, final[key])
+    assert not torch.equal(runs.load_retina_snapshot(run_dir, 0)[key], value)
+
+
+def test_trajectory_at_the_last_epoch_is_the_trained_models_rfs(snapshot_runs):
+    """rf_trajectory's RFs at the final epoch equal extract_rfs on the finished run."""
+    run_dir = snapshot_runs[0]
+    ds = rf_trajectory(run_dir, **RF_OPTIONS)
+    assert dict(ds["rf"].sizes) == {"epoch": 3, "channel": 4, "y": 32, "x": 32}
+    assert {"symmetry", "osi", "rf_class", "responsive", "test_acc"} <= set(ds.variables)
+    assert ds["test_acc"].sel(epoch=0).isnull() and ds["test_acc"].sel(epoch=2).notnull()
+    expected = extract_rfs(run_dir, "retina_2", progress=False, **RF_OPTIONS)
+    torch.testing.assert_close(
+        torch.as_tensor(ds["rf"].sel(epoch=2).values), torch.as_tensor(expected.values)
+    )
+
+
+def test_combined_trajectories_pad_narrow_runs_and_summarize_per_epoch(snapshot_runs):
+    """bp (4 channels) and bp-bottleneck-2 (2 channels) stack along run; the padding is not
+    present, has class "" and is not counted as a unit in the summary; the RF methods'
+    agreement at the last epoch comes along per unit."""
+    ds = combine_trajectories(snapshot_runs, agreement=True, **RF_OPTIONS)
+    assert ds.sizes["run"] == 2 and ds.sizes["channel"] == 4
+    assert ds["gradient_vs_actmax"].dims == ("run", "channel") and ds.attrs["agreement_epoch"] == 2
+    assert ds["gradient_vs_actmax"].isel(run=1, channel=[2, 3]).isnull().all()  # padding
+    assert ds["present"].sum("channel").values.tolist() == [4, 2]
+    assert set(ds["rf_class"].isel(run=1, channel=[2, 3]).values.ravel()) == {""}
+    summary = trajectory_summary(ds)
+    assert (summary["n_responsive"].isel(run=1) <= 2).all()
+    assert summary["fraction_center_surround"].dims == ("run", "epoch")
+
+
+def test_trajectory_cli_writes_a_results_file_the_notebook_renders(snapshot_runs, tmp_path,
+                                                                   run_cli):  # fmt: skip
+    """`retina-raf trajectory RUNS --out X.nc` then the rf_trajectory report: curves and
+    montages exported as panels."""
+    from analysis.report import run_report
+    from analysis.results import open_results
+
+    out = tmp_path / "trajectories.nc"
+    code, stdout, err = run_cli("trajectory", *map(str, snapshot_runs), "--out", str(out),
+                                "--base", "gray")  # fmt: skip
+    assert code == 0, err
+    assert "epoch   2" in stdout and out.exists()
+    with open_results(out) as ds:
+        assert ds.sizes["run"] == 2 and list(ds["preset"].values) == ["bp", "bp-bottleneck-2"]
+    html = run_report("notebooks/rf_trajectory.ipynb", {"trajectories": str(out)},
+                      out_dir=tmp_path / "reports")  # fmt: skip
+    figures = html.parent / "figures"
+    assert (figures / "trajectory_curves.png").exists()
+    assert len(list(figures.glob("rfs_*_epoch002.png"))) == 2
+
+
+def test_trajectory_refuses_what_it_cannot_map(snapshot_runs, tmp_path, run_cli):
+    """A layer outside the retina, a run without snapshots, a missing epoch: one-line errors."""
+    with pytest.raises(DataError, match="retina_1, retina_2"):
+        rf_trajectory(snapshot_runs[0], layer="vvs_1")
+    plain = train(tiny_config("bp", epochs=1), tmp_path, log=lambda m: None)
+    with pytest.raises(RunError, match="no retina snapshots"):
+        rf_trajectory(plain)
+    with pytest.raises(RunError, match="epoch"):
+        rf_trajectory(snapshot_runs[0], epochs=[7])
+    code, _, err = run_cli("trajectory", str(plain), "--out", str(tmp_path / "x.nc"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_demo_renders_published_trajectories_and_skips_missing_ones(snapshot_runs, tmp_path):
+    """render_published (what `make demo` adds): a committed trajectories file becomes the
+    rf_trajectory report under <reports>/<name>/; a missing one is skipped with a note."""
+    from analysis.pipeline import render_published
+    from analysis.results import write_results
+
+    source = write_results(combine_trajectories(snapshot_runs, **RF_OPTIONS),
+                           tmp_path / "trajectories.nc")  # fmt: skip
+    notes = []
+    published = [
+        ("pilot", "rf_trajectory", "trajectories", str(source)),
+        ("gone", "rf_trajectory", "trajectories", str(tmp_path / "missing.nc")),
+    ]
+    paths = render_published(tmp_path / "reports", published, log=notes.append)
+    assert set(paths) == {"pilot"}
+    assert paths["pilot"] == tmp_path / "reports" / "pilot" / "pilot.html"
+    assert (tmp_path / "reports" / "pilot" / "figures" / "trajectory_curves.pdf").is_file()
+    assert any("missing.nc not found" in note for note in notes)
+
+
+def test_trajectory_maps_each_snapshot_once(snapshot_runs, monkeypatch):
+    """RFs of a snapshot are cached under a key of its bytes and the options: a second call
+    (a run that grew by an epoch maps only the new one) extracts nothing and gives the same."""
+    import analysis.rf
+
+    options = {**RF_OPTIONS, "method": "actmax", "n_starts": 2, "n_steps": 3}
+    rf_trajectory(snapshot_runs[1], epochs=[0, 1], **options)  # epoch 2 not yet mapped
+    first = rf_trajectory(snapshot_runs[1], **options)  # cached and fresh epochs together
+    monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("recomputed"))
+    again = rf_trajectory(snapshot_runs[1], **options)
+    assert again["rf"].equals(first["rf"]) and again["rf_class"].equals(first["rf_class"])
