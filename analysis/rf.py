@@ -643,6 +643,15 @@ def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> lis
             min(cx + half + 1, width)]  # fmt: skip
 
 
+def rf_correlation(first: xr.DataArray, second: xr.DataArray) -> xr.DataArray:
+    """Pearson correlation over pixels (``y``, ``x``) of two RF maps of the same units, e.g.
+    (channel, y, x) -> (channel); NaN where either is flat (an unresponsive unit)."""
+    x, y = (rf.reset_coords(drop=True) for rf in (first, second))
+    x, y = x - x.mean(("y", "x")), y - y.mean(("y", "x"))
+    norm = np.sqrt((x**2).sum(("y", "x")) * (y**2).sum(("y", "x")))
+    return (x * y).sum(("y", "x")) / norm.where(norm > 0)
+
+
 def method_agreement(
     model: nn.Module,
     layer: str,
@@ -672,10 +681,7 @@ def method_agreement(
     for i, a in enumerate(methods):
         out[f"responsive_{a}"] = rfs[a]["responsive"].reset_coords(drop=True)
         for b in methods[i + 1 :]:
-            x, y = (rfs[m].reset_coords(drop=True) for m in (a, b))
-            x, y = x - x.mean(("y", "x")), y - y.mean(("y", "x"))
-            norm = np.sqrt((x**2).sum(("y", "x")) * (y**2).sum(("y", "x")))
-            out[f"{a}_vs_{b}"] = ((x * y).sum(("y", "x")) / norm.where(norm > 0)).assign_attrs(
+            out[f"{a}_vs_{b}"] = rf_correlation(*(rfs[m] for m in (a, b))).assign_attrs(
                 long_name=f"Pearson correlation of the {a} and {b} RFs", units="1"
             )
     out.attrs.update({"layer": layer, "methods": list(methods)})

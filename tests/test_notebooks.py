@@ -211,3 +211,26 @@ def test_bad_metric_fails_in_the_first_cell_with_a_clear_message(results_file, t
     assert "\n" not in message
     assert (tmp_path / "reports" / "compare_ranks" / "FAILED").is_file()
     assert not figures.exists()
+
+
+@pytest.mark.slow
+def test_reports_of_a_two_method_file_show_the_method_asked_for(tmp_path):
+    """A published results file with actmax and gradient RFs (reports/cpu_fig4/results.nc):
+    rf_atlas renders either method's RFs, the first by default."""
+    from analysis.results import stack_methods
+
+    gradient = make_results(seed=1).assign_attrs(rf_method="gradient")
+    both = write_results(stack_methods([make_results(), gradient]), tmp_path / "both.nc")
+    for method, shown in ((None, "actmax"), ("gradient", "gradient")):
+        html = run_report(
+            NOTEBOOKS / "rf_atlas.ipynb",
+            {
+                "results": str(both),
+                "method": method,
+                "figures_dir": str(tmp_path / "f"),
+                "max_rfs": 2,
+            },  # fmt: skip
+            tmp_path / "reports",
+            name=f"atlas_{shown}",
+        )
+        assert f"layer retina_2 RFs mapped by {shown}" in html.read_text()

@@ -431,6 +431,7 @@ def export_paper_panels(
     out_dir: str | Path = "reports/figures",
     dpi: int = 300,
     formats: Sequence[str] = PANEL_FORMATS,
+    method: str | None = None,
 ) -> list[Path]:
     """Export every paper panel the results provide (PDF, SVG, PNG each) into ``out_dir``.
 
@@ -438,18 +439,19 @@ def export_paper_panels(
     for symmetry, OSI and orientedness and, with bottleneck runs, ``<metric>_vs_nbn``,
     ``fraction_center_surround``, ``learning_curves`` and ``alignment``. A panel whose data
     the file lacks (e.g. no BP runs) is skipped with a :class:`PanelSkipped` warning.
+    ``method``: the RF method of a file that holds several (None: its first).
     Returns the written files.
     """
     unknown = [fmt for fmt in formats if fmt not in PANEL_FORMATS]
     if unknown:  # checked before drawing anything
         raise ConfigError(f"unknown panel format(s) {unknown}; choose from {PANEL_FORMATS}")
-    if isinstance(results_path, xr.Dataset):
-        results = results_path
-    else:
-        from analysis.results import open_results
+    from analysis.results import open_results, select_method
 
+    if isinstance(results_path, xr.Dataset):
+        results = select_method(results_path, method)
+    else:
         with open_results(results_path) as opened:
-            results = opened.load()
+            results = select_method(opened.load(), method)
     written = []
     for name, draw in paper_panels(results):
         try:
