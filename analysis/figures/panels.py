@@ -394,6 +394,37 @@ def plot_alignment(results: xr.Dataset, max_columns: int = 4):
 
 
 # --------------------------------------------------------------------------- all panels
+def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
+    """Whether Oja's rule found the error's top subspace: the largest principal angle
+    (degrees) between the rows of ``layer``'s P and the top-r eigenvectors of the moving
+    average of its error covariance, over training, for the runs whose P has rank below the
+    layer's width (RAF at low rank; at full rank the angle is 0 by construction).
+
+    Per condition the mean over seeds and the range (band); 0 = P spans the top-r error
+    subspace, 90 = some direction of P is orthogonal to it. Single column; returns the figure.
+    """
+    require(results, ["principal_angle_max_rad"], "the subspace-angle panel")
+    angle = np.degrees(results["principal_angle_max_rad"].sel(layer=layer))
+    angle = angle.transpose("run", "epoch")
+    low_rank = np.asarray(results["rank"].values) < np.asarray(results["n_bn"].values)
+    angle = angle.where(xr.DataArray(low_rank & (run_coord(results, "rule") == "raf"),
+                                     dims="run"))  # fmt: skip
+    if not np.isfinite(angle.values).any():
+        raise DataError(f"no low-rank RAF run with a principal angle at {layer}")
+    epochs = np.asarray(results["epoch"].values)
+    with paper_style():
+        fig, ax = new_figure("single", height_mm=55.0)
+        _mean_and_band(ax, epochs, _condition_runs(results, angle), angle.values)
+        ax.set_ylim(0, 93)
+        ax.set_yticks([0, 30, 60, 90])
+        ax.axhline(90, color="0.6", lw=0.5, ls=(0, (2, 2)), zorder=0)
+        _epoch_axis(ax, epochs)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(f"Largest principal angle,\nP vs top error subspace ({layer}, \u00b0)")
+        ax.legend(loc="upper right", title="Condition")
+    return fig
+
+
 def paper_panels(results: xr.Dataset, full_width: int = FULL_WIDTH):
     """(panel name, function drawing it) for every paper panel the dataset can provide.
 
@@ -423,6 +454,8 @@ def paper_panels(results: xr.Dataset, full_width: int = FULL_WIDTH):
         panels.append(("learning_curves", lambda: plot_learning_curves(results)))
     if "alignment_deg" in results:
         panels.append(("alignment", lambda: plot_alignment(results)))
+    if "principal_angle_max_rad" in results:
+        panels.append(("subspace_angle", lambda: plot_subspace_angle(results)))
     return panels
 
 
