@@ -357,9 +357,10 @@ def findings_markdown(
     """The findings of a results dataset as Markdown (what the README quotes): per condition,
     the mean ± s.d. over seeds of the test accuracy, the responsive units and each metric,
     with, where the file has them, the largest principal angle (degrees) between the retina's
-    feedback projection P (``vvs_1``) and the error's top subspace at the last epoch, and the
-    median per-unit correlation of two RF methods; then the tests between feedback ranks and
-    between bottleneck widths (Kruskal-Wallis p, significant Holm-corrected pairs).
+    feedback projection P (``vvs_1``) and the error's top subspace at the last epoch (low-rank
+    RAF only: at full rank it is 0 by construction), and the median per-unit correlation of
+    two RF methods; then the tests between feedback ranks and between bottleneck widths
+    (Kruskal-Wallis p, significant Holm-corrected pairs).
 
     ``results``: a single-method view (:func:`analysis.results.select_method`), except that
     the ``<a>_vs_<b>`` correlations of a two-method file may be passed along in it."""
@@ -384,8 +385,8 @@ def findings_markdown(
         cells.append(_mean_sd(runs["n_units"], 1) + f" of {int(runs['n_bn'].iloc[0])}")
         cells += [_mean_sd(runs[m]) for m in metrics]
         if has_angle:
-            cells.append(_mean_sd(runs["angle"], 0) if (runs["rule"] == "raf").any()
-                         else "\u2013")  # fmt: skip
+            low_rank = ((runs["rule"] == "raf") & (runs["rank"] < runs["n_bn"])).any()
+            cells.append(_mean_sd(runs["angle"], 0) if low_rank else "\u2013")  # full rank: 0
         cells += [_mean_sd(runs[p]) for p in pairs]
         lines.append("| " + " | ".join(cells) + " |")
     tests = [
