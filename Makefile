@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format sample bench gpu-data clean
+.PHONY: install demo test lint format sample bench gpu-data publish clean
 
 install: $(STAMP)
 
@@ -49,6 +49,26 @@ gpu-data: install
 	mkdir -p data/full benchmarks/wheels
 	cp $(dir $(CIFAR))cifar10_gray_uint8.npz data/full/
 	$(PY) -m pip download --quiet --no-deps --dest benchmarks/wheels h5netcdf
+
+# Publish an experiment's finished runs under reports/$(EXPERIMENT)/ (DESIGN.md 12): the results
+# file (retina_2 RFs by actmax and by gradient), the README's findings table, the executed
+# compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4 (issue 15):
+#   make publish EXPERIMENT=cpu_fig4 RUNS=/scratch/runs/cpu_fig4
+EXPERIMENT ?= cpu_fig4
+RUNS ?= runs/$(EXPERIMENT)
+PUBLISHED := reports/$(EXPERIMENT)
+publish: install
+	$(VENV)/bin/retina-raf results $(RUNS) --method actmax --method gradient \
+		--out $(PUBLISHED)/results.nc
+	$(VENV)/bin/retina-raf findings $(PUBLISHED)/results.nc > $(PUBLISHED)/.findings.md.tmp
+	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
+	$(VENV)/bin/retina-raf report notebooks/compare_ranks.ipynb -p results $(PUBLISHED)/results.nc \
+		--out $(PUBLISHED)
+	$(VENV)/bin/retina-raf report notebooks/rf_atlas.ipynb -p results $(PUBLISHED)/results.nc \
+		--out $(PUBLISHED)
+	$(VENV)/bin/retina-raf report notebooks/training.ipynb -p results $(PUBLISHED)/results.nc \
+		--out $(PUBLISHED)
+	$(VENV)/bin/retina-raf figures $(PUBLISHED)/results.nc --out $(PUBLISHED)/figures
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -34,7 +34,11 @@ DEMO_REPORTS = ("compare_ranks", "rf_atlas")
 # runs, so that a new user sees RFs of networks trained on the full data set:
 # (report name, notebook, parameter name, results file relative to the project).
 PROJECT = Path(__file__).resolve().parent.parent
-PUBLISHED = (("pilot", "rf_trajectory", "trajectories", "reports/pilot/trajectories.nc"),)
+PUBLISHED = (
+    ("pilot", "rf_trajectory", "trajectories", "reports/pilot/trajectories.nc"),
+    ("cpu_fig4_compare_ranks", "compare_ranks", "results", "reports/cpu_fig4/results.nc"),
+    ("cpu_fig4_rf_atlas", "rf_atlas", "results", "reports/cpu_fig4/results.nc"),
+)
 
 
 def run_demo(

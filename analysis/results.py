@@ -13,6 +13,12 @@ along a ``run`` dimension::
             diagnostics (run, epoch, layer): alignment_deg ...
     attrs   rf_layer, rf_method, rf options, package version, git commit, date
 
+One file can hold the RFs of several methods (:func:`stack_methods`, ``retina-raf results
+--method actmax --method gradient``): then what depends on the RFs (rf, rf_spread,
+responsive, the metrics) has a leading ``method`` dimension, ``<a>_vs_<b>`` (run, channel)
+is the per-unit correlation of two methods' RFs, and :func:`load_results` (``method=``)
+or :func:`select_method` gives the single-method view the notebooks and panels read.
+
 On disk (:func:`write_results`) the file follows CF: ``Conventions``, UDUNITS units,
 ``rf_class`` as ``flag_values``/``flag_meanings``; :func:`open_results` restores the class
 names and the run indexes. Metrics of dask-backed RFs stay lazy (``analysis.metrics``).
@@ -211,6 +217,88 @@ def combine_runs(
     return index_run_coords(combined)
 
 
+def _json_attr(value):
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def stack_methods(parts: Sequence[xr.Dataset]) -> xr.Dataset:
+    """The results of the same runs by several RF methods, as one dataset.
+
+    Args:
+        parts: :func:`combine_runs` datasets of the same runs (same ``run_id`` order), one per
+            method (attribute ``rf_method``), e.g. actmax and gradient.
+
+    Returns:
+        Dataset with a ``method`` dimension (in the order given) on every variable that has
+        a ``channel`` dimension (rf, rf_spread, responsive, activation, the metrics), except
+        ``present``; histories, diagnostics and configs once. Per pair of methods,
+        ``<a>_vs_<b>`` (run, channel): Pearson correlation of the two RFs over pixels (NaN
+        where either is flat). Attributes ``rf_methods`` and ``rf_options_by_method`` (JSON:
+        each method's ``rf_*`` and threshold attributes, restored by :func:`select_method`).
+
+    Raises:
+        DataError: fewer than two parts, a method twice, or parts of different runs.
+    """
+    from analysis.rf import rf_correlation
+
+    methods = [str(part.attrs.get("rf_method", "")) for part in parts]
+    if len(parts) < 2 or len(set(methods)) != len(methods) or "" in methods:
+        raise DataError(
+            f"stack_methods needs results of two or more distinct methods, got {methods}"
+        )
+    run_ids = [list(part["run_id"].values) for part in parts]
+    if any(ids != run_ids[0] for ids in run_ids):
+        raise DataError("the results to stack are not of the same runs in the same order")
+    per_method = [str(v) for v, var in parts[0].data_vars.items()
+                  if "channel" in var.dims and v != "present"]  # fmt: skip
+    options = {m: {k: _json_attr(v) for k, v in part.attrs.items()
+                   if k.startswith(("rf_", "threshold", "classification"))}
+               for m, part in zip(methods, parts, strict=True)}  # fmt: skip
+    stacked = xr.concat(
+        [part.drop_indexes([n for n in RUN_COORDS if n in part.xindexes]) for part in parts],
+        dim=xr.DataArray(methods, dims="method", name="method"),
+        data_vars=per_method,
+        coords="minimal",
+        compat="override",
+        join="outer",
+        combine_attrs="override",
+    )
+    for i, first in enumerate(methods):
+        for second in methods[i + 1 :]:
+            stacked[f"{first}_vs_{second}"] = rf_correlation(
+                parts[i]["rf"], parts[methods.index(second)]["rf"]
+            ).assign_attrs(long_name=f"Pearson correlation of the {first} and {second} RFs",
+                           units="1")  # fmt: skip
+    common = {k: v for k, v in parts[0].attrs.items() if not k.startswith("rf_")}
+    layer = parts[0].attrs.get("rf_layer", "")
+    stacked.attrs = {**common, "rf_layer": layer, "rf_methods": methods,
+                     "rf_options_by_method": json.dumps(options)}  # fmt: skip
+    return index_run_coords(stacked)
+
+
+def select_method(ds: xr.Dataset, method: str | None = None) -> xr.Dataset:
+    """The single-method view of a results dataset: ``method`` of a :func:`stack_methods`
+    file (None: its first), with that method's attributes; a single-method file is returned
+    as it is (``method``, if given, must be its ``rf_method``).
+
+    Raises:
+        DataError: the file has no RFs by ``method``.
+    """
+    if "method" not in ds.dims:
+        if method is not None and method != ds.attrs.get("rf_method", method):
+            raise DataError(f"these results hold RFs by {ds.attrs['rf_method']}, not {method}")
+        return ds
+    methods = [str(m) for m in ds["method"].values]
+    method = methods[0] if method is None else method
+    if method not in methods:
+        raise DataError(f"no RFs by {method!r} in these results; they hold {', '.join(methods)}")
+    out = ds.sel({"method": method}, drop=True)  # not sel(method=...): a keyword of sel
+    options = json.loads(ds.attrs["rf_options_by_method"])[method]
+    kept = {k: v for k, v in ds.attrs.items() if k not in ("rf_methods", "rf_options_by_method")}
+    out.attrs = {**kept, **options, "rf_method": method, "rf_methods_in_file": methods}
+    return out
+
+
 def write_results(ds: xr.Dataset, path: str | Path) -> Path:
     """Write a results (or metrics) dataset to NetCDF atomically (h5netcdf), the CF way:
     a ``Conventions`` attribute, coordinates with ``long_name`` (and UDUNITS ``units``),
@@ -223,6 +311,10 @@ def write_results(ds: xr.Dataset, path: str | Path) -> Path:
         if name in ds.coords:
             ds[name].attrs = {**attrs, **ds[name].attrs}
     ds.attrs = {"Conventions": CONVENTIONS, **ds.attrs}
+    ds = ds.copy()  # new variables: the caller's encodings stay as they were
+    for name, var in ds.data_vars.items():  # bottlenecked runs' RF maps are mostly NaN padding
+        if var.ndim >= 2 and np.issubdtype(var.dtype, np.number):
+            ds[name].encoding = {**var.encoding, "zlib": True, "complevel": 4}
     return write_netcdf(ds, path)
 
 
@@ -256,6 +348,7 @@ def load_results(
     metrics: Sequence[str] | str = (),
     require: Sequence[str] = (),
     history: Sequence[str] | str = (),
+    method: str | None = None,
 ) -> xr.Dataset:
     """Open a results file into memory and check it has what a notebook asks for.
 
@@ -267,6 +360,8 @@ def load_results(
         require: other variables that must be present (``rf``, ``rf_class``, ...).
         history: per-epoch variables to be plotted: numeric ``(run, epoch)`` variables
             (``train_loss``, ``test_acc``, ...); one name or a list.
+        method: the RF method, for a file that holds several (:func:`select_method`; None:
+            the first).
 
     Raises:
         DataError: a missing or unreadable file, an empty one, an unknown metric or a
@@ -283,7 +378,7 @@ def load_results(
     names = names_of(metrics, "metrics")
     history_names = names_of(history, "history variables")
     with open_results(path) as opened:
-        ds = opened.load()
+        ds = select_method(opened.load(), method)
     if ds.sizes["run"] == 0:
         raise DataError(f"{path} holds no runs")
     per_unit = [

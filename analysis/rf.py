@@ -643,6 +643,15 @@ def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> lis
             min(cx + half + 1, width)]  # fmt: skip
 
 
+def rf_correlation(first: xr.DataArray, second: xr.DataArray) -> xr.DataArray:
+    """Pearson correlation over pixels (``y``, ``x``) of two RF maps of the same units, e.g.
+    (channel, y, x) -> (channel); NaN where either is flat (an unresponsive unit)."""
+    x, y = (rf.reset_coords(drop=True) for rf in (first, second))
+    x, y = x - x.mean(("y", "x")), y - y.mean(("y", "x"))
+    norm = np.sqrt((x**2).sum(("y", "x")) * (y**2).sum(("y", "x")))
+    return (x * y).sum(("y", "x")) / norm.where(norm > 0)
+
+
 def method_agreement(
     model: nn.Module,
     layer: str,
@@ -672,13 +681,53 @@ def method_agreement(
     for i, a in enumerate(methods):
         out[f"responsive_{a}"] = rfs[a]["responsive"].reset_coords(drop=True)
         for b in methods[i + 1 :]:
-            x, y = (rfs[m].reset_coords(drop=True) for m in (a, b))
-            x, y = x - x.mean(("y", "x")), y - y.mean(("y", "x"))
-            norm = np.sqrt((x**2).sum(("y", "x")) * (y**2).sum(("y", "x")))
-            out[f"{a}_vs_{b}"] = ((x * y).sum(("y", "x")) / norm.where(norm > 0)).assign_attrs(
+            out[f"{a}_vs_{b}"] = rf_correlation(*(rfs[m] for m in (a, b))).assign_attrs(
                 long_name=f"Pearson correlation of the {a} and {b} RFs", units="1"
             )
     out.attrs.update({"layer": layer, "methods": list(methods)})
+    return out
+
+
+def responsive_by_budget(
+    model: nn.Module | str | Path,
+    layer: str,
+    budgets: Sequence[tuple[int, int]] = ((8, 100), (32, 400)),
+    sta_options: dict | None = None,
+    **common,
+) -> xr.Dataset:
+    """Whether actmax's "unresponsive" units are silent or only not found: the responsive
+    flags of :func:`extract_rfs` (actmax) at several optimisation budgets, and of STA.
+
+    Args:
+        model, layer: as :func:`extract_rfs`.
+        budgets: (n_starts, n_steps) pairs, e.g. the default and 4x more starts and steps.
+        sta_options: STA's own options (``n_samples``, ``noise_std``, ``batch_size``).
+        **common: options of both methods (``base``, ``gray_level``, ``seed``, ...).
+
+    Returns:
+        Dataset with ``responsive`` and ``activation`` over (budget, channel), budget labelled
+        ``"<starts>x<steps>"``, and ``responsive_sta`` (channel). A unit that only a larger
+        budget finds was an artifact of the budget; one that only STA finds responds to strong
+        white noise but not near the base image.
+    """
+    runs = [extract_rfs(model, layer, "actmax", progress=False, n_starts=starts, n_steps=steps,
+                        **common) for starts, steps in budgets]  # fmt: skip
+    labels = [f"{starts}x{steps}" for starts, steps in budgets]
+    out = xr.Dataset(
+        {
+            "responsive": xr.concat(
+                [r["responsive"].reset_coords(drop=True) for r in runs],
+                dim=xr.DataArray(labels, dims="budget"),
+            ),  # fmt: skip
+            "activation": xr.concat(
+                [r["activation"].reset_coords(drop=True) for r in runs],
+                dim=xr.DataArray(labels, dims="budget"),
+            ),  # fmt: skip
+        }
+    )
+    sta = extract_rfs(model, layer, "sta", progress=False, **common, **(sta_options or {}))
+    out["responsive_sta"] = sta["responsive"].reset_coords(drop=True)
+    out.attrs.update({"layer": layer, "method": "actmax"})
     return out
 
 

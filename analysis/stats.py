@@ -40,6 +40,7 @@ from analysis.per_run import (
     has_bottleneck_runs,
     in_condition_order,
     per_run_metric,
+    responsive_units,
     run_table,
 )
 from retina_raf.errors import ConfigError, DataError
@@ -52,6 +53,7 @@ __all__ = [
     "compare_groups",
     "compare_ranks",
     "final_values",
+    "findings_markdown",
     "has_bottleneck_runs",
     "holm",
     "run_table",
@@ -323,3 +325,87 @@ def compare_bottlenecks(results: xr.Dataset, metric: str, alpha: float = 0.05) -
     ``n_bn``; the same tests as :func:`compare_ranks`."""
     keep = np.asarray(results["rule"].values) == "bp"
     return compare_groups(_per_run(results, metric, keep), "n_bn", metric, alpha, "BP runs")
+
+
+# -------------------------------------------------------------------------------- findings
+FINDINGS_METRICS = ("symmetry", "osi", "fraction_center_surround")
+FINDINGS_LABELS = {"symmetry": "symmetry", "osi": "OSI",
+                   "fraction_center_surround": "center-surround"}  # fmt: skip
+ALIGNMENT_LAYER = "vvs_1"  # the layer whose feedback reaches the retina (its P)
+
+
+def _mean_sd(values: pd.Series, digits: int = 2) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "\u2013"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} \u00b1 {values.std(ddof=1):.{digits}f}"
+
+
+def _last_epoch(results: xr.Dataset, name: str, **where) -> np.ndarray:
+    """Per run, a (run, epoch[, ...]) history variable at the run's last finite epoch."""
+    values = results[name].sel(where) if where else results[name]
+    values = values.transpose("run", "epoch").values.astype(float)
+    return np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan
+                     for row in values])  # fmt: skip
+
+
+def findings_markdown(
+    results: xr.Dataset, metrics: Sequence[str] = FINDINGS_METRICS, alpha: float = 0.05
+) -> str:
+    """The findings of a results dataset as Markdown (what the README quotes): per condition,
+    the mean ± s.d. over seeds of the test accuracy, the responsive units and each metric,
+    with, where the file has them, the largest principal angle (degrees) between the retina's
+    feedback projection P (``vvs_1``) and the error's top subspace at the last epoch (low-rank
+    RAF only: at full rank it is 0 by construction), and the median per-unit correlation of
+    two RF methods; then the tests between feedback ranks and between bottleneck widths
+    (Kruskal-Wallis p, significant Holm-corrected pairs).
+
+    ``results``: a single-method view (:func:`analysis.results.select_method`), except that
+    the ``<a>_vs_<b>`` correlations of a two-method file may be passed along in it."""
+    table = run_table(results, metrics)
+    if "test_acc" in results:
+        table["test_acc"] = _last_epoch(results, "test_acc")
+    angle = "principal_angle_max_rad"
+    has_angle = angle in results and ALIGNMENT_LAYER in results["layer"].values
+    if has_angle:
+        table["angle"] = np.degrees(_last_epoch(results, angle, layer=ALIGNMENT_LAYER))
+    pairs = [str(v) for v in results.data_vars if "_vs_" in str(v)][:1]
+    for pair in pairs:
+        table[pair] = results[pair].where(responsive_units(results)).median("channel").values
+    header = ["condition", "seeds", "test acc."]
+    header += ["responsive units"] + [FINDINGS_LABELS.get(m, m) for m in metrics]
+    if has_angle:
+        header.append(f"P angle ({ALIGNMENT_LAYER}, \u00b0)")
+    header += [f"{p.replace('_vs_', ' vs ')} r" for p in pairs]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for preset, runs in in_condition_order(table).groupby("preset", sort=False):
+        cells = [preset, str(len(runs)), _mean_sd(runs.get("test_acc", pd.Series()), 3)]
+        cells.append(_mean_sd(runs["n_units"], 1) + f" of {int(runs['n_bn'].iloc[0])}")
+        cells += [_mean_sd(runs[m]) for m in metrics]
+        if has_angle:
+            low_rank = ((runs["rule"] == "raf") & (runs["rank"] < runs["n_bn"])).any()
+            cells.append(_mean_sd(runs["angle"], 0) if low_rank else "\u2013")  # full rank: 0
+        cells += [_mean_sd(runs[p]) for p in pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    tests = [
+        "",
+        "| test | metric | Kruskal-Wallis | significant pairs (Holm) |",
+        "|---|---|---|---|",
+    ]
+    for name, compare in (("feedback rank (RAF)", compare_ranks),
+                          ("N_bn (BP)", compare_bottlenecks)):  # fmt: skip
+        for metric in metrics:
+            result = compare(results, metric, alpha)
+            if result.status != "ok":
+                tests.append(f"| {name} | {FINDINGS_LABELS.get(metric, metric)} | "
+                             f"{result.status} | \u2013 |")  # fmt: skip
+                continue
+            significant = result.pairwise[result.pairwise["significant"]]
+            listed = ", ".join(f"{r.group_a} vs {r.group_b} (p = {r.p_holm:.3g})"
+                               for r in significant.itertuples()) or "none"  # fmt: skip
+            omnibus = f"H = {result.kruskal_h:.2f}, {_format_p(result.kruskal_p)}"
+            tests.append(f"| {name} | {FINDINGS_LABELS.get(metric, metric)} | {omnibus} | "
+                         f"{listed} |")  # fmt: skip
+    return "\n".join(lines + tests)

@@ -242,7 +242,13 @@ def report(
     type=click.Choice(["pdf", "svg", "png"]),
     help="File format(s) to write; repeat the option for several.",
 )
-def figures_command(results: str, out: str, dpi: int, formats: tuple) -> None:
+@click.option(
+    "--method",
+    default=None,
+    type=click.Choice(["actmax", "gradient", "sta"]),
+    help="RF method, for a results file that holds several [default: its first].",
+)
+def figures_command(results: str, out: str, dpi: int, formats: tuple, method) -> None:
     """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file."""
     import warnings
 
@@ -250,7 +256,7 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PanelSkipped)
-        written = export_paper_panels(results, out, dpi=dpi, formats=formats)
+        written = export_paper_panels(results, out, dpi=dpi, formats=formats, method=method)
     for warning in caught:
         if issubclass(warning.category, PanelSkipped):
             click.echo(f"note: {warning.message}", err=True)
@@ -583,16 +589,35 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
 
 
 @cli.command("findings")
-@click.argument("trajectories", metavar="TRAJECTORIES.nc", type=click.Path(path_type=str))
-@click.option("--epoch", default=None, type=click.IntRange(0), help="Default: each run's last.")
-def findings_cmd(trajectories, epoch):
-    """Print the Markdown table of the RFs at one epoch of every run in a trajectories file
-    (what the README's findings quote)."""
-    from analysis.results import open_results
-    from analysis.trajectory import findings_table
+@click.argument("results", metavar="RESULTS.nc", type=click.Path(path_type=str))
+@click.option(
+    "--epoch", default=None, type=click.IntRange(0), help="Trajectories: default each run's last."
+)
+@click.option(
+    "--method",
+    default=None,
+    type=click.Choice(["actmax", "gradient", "sta"]),
+    help="Results: the RF method of a file that holds several [default: its first].",
+)
+def findings_cmd(results, epoch, method):
+    """Print the Markdown findings the README quotes: for a results file (`retina-raf
+    results`), per condition the mean and s.d. over seeds and the tests between ranks and
+    bottlenecks; for a trajectories file (`retina-raf trajectory`), the RFs at one epoch
+    of every run."""
+    from analysis.results import open_results, select_method
 
-    with open_results(trajectories) as ds:
-        click.echo(findings_table(ds.load(), epoch))
+    with open_results(results) as ds:
+        ds = ds.load()
+    if "epoch" in ds["symmetry"].dims:
+        from analysis.trajectory import findings_table
+
+        click.echo(findings_table(ds, epoch))
+        return
+    from analysis.stats import findings_markdown
+
+    if epoch is not None:
+        raise click.UsageError("--epoch applies to trajectories; this is a results file")
+    click.echo(findings_markdown(select_method(ds, method)))
 
 
 # -------------------------------------------------------------------------- results
@@ -602,9 +627,13 @@ def findings_cmd(trajectories, epoch):
 @click.option("--layer", default="retina_2", show_default=True, help="Layer whose RFs to map.")
 @click.option(
     "--method",
-    default="actmax",
+    "methods",
+    default=("actmax",),
     show_default=True,
+    multiple=True,
     type=click.Choice(["actmax", "gradient", "sta"]),
+    help="RF method; repeat it to store several in one file (a `method` dimension, and "
+    "their per-unit correlations).",
 )
 @click.option(
     "--rf-seed",
@@ -615,7 +644,7 @@ def findings_cmd(trajectories, epoch):
 @click.option("--seed", default=None, type=click.IntRange(0), hidden=True,
               help="Deprecated name of --rf-seed.")  # fmt: skip
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
-def results_cmd(runs, out, layer, method, rf_seed, seed, device):
+def results_cmd(runs, out, layer, methods, rf_seed, seed, device):
     """Combine run folders (or folders of runs) into one results dataset (NetCDF).
 
     Maps the RFs of LAYER in every finished run (with DONE), measures them, reads each
@@ -623,16 +652,20 @@ def results_cmd(runs, out, layer, method, rf_seed, seed, device):
     n_bn, seed, rule (each an index: ds.sel(preset="raf-r4")). Every run is checked before
     any RF is mapped; cached analyses are reused only for the same weights.
     """
-    from analysis.results import combine_runs, find_runs, write_results
+    from analysis.results import combine_runs, find_runs, stack_methods, write_results
 
     _netcdf_path(out)
     seed = _renamed(seed, "--seed", rf_seed, "--rf-seed") or 0
+    methods = list(dict.fromkeys(methods))
     run_dirs = [run for root in runs for run in find_runs(root)]
     if not run_dirs:
         raise click.ClickException(f"no finished run folders (with DONE) under {runs[0]}")
-    ds = combine_runs(run_dirs, layer, method, seed=seed, device=device)
+    parts = [combine_runs(run_dirs, layer, m, seed=seed, device=device) for m in methods]
+    ds = parts[0] if len(parts) == 1 else stack_methods(parts)
     path = write_results(ds, out)
-    click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {method}")
+    click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {', '.join(methods)}")
+    for name in [v for v in ds.data_vars if "_vs_" in str(v)]:
+        click.echo(f"{name}: median per-unit correlation {float(ds[name].median()):.2f}")
 
 
 # ----------------------------------------------------------------------------- demo

@@ -550,3 +550,21 @@ def test_montage_panel_of_bottleneck_run_shows_only_its_real_channels(results):
     assert _tile_labels(fig)[:2] == ["0", "CS"] or _tile_labels(fig)[:2] == ["0", "OR"]
     assert len(_tile_labels(fig)) == 3  # one tile (channel, class) and the scale bar
     assert fig.get_suptitle() == "bp-bottleneck-1, seed 0"
+
+
+def test_subspace_angle_panel_shows_only_low_rank_raf_runs(results, tmp_path):
+    """P's principal angle to the error's top subspace (vvs_1) over epochs: one curve per
+    low-rank RAF condition (raf-r2, raf-r4); full-rank RAF, dRAF and BP have no meaningful
+    angle and are left out; a file without it is a clear error; export_paper_panels adds it."""
+    angle = np.linspace(80, 10, results.sizes["epoch"])
+    radians = np.deg2rad(np.broadcast_to(angle[None, :, None], (results.sizes["run"],
+                         results.sizes["epoch"], len(LAYERS))))  # fmt: skip
+    with_angle = results.assign(principal_angle_max_rad=(("run", "epoch", "layer"), radians))
+    fig = figures.plot_subspace_angle(with_angle)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["raf-r2 (n=2)", "raf-r4 (n=2)"]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), angle)
+    assert "P vs top error subspace (vvs_1" in fig.axes[0].get_ylabel()
+    assert "subspace_angle" in dict(figures.paper_panels(with_angle))
+    with pytest.raises(DataError, match="principal_angle_max_rad"):
+        figures.plot_subspace_angle(results)

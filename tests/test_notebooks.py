@@ -79,6 +79,8 @@ def make_results(seed: int = 0) -> xr.Dataset:
             "train_acc": (("run", "epoch"), 1 - loss / 2.5),
             "test_acc": (("run", "epoch"), 0.95 - loss / 2.5),
             "alignment_deg": (("run", "epoch", "layer"), alignment),
+            # Oja's P turning towards the error's top subspace: 60, 40, 20 degrees
+            "principal_angle_max_rad": (("run", "epoch", "layer"), np.deg2rad(alignment - 18)),
         },
         coords={
             "run_id": ("run", [f"{p}-s{s}" for p, s in rows]),
@@ -185,14 +187,16 @@ def test_compare_ranks_renders_panels_tests_and_table(results_file, tmp_path):
 
 @pytest.mark.slow
 def test_training_renders_curves_and_alignment(results_file, tmp_path):
-    """training: learning curves and feedback alignment panels."""
+    """training: learning curves, feedback alignment and P's subspace angle (low rank only)."""
     figures = tmp_path / "figures"
-    run_report(
+    html = run_report(
         NOTEBOOKS / "training.ipynb",
         {"results": str(results_file), "figures_dir": str(figures), "variables": ["test_acc"]},
         tmp_path / "reports",
     )
     assert {"learning_curves.png", "alignment.png", "alignment.svg"} <= _figures(figures)
+    assert "subspace_angle.pdf" in _figures(figures)  # only raf-r2 has a low-rank P
+    assert "raf-r2-s1: " in html.read_text() and "raf-r32-s1: " not in html.read_text()
 
 
 @pytest.mark.slow
@@ -211,3 +215,26 @@ def test_bad_metric_fails_in_the_first_cell_with_a_clear_message(results_file, t
     assert "\n" not in message
     assert (tmp_path / "reports" / "compare_ranks" / "FAILED").is_file()
     assert not figures.exists()
+
+
+@pytest.mark.slow
+def test_reports_of_a_two_method_file_show_the_method_asked_for(tmp_path):
+    """A published results file with actmax and gradient RFs (reports/cpu_fig4/results.nc):
+    rf_atlas renders either method's RFs, the first by default."""
+    from analysis.results import stack_methods
+
+    gradient = make_results(seed=1).assign_attrs(rf_method="gradient")
+    both = write_results(stack_methods([make_results(), gradient]), tmp_path / "both.nc")
+    for method, shown in ((None, "actmax"), ("gradient", "gradient")):
+        html = run_report(
+            NOTEBOOKS / "rf_atlas.ipynb",
+            {
+                "results": str(both),
+                "method": method,
+                "figures_dir": str(tmp_path / "f"),
+                "max_rfs": 2,
+            },  # fmt: skip
+            tmp_path / "reports",
+            name=f"atlas_{shown}",
+        )
+        assert f"layer retina_2 RFs mapped by {shown}" in html.read_text()

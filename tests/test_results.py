@@ -136,3 +136,57 @@ def test_damaged_history_fails_before_any_rf_is_mapped(run_dirs, tmp_path, run_c
     code, _, err = run_cli("results", run_dirs[0], broken, "--out", out)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "history.nc" in err and "broken" in err and not out.exists()
+
+
+def test_two_rf_methods_in_one_file_read_back_as_either(run_dirs, tmp_path):
+    """actmax and gradient RFs of the same runs stack along `method`; the file is read back as
+    either method's single-method view (what the notebooks use), with that method's options,
+    and carries the per-unit correlation of the two maps, equal to the one computed directly."""
+    import numpy as np
+
+    from analysis.results import load_results, select_method, stack_methods
+    from analysis.rf import rf_correlation
+    from retina_raf.errors import DataError
+
+    actmax = combine_runs(run_dirs[:2], method="actmax", progress=False, **RF_OPTIONS)
+    gradient = combine_runs(run_dirs[:2], method="gradient", progress=False)
+    stacked = stack_methods([actmax, gradient])
+    assert list(stacked["method"].values) == ["actmax", "gradient"]
+    assert stacked["rf"].dims[0] == "method" and "method" not in stacked["test_acc"].dims
+    path = write_results(stacked, tmp_path / "both.nc")
+    for method, single in (("actmax", actmax), ("gradient", gradient)):
+        ds = load_results(path, metrics=["symmetry"], method=method)
+        assert ds.attrs["rf_method"] == method and "method" not in ds.dims
+        np.testing.assert_allclose(ds["rf"].values, single["rf"].values, equal_nan=True)
+        assert list(ds["rf_class"].values.ravel()) == list(single["rf_class"].values.ravel())
+    assert load_results(path).attrs["rf_method"] == "actmax"  # the first by default
+    assert load_results(path, method="actmax").attrs["rf_n_steps"] == RF_OPTIONS["n_steps"]
+    assert "rf_n_steps" not in load_results(path, method="gradient").attrs  # its own options
+    expected = rf_correlation(actmax["rf"], gradient["rf"])
+    with open_results(path) as reopened:
+        np.testing.assert_allclose(reopened["actmax_vs_gradient"].values, expected.values,
+                                   equal_nan=True)  # fmt: skip
+        with pytest.raises(DataError, match="no RFs by 'sta'"):
+            select_method(reopened, "sta")
+    with pytest.raises(DataError, match="same runs"):
+        stack_methods([actmax, combine_runs(run_dirs[1:3], method="gradient", progress=False)])
+
+
+def test_results_command_stores_each_method_it_is_given(run_dirs, tmp_path, run_cli):
+    """`retina-raf results RUNS --method gradient --method sta`: one file, a `method` dimension
+    in the order given, their per-unit correlation, and the median printed."""
+    out = tmp_path / "both.nc"
+    code, stdout, err = run_cli("results", run_dirs[0], run_dirs[1], "--out", out,
+                                "--method", "gradient", "--method", "sta")  # fmt: skip
+    assert code == 0, err
+    assert "gradient_vs_sta: median per-unit correlation" in stdout
+    with open_results(out) as ds:
+        assert list(ds["method"].values) == ["gradient", "sta"] and ds.sizes["run"] == 2
+        assert ds["gradient_vs_sta"].dims == ("run", "channel")
+    code, stdout, err = run_cli("findings", out, "--method", "sta")
+    assert code == 0, err
+    assert stdout.splitlines()[0].startswith("| condition | seeds | test acc. |")
+    assert "gradient vs sta r" in stdout.splitlines()[0]
+    assert any(line.startswith("| raf-r2 | 1 |") for line in stdout.splitlines())
+    code, _, err = run_cli("findings", out, "--epoch", "1")
+    assert code == 2 and "--epoch applies to trajectories" in err

@@ -588,3 +588,22 @@ def test_methods_agree_unit_by_unit_on_a_unit_that_is_linear_where_probed():
     for pair in ("gradient_vs_actmax", "gradient_vs_sta", "actmax_vs_sta"):
         assert (agreement[pair] > 0.95).all(), pair
     assert agreement["responsive_actmax"].all()
+
+
+def test_budget_check_tells_silent_units_from_units_not_found():
+    """responsive_by_budget: a unit whose bias keeps it below zero for any input of the probed
+    size is unresponsive at every actmax budget and to STA's white noise; a unit active at the
+    base image is responsive at every budget. Budgets are labelled starts x steps."""
+    from analysis.rf import responsive_by_budget
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 5, padding=2)
+    with torch.no_grad():
+        conv.bias.copy_(torch.tensor([0.5, -1e4]))
+    model = nn.Sequential(conv, nn.ReLU())
+    check = responsive_by_budget(model, "1", budgets=((2, 5), (4, 10)), input_shape=(1, 11, 11),
+                                 sta_options={"n_samples": 1024})  # fmt: skip
+    assert list(check["budget"].values) == ["2x5", "4x10"]
+    assert check["responsive"].dims == ("budget", "channel")
+    assert check["responsive"].sel(channel=0).all() and bool(check["responsive_sta"][0])
+    assert not check["responsive"].sel(channel=1).any() and not bool(check["responsive_sta"][1])

@@ -219,3 +219,22 @@ def test_runs_without_responsive_units_are_named():
     results = make_results({"bp": [0.2, 0.3], "raf-r2": [0.8]})
     results["responsive"][1] = False
     assert stats.silent_runs(results) == ["bp-s1"]
+
+
+def test_findings_table_states_mean_sd_over_seeds_and_the_tests():
+    """The README's findings table: one row per condition in the panels' order, each metric as
+    mean ± s.d. over seeds of the per-run means, the responsive units, and one line per test
+    with the Kruskal-Wallis p that compare_ranks computes."""
+    values = {"bp": [0.1, 0.2, 0.3], "raf-r2": [0.7, 0.8, 0.9], "raf-r32": [0.1, 0.15, 0.2]}
+    results = make_results(values, cs_channels={"raf-r2": 3})
+    results["test_acc"] = (("run", "epoch"), np.tile([0.3, 0.5, np.nan], (9, 1)))
+    table = stats.findings_markdown(results, metrics=["symmetry", "fraction_center_surround"])
+    lines = table.splitlines()
+    assert lines[0].startswith("| condition | seeds | test acc. | responsive units | symmetry |")
+    rows = [line for line in lines[2:] if line.startswith("| raf") or line.startswith("| bp")]
+    assert [row.split(" | ")[0] for row in rows[:3]] == ["| raf-r2", "| raf-r32", "| bp"]
+    assert rows[0] == "| raf-r2 | 3 | 0.500 ± 0.000 | 3.0 ± 0.0 of 32 | 0.80 ± 0.10 | 1.00 ± 0.00 |"
+    assert "| bp | 3 | 0.500 ± 0.000 | 3.0 ± 0.0 of 32 | 0.20 ± 0.10 | 0.00 ± 0.00 |" in lines
+    p_value = stats.compare_ranks(results, "symmetry").kruskal_p
+    assert f"| feedback rank (RAF) | symmetry | H = 3.86, p = {p_value:.3f} | none |" in lines
+    assert "| N_bn (BP) | symmetry | n too small | – |" in lines  # one bottleneck width only

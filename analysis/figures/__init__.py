@@ -30,6 +30,7 @@ from analysis.figures.panels import (
     plot_learning_curves,
     plot_metric_vs_nbn,
     plot_metric_vs_rank,
+    plot_subspace_angle,
 )
 from analysis.figures.style import (
     CLASS_ABBREVIATIONS,
@@ -77,6 +78,7 @@ __all__ = [
     "plot_metric_vs_rank",
     "plot_rf_montage",
     "plot_run_rfs",
+    "plot_subspace_angle",
     "responsive_units",
     "rf_atlas_panels",
     "run_support",

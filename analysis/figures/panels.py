@@ -394,6 +394,37 @@ def plot_alignment(results: xr.Dataset, max_columns: int = 4):
 
 
 # --------------------------------------------------------------------------- all panels
+def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
+    """Whether Oja's rule found the error's top subspace: the largest principal angle
+    (degrees) between the rows of ``layer``'s P and the top-r eigenvectors of the moving
+    average of its error covariance, over training, for the runs whose P has rank below the
+    layer's width (RAF at low rank; at full rank the angle is 0 by construction).
+
+    Per condition the mean over seeds and the range (band); 0 = P spans the top-r error
+    subspace, 90 = some direction of P is orthogonal to it. Single column; returns the figure.
+    """
+    require(results, ["principal_angle_max_rad"], "the subspace-angle panel")
+    angle = np.degrees(results["principal_angle_max_rad"].sel(layer=layer))
+    angle = angle.transpose("run", "epoch")
+    low_rank = np.asarray(results["rank"].values) < np.asarray(results["n_bn"].values)
+    angle = angle.where(xr.DataArray(low_rank & (run_coord(results, "rule") == "raf"),
+                                     dims="run"))  # fmt: skip
+    if not np.isfinite(angle.values).any():
+        raise DataError(f"no low-rank RAF run with a principal angle at {layer}")
+    epochs = np.asarray(results["epoch"].values)
+    with paper_style():
+        fig, ax = new_figure("single", height_mm=55.0)
+        _mean_and_band(ax, epochs, _condition_runs(results, angle), angle.values)
+        ax.set_ylim(0, 93)
+        ax.set_yticks([0, 30, 60, 90])
+        ax.axhline(90, color="0.6", lw=0.5, ls=(0, (2, 2)), zorder=0)
+        _epoch_axis(ax, epochs)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(f"Largest principal angle,\nP vs top error subspace ({layer}, \u00b0)")
+        ax.legend(loc="upper right", title="Condition")
+    return fig
+
+
 def paper_panels(results: xr.Dataset, full_width: int = FULL_WIDTH):
     """(panel name, function drawing it) for every paper panel the dataset can provide.
 
@@ -423,6 +454,8 @@ def paper_panels(results: xr.Dataset, full_width: int = FULL_WIDTH):
         panels.append(("learning_curves", lambda: plot_learning_curves(results)))
     if "alignment_deg" in results:
         panels.append(("alignment", lambda: plot_alignment(results)))
+    if "principal_angle_max_rad" in results:
+        panels.append(("subspace_angle", lambda: plot_subspace_angle(results)))
     return panels
 
 
@@ -431,6 +464,7 @@ def export_paper_panels(
     out_dir: str | Path = "reports/figures",
     dpi: int = 300,
     formats: Sequence[str] = PANEL_FORMATS,
+    method: str | None = None,
 ) -> list[Path]:
     """Export every paper panel the results provide (PDF, SVG, PNG each) into ``out_dir``.
 
@@ -438,18 +472,19 @@ def export_paper_panels(
     for symmetry, OSI and orientedness and, with bottleneck runs, ``<metric>_vs_nbn``,
     ``fraction_center_surround``, ``learning_curves`` and ``alignment``. A panel whose data
     the file lacks (e.g. no BP runs) is skipped with a :class:`PanelSkipped` warning.
+    ``method``: the RF method of a file that holds several (None: its first).
     Returns the written files.
     """
     unknown = [fmt for fmt in formats if fmt not in PANEL_FORMATS]
     if unknown:  # checked before drawing anything
         raise ConfigError(f"unknown panel format(s) {unknown}; choose from {PANEL_FORMATS}")
-    if isinstance(results_path, xr.Dataset):
-        results = results_path
-    else:
-        from analysis.results import open_results
+    from analysis.results import open_results, select_method
 
+    if isinstance(results_path, xr.Dataset):
+        results = select_method(results_path, method)
+    else:
         with open_results(results_path) as opened:
-            results = opened.load()
+            results = select_method(opened.load(), method)
     written = []
     for name, draw in paper_panels(results):
         try:
