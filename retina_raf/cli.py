@@ -608,6 +608,12 @@ def findings_cmd(results, epoch, method):
 
     with open_results(results) as ds:
         ds = ds.load()
+    if "symmetry" not in ds:
+        from retina_raf.errors import DataError
+
+        hint = (" (the test accuracies of a Fig. 3 experiment: notebooks/accuracy_vs_rank.ipynb"
+                " reads them)" if "constrain" in ds.coords else "")  # fmt: skip
+        raise DataError(f"{results} holds no RF metrics{hint}")
     if "epoch" in ds["symmetry"].dims:
         from analysis.trajectory import findings_table
 

@@ -319,13 +319,16 @@ def synthetic_accuracy(tmp_path: Path):
     return write_accuracy(ds, tmp_path / "results_accuracy.nc")
 
 
-def test_gap_to_bp_compares_the_smallest_rank_at_least_d(tmp_path):
-    ds = load_accuracy(synthetic_accuracy(tmp_path))
+def test_gap_to_bp_compares_the_smallest_rank_at_least_d(tmp_path, run_cli):
+    path = synthetic_accuracy(tmp_path)
+    ds = load_accuracy(path)
     gaps = gap_to_bp(ds)
     assert len(gaps) == 4 and set(gaps["rank"]) == {2, 4}
     assert (gaps["difference"].abs() < 0.05).all() and (gaps["n_seeds"] == 2).all()
     with pytest.raises(DataError, match="no such results file"):
         load_accuracy(tmp_path / "missing.nc")
+    code, _, err = run_cli("findings", path)  # RF findings of an accuracy file: one line
+    assert code == 2 and "no RF metrics" in err and "accuracy_vs_rank" in err
 
 
 def test_accuracy_template_declares_parameters():
