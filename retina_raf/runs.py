@@ -384,15 +384,16 @@ def save_retina_snapshot(run_dir: str | Path, state_dict: dict, epoch: int) -> P
     """Write the retina layers' weights after ``epoch`` to ``snapshots/epoch_NNN.pt``.
 
     ``state_dict``: the model's full state_dict; only the keys under ``layers.retina_1`` and
-    ``layers.retina_2`` are kept (CPU copies, a few hundred KB). The file holds
+    ``layers.retina_2`` are kept, tensors only (CPU copies, a few hundred KB). The file holds
     ``{"epoch": int, "model": partial state_dict}``: loaded with ``strict=False`` into a model
     of the run's config it gives that epoch's retina. Epoch 0 is the initialization.
     """
     import torch
 
     prefixes = tuple(f"layers.{name}." for name in SNAPSHOT_LAYERS)
+    # tensors only: a feedback layer's `_extra_state` (a dict of counters) does not shape an RF
     state = {k: v.detach().cpu().clone() for k, v in state_dict.items()
-             if k.startswith(prefixes)}  # fmt: skip
+             if k.startswith(prefixes) and isinstance(v, torch.Tensor)}  # fmt: skip
     path = Path(run_dir) / SNAPSHOT_DIR / f"epoch_{epoch:03d}.pt"
     path.parent.mkdir(exist_ok=True)
     with atomic_path(path) as tmp:

@@ -48,6 +48,25 @@ def test_snapshots_hold_the_retina_at_init_and_after_every_epoch(snapshot_runs):
     assert not torch.equal(runs.load_retina_snapshot(run_dir, 0)[key], value)
 
 
+@pytest.mark.parametrize("preset", ["raf-r2", "draf-bottleneck-2"])
+def test_feedback_runs_keep_snapshots_too(preset, tmp_path):
+    """RAF and dRAF retinas (feedback layers with Q, P, a covariance and a non-tensor extra
+    state) are snapshotted like backprop's: the tensors of retina_1 and retina_2, which load
+    into a model of the run's config and give its final retina_2 RFs."""
+    from retina_raf.models import model_from_config
+
+    run_dir = train(tiny_config(preset, epochs=1, extra=SNAPSHOTS), tmp_path,
+                    log=lambda m: None)  # fmt: skip
+    assert sorted(runs.retina_snapshots(run_dir)) == [0, 1]
+    last = runs.load_retina_snapshot(run_dir, 1)
+    assert all(isinstance(v, torch.Tensor) for v in last.values())
+    model = model_from_config(runs.load_config(run_dir).model).eval()
+    model.load_state_dict(last, strict=False)
+    expected = extract_rfs(run_dir, "retina_2", progress=False, **RF_OPTIONS)
+    got = extract_rfs(model, "retina_2", progress=False, **RF_OPTIONS)
+    torch.testing.assert_close(torch.as_tensor(got.values), torch.as_tensor(expected.values))
+
+
 def test_trajectory_at_the_last_epoch_is_the_trained_models_rfs(snapshot_runs):
     """rf_trajectory's RFs at the final epoch equal extract_rfs on the finished run."""
     run_dir = snapshot_runs[0]
