@@ -412,18 +412,21 @@ def collect_experiment(
     exp,
     out: str | Path,
     layer: str = "retina_2",
-    method: str = "actmax",
+    method: str | Sequence[str] = "actmax",
     device: str | None = None,
+    path: str | Path | None = None,
 ) -> Path:
-    """The results dataset of an experiment's finished runs, for the notebooks:
-    ``<out>/results_<layer>_<method>.nc`` (``retina-raf sweep FILE --collect``).
+    """The results dataset of an experiment's finished runs, for the notebooks
+    (``retina-raf sweep FILE --collect``).
 
     :func:`combine_runs` maps and measures the RFs of ``layer`` in every run of the
     experiment (:class:`retina_raf.sweep.ExperimentConfig`) that finished the epochs it asks
     for, and stacks them with the histories along ``run`` (coordinates run_id, preset, rank,
     n_bn, seed, rule); each grid setting is a ``run`` coordinate too (named by its last
-    part, e.g. ``lr``). Unfinished runs are left out and listed in the ``missing_runs``
-    attribute.
+    part, e.g. ``lr``). Several methods (a list) are stacked by :func:`stack_methods`.
+    Unfinished runs are left out and listed in the ``missing_runs`` attribute, so the file
+    accounts for every planned run. Written to ``path``, by default
+    ``<out>/results_<layer>_<method[-method...]>.nc``.
 
     Raises:
         RunError: no run of the experiment is finished, or a finished one is damaged.
@@ -431,11 +434,14 @@ def collect_experiment(
     from retina_raf.sweep import expand, experiment_yaml, is_done, run_dir
 
     out = Path(out)
+    methods = [method] if isinstance(method, str) else list(dict.fromkeys(method))
     planned = expand(exp)
     finished = [run for run in planned if is_done(out, run)]
     if not finished:
         raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
-    ds = combine_runs([run_dir(out, run) for run in finished], layer, method, device=device)
+    run_dirs = [run_dir(out, run) for run in finished]
+    parts = [combine_runs(run_dirs, layer, m, device=device) for m in methods]
+    ds = parts[0] if len(parts) == 1 else stack_methods(parts)
     for key in exp.grid:
         name = key.rsplit(".", 1)[-1]
         if name not in ds.coords:
@@ -447,4 +453,4 @@ def collect_experiment(
         experiment_yaml=experiment_yaml(exp),
         missing_runs=" ".join(run.run_id for run in planned if run not in finished),
     )
-    return write_results(ds, out / f"results_{layer}_{method}.nc")
+    return write_results(ds, path or out / f"results_{layer}_{'-'.join(methods)}.nc")

@@ -41,6 +41,7 @@ from analysis.per_run import (
     in_condition_order,
     per_run_metric,
     responsive_units,
+    rule_label,
     run_table,
 )
 from retina_raf.errors import ConfigError, DataError
@@ -307,16 +308,21 @@ def _per_run(results: xr.Dataset, metric: str, keep: np.ndarray) -> pd.DataFrame
 
 
 def compare_ranks(
-    results: xr.Dataset, metric: str, alpha: float = 0.05, full_width: int = FULL_WIDTH
+    results: xr.Dataset,
+    metric: str,
+    alpha: float = 0.05,
+    full_width: int = FULL_WIDTH,
+    rule: str = "raf",
 ) -> GroupComparison:
-    """``metric`` (per-run mean) between feedback ranks: RAF runs with ``n_bn == full_width``
-    grouped by ``rank``; Kruskal-Wallis, then pairwise Mann-Whitney U with Holm correction.
+    """``metric`` (per-run mean) between feedback ranks: runs of ``rule`` (RAF; ``raf_pca``:
+    P by PCA) with ``n_bn == full_width`` grouped by ``rank``; Kruskal-Wallis, then pairwise
+    Mann-Whitney U with Holm correction.
 
     The BP runs (the reference in the panels) are not part of this test.
     """
-    rule, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
-    keep = (rule == "raf") & (n_bn == full_width)
-    what = f"RAF runs, n_bn = {full_width}"
+    rules, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
+    keep = (rules == rule) & (n_bn == full_width)
+    what = f"{rule_label(rule)} runs, n_bn = {full_width}"
     return compare_groups(_per_run(results, metric, keep), "rank", metric, alpha, what)
 
 
@@ -394,10 +400,15 @@ def findings_markdown(
         "| test | metric | Kruskal-Wallis | significant pairs (Holm) |",
         "|---|---|---|---|",
     ]
-    for name, compare in (("feedback rank (RAF)", compare_ranks),
-                          ("N_bn (BP)", compare_bottlenecks)):  # fmt: skip
+    comparisons = [
+        (f"feedback rank ({rule_label(rule)})",
+         lambda m, rule=rule: compare_ranks(results, m, alpha, rule=rule))
+        for rule in ("raf", "raf_pca") if rule in set(run_table(results)["rule"])
+    ]  # fmt: skip
+    comparisons.append(("N_bn (BP)", lambda m: compare_bottlenecks(results, m, alpha)))
+    for name, compare in comparisons:
         for metric in metrics:
-            result = compare(results, metric, alpha)
+            result = compare(metric)
             if result.status != "ok":
                 tests.append(f"| {name} | {FINDINGS_LABELS.get(metric, metric)} | "
                              f"{result.status} | \u2013 |")  # fmt: skip

@@ -392,10 +392,19 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 )
 @click.option(
     "--method",
-    default="actmax",
+    "methods",
+    default=("actmax",),
     show_default=True,
+    multiple=True,
     type=click.Choice(["actmax", "gradient", "sta"]),
-    help="--collect: RF method.",
+    help="--collect: RF method; repeat it to store several in one file.",
+)
+@click.option(
+    "--results",
+    "results_path",
+    default=None,
+    type=click.Path(path_type=str),
+    help="--collect: the results file [default: OUT/results_<layer>_<method>.nc].",
 )
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="--collect.")
 def sweep_command(
@@ -413,14 +422,16 @@ def sweep_command(
     slurm_options,
     no_wait,
     layer,
-    method,
+    methods,
+    results_path,
     device,
 ):
     """Train every run of the experiment FILE (presets x ranks x grid x seeds) that is not
     finished: finished runs are skipped, interrupted ones resume, the rest start.
 
     --dry-run lists the runs and their states; --collect combines the finished runs into
-    OUT/results_<layer>_<method>.nc (RFs, metrics, histories) for the notebooks."""
+    OUT/results_<layer>_<method>.nc or --results (RFs, metrics, histories; the unfinished
+    runs listed in its missing_runs attribute) for the notebooks."""
     from pathlib import Path
 
     from retina_raf import sweep
@@ -437,7 +448,10 @@ def sweep_command(
     if collect:
         from analysis.results import collect_experiment
 
-        click.echo(f"wrote {collect_experiment(exp, out, layer, method, device)}")
+        if results_path is not None:
+            _netcdf_path(results_path, "--results")
+        path = collect_experiment(exp, out, layer, list(methods), device, results_path)
+        click.echo(f"wrote {path}")
         return
     rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
     if rep is None:
