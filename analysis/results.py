@@ -415,6 +415,7 @@ def collect_experiment(
     method: str | Sequence[str] = "actmax",
     device: str | None = None,
     path: str | Path | None = None,
+    **rf_options,
 ) -> Path:
     """The results dataset of an experiment's finished runs, for the notebooks
     (``retina-raf sweep FILE --collect``).
@@ -426,7 +427,8 @@ def collect_experiment(
     part, e.g. ``lr``). Several methods (a list) are stacked by :func:`stack_methods`.
     Unfinished runs are left out and listed in the ``missing_runs`` attribute, so the file
     accounts for every planned run. Written to ``path``, by default
-    ``<out>/results_<layer>_<method[-method...]>.nc``.
+    ``<out>/results_<layer>_<method[-method...]>.nc``. ``rf_options``: options every method
+    takes (``base``, ``gray_level``; :func:`analysis.rf.extract_rfs`).
 
     Raises:
         RunError: no run of the experiment is finished, or a finished one is damaged.
@@ -440,7 +442,7 @@ def collect_experiment(
     if not finished:
         raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
     run_dirs = [run_dir(out, run) for run in finished]
-    parts = [combine_runs(run_dirs, layer, m, device=device) for m in methods]
+    parts = [combine_runs(run_dirs, layer, m, device=device, **rf_options) for m in methods]
     ds = parts[0] if len(parts) == 1 else stack_methods(parts)
     for key in exp.grid:
         name = key.rsplit(".", 1)[-1]

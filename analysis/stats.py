@@ -388,7 +388,9 @@ def findings_markdown(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset, runs in in_condition_order(table).groupby("preset", sort=False):
         cells = [preset, str(len(runs)), _mean_sd(runs.get("test_acc", pd.Series()), 3)]
-        cells.append(_mean_sd(runs["n_units"], 1) + f" of {int(runs['n_bn'].iloc[0])}")
+        units = runs["n_units"]
+        units_text = str(int(units.iloc[0])) if len(units) == 1 else _mean_sd(units, 1)
+        cells.append(f"{units_text} of {int(runs['n_bn'].iloc[0])}")
         cells += [_mean_sd(runs[m]) for m in metrics]
         if has_angle:
             low_rank = ((runs["rule"] == "raf") & (runs["rank"] < runs["n_bn"])).any()

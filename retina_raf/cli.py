@@ -406,6 +406,15 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     type=click.Path(path_type=str),
     help="--collect: the results file [default: OUT/results_<layer>_<method>.nc].",
 )
+@click.option(
+    "--base",
+    default="zeros",
+    show_default=True,
+    type=click.Choice(["zeros", "gray"]),
+    help="--collect: base image of the RF maps (gray: for runs trained on unstandardized "
+    "images, at --gray-level, e.g. 0.4734, grayscale CIFAR-10's mean pixel in [0, 1]).",
+)
+@click.option("--gray-level", default=0.5, show_default=True, type=float, help="--collect.")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="--collect.")
 def sweep_command(
     file,
@@ -424,6 +433,8 @@ def sweep_command(
     layer,
     methods,
     results_path,
+    base,
+    gray_level,
     device,
 ):
     """Train every run of the experiment FILE (presets x ranks x grid x seeds) that is not
@@ -450,7 +461,9 @@ def sweep_command(
 
         if results_path is not None:
             _netcdf_path(results_path, "--results")
-        path = collect_experiment(exp, out, layer, list(methods), device, results_path)
+        rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {}
+        path = collect_experiment(exp, out, layer, list(methods), device, results_path,
+                                  **rf_options)  # fmt: skip
         click.echo(f"wrote {path}")
         return
     rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
