@@ -37,6 +37,7 @@ from scipy import stats as scipy_stats
 from analysis.per_run import (
     FULL_WIDTH,
     RUN_COLUMNS,
+    condition_order,
     has_bottleneck_runs,
     in_condition_order,
     per_run_metric,
@@ -55,6 +56,7 @@ __all__ = [
     "compare_ranks",
     "final_values",
     "findings_markdown",
+    "method_agreement_table",
     "has_bottleneck_runs",
     "holm",
     "run_table",
@@ -422,3 +424,26 @@ def findings_markdown(
             tests.append(f"| {name} | {FINDINGS_LABELS.get(metric, metric)} | {omnibus} | "
                          f"{listed} |")  # fmt: skip
     return "\n".join(lines + tests)
+
+
+def method_agreement_table(results: xr.Dataset, pairs: Sequence[str]) -> pd.DataFrame:
+    """Per condition and pair of RF methods (``<a>_vs_<b>`` variables, run x channel): the
+    number of responsive units and the median and 10th percentile of the per-unit correlation
+    of the two maps over them (seeds pooled), in the panels' condition order."""
+    missing = [p for p in pairs if p not in results]
+    if missing:
+        raise DataError(f"the results dataset has no method correlation(s) {missing}")
+    mask = responsive_units(results).values
+    presets = np.asarray(results["preset"].values).astype(str)
+    rows = []
+    for preset in condition_order(results):
+        in_condition = presets == preset
+        for pair in pairs:
+            values = results[pair].transpose("run", "channel").values[in_condition]
+            values = values[mask[in_condition] & np.isfinite(values)]
+            found = len(values) > 0
+            rows.append({"condition": preset, "methods": pair.replace("_vs_", " vs "),
+                         "units": len(values),
+                         "median_r": np.median(values) if found else np.nan,
+                         "p10_r": np.percentile(values, 10) if found else np.nan})  # fmt: skip
+    return pd.DataFrame(rows)
