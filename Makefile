@@ -51,15 +51,20 @@ gpu-data: install
 	$(PY) -m pip download --quiet --no-deps --dest benchmarks/wheels h5netcdf
 
 # Publish an experiment's finished runs under reports/$(EXPERIMENT)/ (DESIGN.md 12): the results
-# file (retina_2 RFs by actmax and by gradient), the README's findings table, the executed
+# file (retina_2 RFs by actmax and by gradient; runs not finished yet are listed in its
+# missing_runs attribute), the README's findings table, the executed
 # compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4 (issue 15):
 #   make publish EXPERIMENT=cpu_fig4 RUNS=/scratch/runs/cpu_fig4
 EXPERIMENT ?= cpu_fig4
 RUNS ?= runs/$(EXPERIMENT)
+# RFs around the mean gray image: cpu_fig4 trains on unstandardized images in [0, 1], whose
+# mean pixel (grayscale CIFAR-10's training set) is 0.4734; a black base would probe the
+# retina far from anything it saw.
+RF_BASE ?= --base gray --gray-level 0.4734
 PUBLISHED := reports/$(EXPERIMENT)
 publish: install
-	$(VENV)/bin/retina-raf results $(RUNS) --method actmax --method gradient \
-		--out $(PUBLISHED)/results.nc
+	$(VENV)/bin/retina-raf sweep experiments/$(EXPERIMENT).yaml --out $(RUNS) --collect \
+		--method actmax --method gradient --results $(PUBLISHED)/results.nc $(RF_BASE)
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/results.nc > $(PUBLISHED)/.findings.md.tmp
 	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf report notebooks/compare_ranks.ipynb -p results $(PUBLISHED)/results.nc \

@@ -22,10 +22,10 @@ from retina_raf.errors import DataError
 
 FULL_WIDTH = 32  # retina channels without bottleneck = full feedback rank (DESIGN.md section 5)
 RUN_COLUMNS = ["run_id", "preset", "rule", "rank", "n_bn", "seed"]
-RULE_LABELS = {"bp": "BP", "raf": "RAF", "draf": "dRAF"}
+RULE_LABELS = {"bp": "BP", "raf": "RAF", "raf_pca": "RAF (PCA)", "draf": "dRAF"}
 # Learning rules in the order of the panels: RAF ranks first, other feedback rules, then BP
 # (feedforward bottlenecks) and dRAF (bottlenecks trained by direct feedback).
-RULE_ORDER = {"raf": 0, "bp": 2, "draf": 3}
+RULE_ORDER = {"raf": 0, "raf_pca": 1, "bp": 2, "draf": 3}
 
 
 def rule_label(rule: str) -> str:

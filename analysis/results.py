@@ -416,28 +416,33 @@ def collect_experiment(
     exp,
     out: str | Path,
     layer: str = "retina_2",
-    method: str = "actmax",
+    method: str | Sequence[str] = "actmax",
     device: str | None = None,
+    path: str | Path | None = None,
+    **rf_options,
 ) -> Path:
     """The results dataset of an experiment's finished runs, for the notebooks
     (``retina-raf sweep FILE --collect``).
 
-    Retina runs: ``<out>/results_<layer>_<method>.nc``. :func:`combine_runs` maps and
-    measures the RFs of ``layer`` in every run of the experiment
-    (:class:`retina_raf.sweep.ExperimentConfig`) that finished the epochs it asks for, and
-    stacks them with the histories along ``run`` (coordinates run_id, preset, rank, n_bn,
-    seed, rule).
+    Retina runs: :func:`combine_runs` maps and measures the RFs of ``layer`` in every run of
+    the experiment (:class:`retina_raf.sweep.ExperimentConfig`) that finished the epochs it
+    asks for, and stacks them with the histories along ``run`` (coordinates run_id, preset,
+    rank, n_bn, seed, rule). Several methods (a list) are stacked by :func:`stack_methods`.
+    Written to ``path``, by default ``<out>/results_<layer>_<method[-method...]>.nc``.
+    ``rf_options``: options every method takes (``base``, ``gray_level``;
+    :func:`analysis.rf.extract_rfs`).
 
-    The Fig. 3 networks (``model.arch`` mlp, vgg, vit) have no retina:
-    ``<out>/results_accuracy.nc``, the test accuracy of every finished run by rule,
-    constrained layer, rank, d and seed (:func:`analysis.accuracy.collect_accuracy`; ``layer``,
-    ``method`` and ``device`` are not used).
+    The Fig. 3 networks (``model.arch`` mlp, vgg, vit) have no retina: the test accuracy of
+    every finished run by rule, constrained layer, rank, d and seed
+    (:func:`analysis.accuracy.collect_accuracy`), written to ``path``, by default
+    ``<out>/results_accuracy.nc`` (``layer``, ``method``, ``device`` and ``rf_options`` are
+    not used).
 
     In both, each grid setting (of the experiment and of its ``conditions``) is a ``run``
     coordinate too, named by its last part (e.g. ``lr``), unless a coordinate has that name
     already; JSON text when its values are mappings, lists, or missing (``null``) for the
     runs of a condition without that axis. Unfinished runs are left out and listed in the
-    ``missing_runs`` attribute.
+    ``missing_runs`` attribute, so the file accounts for every planned run.
 
     Raises:
         RunError: no run of the experiment is finished, or a finished one is damaged.
@@ -445,18 +450,20 @@ def collect_experiment(
     from retina_raf.sweep import expand, experiment_grid_keys, experiment_yaml, is_done, run_dir
 
     out = Path(out)
+    methods = [method] if isinstance(method, str) else list(dict.fromkeys(method))
     planned = expand(exp)
     finished = [run for run in planned if is_done(out, run)]
     if not finished:
         raise RunError(f"no finished runs of {exp.name} in {out}: run the sweep first")
-    folders = [run_dir(out, run) for run in finished]
+    run_dirs = [run_dir(out, run) for run in finished]
     fig3 = any(run.config().model.arch != "retina" for run in finished)
     if fig3:
         from analysis.accuracy import collect_accuracy
 
-        ds = collect_accuracy(folders)
+        ds = collect_accuracy(run_dirs)
     else:
-        ds = combine_runs(folders, layer, method, device=device)
+        parts = [combine_runs(run_dirs, layer, m, device=device, **rf_options) for m in methods]
+        ds = parts[0] if len(parts) == 1 else stack_methods(parts)
     for key in experiment_grid_keys(exp):
         name = key.rsplit(".", 1)[-1]
         if name not in ds.coords:
@@ -472,5 +479,5 @@ def collect_experiment(
     if fig3:
         from analysis.accuracy import write_accuracy
 
-        return write_accuracy(ds, out / "results_accuracy.nc")
-    return write_results(ds, out / f"results_{layer}_{method}.nc")
+        return write_accuracy(ds, path or out / "results_accuracy.nc")
+    return write_results(ds, path or out / f"results_{layer}_{'-'.join(methods)}.nc")

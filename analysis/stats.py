@@ -37,10 +37,12 @@ from scipy import stats as scipy_stats
 from analysis.per_run import (
     FULL_WIDTH,
     RUN_COLUMNS,
+    condition_order,
     has_bottleneck_runs,
     in_condition_order,
     per_run_metric,
     responsive_units,
+    rule_label,
     run_table,
 )
 from retina_raf.errors import ConfigError, DataError
@@ -54,6 +56,7 @@ __all__ = [
     "compare_ranks",
     "final_values",
     "findings_markdown",
+    "method_agreement_table",
     "has_bottleneck_runs",
     "holm",
     "run_table",
@@ -307,16 +310,21 @@ def _per_run(results: xr.Dataset, metric: str, keep: np.ndarray) -> pd.DataFrame
 
 
 def compare_ranks(
-    results: xr.Dataset, metric: str, alpha: float = 0.05, full_width: int = FULL_WIDTH
+    results: xr.Dataset,
+    metric: str,
+    alpha: float = 0.05,
+    full_width: int = FULL_WIDTH,
+    rule: str = "raf",
 ) -> GroupComparison:
-    """``metric`` (per-run mean) between feedback ranks: RAF runs with ``n_bn == full_width``
-    grouped by ``rank``; Kruskal-Wallis, then pairwise Mann-Whitney U with Holm correction.
+    """``metric`` (per-run mean) between feedback ranks: runs of ``rule`` (RAF; ``raf_pca``:
+    P by PCA) with ``n_bn == full_width`` grouped by ``rank``; Kruskal-Wallis, then pairwise
+    Mann-Whitney U with Holm correction.
 
     The BP runs (the reference in the panels) are not part of this test.
     """
-    rule, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
-    keep = (rule == "raf") & (n_bn == full_width)
-    what = f"RAF runs, n_bn = {full_width}"
+    rules, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
+    keep = (rules == rule) & (n_bn == full_width)
+    what = f"{rule_label(rule)} runs, n_bn = {full_width}"
     return compare_groups(_per_run(results, metric, keep), "rank", metric, alpha, what)
 
 
@@ -382,7 +390,9 @@ def findings_markdown(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset, runs in in_condition_order(table).groupby("preset", sort=False):
         cells = [preset, str(len(runs)), _mean_sd(runs.get("test_acc", pd.Series()), 3)]
-        cells.append(_mean_sd(runs["n_units"], 1) + f" of {int(runs['n_bn'].iloc[0])}")
+        units = runs["n_units"]
+        units_text = str(int(units.iloc[0])) if len(units) == 1 else _mean_sd(units, 1)
+        cells.append(f"{units_text} of {int(runs['n_bn'].iloc[0])}")
         cells += [_mean_sd(runs[m]) for m in metrics]
         if has_angle:
             low_rank = ((runs["rule"] == "raf") & (runs["rank"] < runs["n_bn"])).any()
@@ -394,10 +404,15 @@ def findings_markdown(
         "| test | metric | Kruskal-Wallis | significant pairs (Holm) |",
         "|---|---|---|---|",
     ]
-    for name, compare in (("feedback rank (RAF)", compare_ranks),
-                          ("N_bn (BP)", compare_bottlenecks)):  # fmt: skip
+    comparisons = [
+        (f"feedback rank ({rule_label(rule)})",
+         lambda m, rule=rule: compare_ranks(results, m, alpha, rule=rule))
+        for rule in ("raf", "raf_pca") if rule in set(run_table(results)["rule"])
+    ]  # fmt: skip
+    comparisons.append(("N_bn (BP)", lambda m: compare_bottlenecks(results, m, alpha)))
+    for name, compare in comparisons:
         for metric in metrics:
-            result = compare(results, metric, alpha)
+            result = compare(metric)
             if result.status != "ok":
                 tests.append(f"| {name} | {FINDINGS_LABELS.get(metric, metric)} | "
                              f"{result.status} | \u2013 |")  # fmt: skip
@@ -409,3 +424,26 @@ def findings_markdown(
             tests.append(f"| {name} | {FINDINGS_LABELS.get(metric, metric)} | {omnibus} | "
                          f"{listed} |")  # fmt: skip
     return "\n".join(lines + tests)
+
+
+def method_agreement_table(results: xr.Dataset, pairs: Sequence[str]) -> pd.DataFrame:
+    """Per condition and pair of RF methods (``<a>_vs_<b>`` variables, run x channel): the
+    number of responsive units and the median and 10th percentile of the per-unit correlation
+    of the two maps over them (seeds pooled), in the panels' condition order."""
+    missing = [p for p in pairs if p not in results]
+    if missing:
+        raise DataError(f"the results dataset has no method correlation(s) {missing}")
+    mask = responsive_units(results).values
+    presets = np.asarray(results["preset"].values).astype(str)
+    rows = []
+    for preset in condition_order(results):
+        in_condition = presets == preset
+        for pair in pairs:
+            values = results[pair].transpose("run", "channel").values[in_condition]
+            values = values[mask[in_condition] & np.isfinite(values)]
+            found = len(values) > 0
+            rows.append({"condition": preset, "methods": pair.replace("_vs_", " vs "),
+                         "units": len(values),
+                         "median_r": np.median(values) if found else np.nan,
+                         "p10_r": np.percentile(values, 10) if found else np.nan})  # fmt: skip
+    return pd.DataFrame(rows)

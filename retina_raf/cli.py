@@ -398,11 +398,29 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 )
 @click.option(
     "--method",
-    default="actmax",
+    "methods",
+    default=("actmax",),
     show_default=True,
+    multiple=True,
     type=click.Choice(["actmax", "gradient", "sta"]),
-    help="--collect: RF method.",
+    help="--collect: RF method; repeat it to store several in one file.",
 )
+@click.option(
+    "--results",
+    "results_path",
+    default=None,
+    type=click.Path(path_type=str),
+    help="--collect: the results file [default: OUT/results_<layer>_<method>.nc].",
+)
+@click.option(
+    "--base",
+    default="zeros",
+    show_default=True,
+    type=click.Choice(["zeros", "gray"]),
+    help="--collect: base image of the RF maps (gray: for runs trained on unstandardized "
+    "images, at --gray-level, e.g. 0.4734, grayscale CIFAR-10's mean pixel in [0, 1]).",
+)
+@click.option("--gray-level", default=0.5, show_default=True, type=float, help="--collect.")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="--collect.")
 def sweep_command(
     file,
@@ -420,16 +438,21 @@ def sweep_command(
     no_wait,
     seeds,
     layer,
-    method,
+    methods,
+    results_path,
+    base,
+    gray_level,
     device,
 ):
     """Train every run of the experiment FILE (presets x ranks x grid x seeds) that is not
     finished: finished runs are skipped, interrupted ones resume, the rest start.
 
     --dry-run lists the runs and their states; --collect combines the finished runs into
-    OUT/results_<layer>_<method>.nc (RFs, metrics, histories) for the notebooks, or, for the
-    Fig. 3 networks (model.arch mlp, vgg, vit), OUT/results_accuracy.nc (test accuracy by
-    rule, constrained layer, rank, d and seed)."""
+    OUT/results_<layer>_<method>.nc or --results (RFs, metrics, histories; the unfinished
+    runs listed in its missing_runs attribute) for the notebooks, or, for the Fig. 3
+    networks (model.arch mlp, vgg, vit), OUT/results_accuracy.nc or --results (test
+    accuracy by rule, constrained layer, rank, d and seed; --layer, --method, --base and
+    --device do not apply)."""
     from pathlib import Path
 
     from retina_raf import sweep
@@ -446,7 +469,12 @@ def sweep_command(
     if collect:
         from analysis.results import collect_experiment
 
-        click.echo(f"wrote {collect_experiment(exp, out, layer, method, device)}")
+        if results_path is not None:
+            _netcdf_path(results_path, "--results")
+        rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {}
+        path = collect_experiment(exp, out, layer, list(methods), device, results_path,
+                                  **rf_options)  # fmt: skip
+        click.echo(f"wrote {path}")
         return
     rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
     if rep is None:

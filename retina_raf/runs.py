@@ -150,8 +150,9 @@ def run_identity(config: dict | RunConfig) -> dict:
 
     ``rank`` is the rank of the feedback sent into the retina: the RAF rank of ``vvs_1``,
     the direct feedback's rank under dRAF, and for backprop the rank of ``W^T`` of
-    ``vvs_1`` (``min(n_bn, vvs_channels)``). ``rule`` is ``bp``, ``raf`` or ``draf`` (the
-    family of the preset), or the rule of ``vvs_1`` for custom configurations.
+    ``vvs_1`` (``min(n_bn, vvs_channels)``). ``rule`` is ``bp``, ``draf``, or the rule of
+    ``vvs_1`` (``raf``; ``raf_pca`` for ``raf-pca-r<k>``, kept apart from Oja's ``raf``, since
+    the two answer the rank question differently).
 
     The Fig. 3 networks (``model.arch`` mlp, vgg, vit) have no retina: their labels are
     :func:`retina_raf.nets.run_identity`'s (these five, ``n_bn`` 0, and arch, constrain,
@@ -176,10 +177,7 @@ def run_identity(config: dict | RunConfig) -> dict:
     elif vvs1_rule == "bp":
         rule, rank = "bp", min(m.n_bn, m.vvs_channels)
     else:
-        rule, rank = (
-            "raf" if vvs1_rule in ("raf", "raf_pca") else vvs1_rule,
-            m.layer_rank.get("vvs_1", m.vvs_channels),
-        )
+        rule, rank = vvs1_rule, m.layer_rank.get("vvs_1", m.vvs_channels)
     return {"preset": cfg.preset, "rank": int(rank), "n_bn": int(m.n_bn),
             "seed": int(cfg.seed), "rule": rule}  # fmt: skip
 

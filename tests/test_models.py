@@ -48,6 +48,22 @@ def test_layers_reachable_by_name_and_rules_from_preset():
     assert type(bp_others.vvs_2.conv) is FFTConv2d and type(bp_others.fc_1.linear) is nn.Linear
 
 
+def test_raf_pca_preset_sets_vvs1_p_by_pca_and_is_its_own_rule():
+    """raf-pca-r2: the retina's feedback (vvs_1) has rank 2 with P by the PCA rule, every other
+    layer as raf-r2; its runs are labelled rule raf_pca, apart from Oja's raf-r2."""
+    from retina_raf.config import resolve_run_config
+    from retina_raf.presets import preset_with_rank
+    from retina_raf.runs import run_identity
+
+    model = build_model("raf-pca-r2", **TINY)
+    assert model.vvs_1.conv.feedback_rank == 2 and model.vvs_1.conv.p_rule == "pca"
+    assert model.vvs_2.conv.p_rule == build_model("raf-r2", **TINY).vvs_2.conv.p_rule
+    identity = run_identity(resolve_run_config("raf-pca-r2", 0, {}))
+    assert identity["rule"] == "raf_pca" and identity["rank"] == 2
+    assert run_identity(resolve_run_config("raf-r2", 0, {}))["rule"] == "raf"
+    assert preset_with_rank("raf-pca-r2", 4) == "raf-pca-r4"
+
+
 @pytest.mark.parametrize(
     "preset, overrides, message",
     [

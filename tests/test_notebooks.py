@@ -238,3 +238,4 @@ def test_reports_of_a_two_method_file_show_the_method_asked_for(tmp_path):
             name=f"atlas_{shown}",
         )
         assert f"layer retina_2 RFs mapped by {shown}" in html.read_text()
+        assert "actmax vs gradient" in html.read_text()  # the methods' agreement table

@@ -238,3 +238,16 @@ def test_findings_table_states_mean_sd_over_seeds_and_the_tests():
     p_value = stats.compare_ranks(results, "symmetry").kruskal_p
     assert f"| feedback rank (RAF) | symmetry | H = 3.86, p = {p_value:.3f} | none |" in lines
     assert "| N_bn (BP) | symmetry | n too small | – |" in lines  # one bottleneck width only
+
+
+def test_method_agreement_table_pools_seeds_over_responsive_units_only():
+    """Per condition, the median and 10th percentile of a method correlation over the
+    responsive units of all its seeds; unresponsive units (wild values) do not count."""
+    results = make_results({"bp": [0.1, 0.2], "raf-r2": [0.7, 0.8]})
+    values = np.tile([0.9, 0.8, 0.7, -5.0], (4, 1))  # the last channel is unresponsive
+    results["actmax_vs_gradient"] = (("run", "channel"), values)
+    table = stats.method_agreement_table(results, ["actmax_vs_gradient"])
+    assert list(table["condition"]) == ["raf-r2", "bp"]
+    assert list(table["units"]) == [6, 6] and list(table["median_r"]) == [0.8, 0.8]
+    assert table["p10_r"].iloc[0] == pytest.approx(0.7)
+    assert table["methods"].iloc[0] == "actmax vs gradient"

@@ -415,3 +415,29 @@ def test_slurm_executor_reports_failed_runs_and_where_their_logs_are(tmp_path):
     logs = rep.logs[bad_run.run_id]
     assert logs[0].endswith(f"{bad_run.run_id}.err") and all(Path(p).exists() for p in logs)
     assert "missing.npz" in rep.summary() and logs[1] in rep.summary()
+
+
+def test_collect_two_methods_into_a_chosen_file_accounts_for_every_planned_run(tmp_path, run_cli):
+    """`sweep FILE --collect --method actmax --method gradient --results X.nc --base gray`
+    (what `make publish` runs): one file with both RF methods mapped around a gray image;
+    the finished runs are in it and the
+    unfinished ones are named in `missing_runs`, so together they are every planned run."""
+    from retina_raf.train import train
+
+    path = write_experiment(tmp_path, presets=["bp", "raf-r2"], seeds=1, overrides=TINY)
+    out = tmp_path / "out"
+    runs = expand(load_experiment(path))
+    train(runs[0].config(), out, name=runs[0].run_id, log=lambda m: None)  # raf-r2 never ran
+    target = tmp_path / "published" / "results.nc"
+    code, text, err = run_cli("sweep", path, "--out", out, "--collect", "--method", "actmax",
+                              "--method", "gradient", "--results", target, "--base", "gray",
+                              "--gray-level", "0.4")  # fmt: skip
+    assert code == 0, err
+    with xr.open_dataset(target, engine="h5netcdf") as ds:
+        assert list(ds["method"].values) == ["actmax", "gradient"]
+        for options in json.loads(ds.attrs["rf_options_by_method"]).values():
+            assert options["rf_base"] == "gray" and options["rf_gray_level"] == 0.4
+        assert list(ds["run_id"].values) == [runs[0].run_id]
+        assert ds.attrs["missing_runs"].split() == [runs[1].run_id]
+    code, _, err = run_cli("sweep", path, "--out", out, "--collect", "--results", "x.csv")
+    assert code == 2 and "must end in .nc" in err

@@ -55,7 +55,7 @@ RANK_AXIS_LABEL = "Feedback rank into retina"
 NBN_AXIS_LABEL = "Retina output channels (N$_{bn}$)"
 # Order of the rules along the rank axis: RAF ranks, other feedback rules, dRAF, then the BP
 # reference at the right.
-RANK_AXIS_RULES = {"raf": 0, "draf": 2, "bp": 3}
+RANK_AXIS_RULES = {"raf": 0, "raf_pca": 1, "draf": 2, "bp": 3}
 
 
 class PanelSkipped(UserWarning):

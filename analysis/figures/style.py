@@ -42,6 +42,8 @@ CONDITION_COLORS = {
     "raf-r32": PALETTE[2],  # green, light blue, blue: feedback ranks (low rank = dark)
     "raf-r4": PALETTE[9],
     "raf-r2": PALETTE[0],
+    "raf-pca-r4": "#f768a1",  # pink, dark magenta: P by PCA instead of Oja's rule
+    "raf-pca-r2": "#7a0177",
     "draf-bottleneck-4": PALETTE[4],  # purple: bottleneck with direct full-rank feedback
 }
 CLASS_COLORS = {  # away from the red/blue of the RF colormap
