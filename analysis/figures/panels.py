@@ -421,7 +421,7 @@ def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
         _epoch_axis(ax, epochs)
         ax.set_xlabel("Epoch")
         ax.set_ylabel(f"Largest principal angle,\nP vs top error subspace ({layer}, \u00b0)")
-        ax.legend(loc="upper right", title="Condition")
+        ax.legend(loc="lower left", title="Condition")  # the angles start high
     return fig
 
 
