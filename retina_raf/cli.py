@@ -724,7 +724,8 @@ def demo_cmd(out, reports):
 
     Far too little data and training for scientific conclusions: it shows the pipeline. Next
     to them it renders the published findings committed under reports/ (the pilot's RFs
-    through training on the full data set), so the first look shows real receptive fields.
+    through training, and the CPU-scale Fig. 4's rank comparison and RF atlas, all trained
+    on the full data set), so the first look shows real receptive fields.
     """
     from analysis.pipeline import run_demo
 
