@@ -361,6 +361,20 @@ def test_rf_montage_is_symmetric_about_zero_and_labelled_by_channel_and_class(re
     assert len(gray) == 1  # the zero RF: nothing to scale, a gray tile
 
 
+def test_class_legend_of_a_narrow_montage_wraps_inside_the_figure(results):
+    """Four RFs of four classes: the class legend under the montage does not fit one line of
+    the narrow figure, so it wraps (two classes a line) and the figure grows to hold it;
+    a double-column row of eight keeps it on one line."""
+    rfs = results["rf"].isel(run=0, channel=slice(0, 4))
+    four = ["center-surround", "oriented", "unclassified", "unresponsive"]
+    narrow = figures.plot_rf_montage(rfs, classes=four)
+    legend = narrow._supxlabel.get_text()
+    assert legend.count("\n") == 1 and legend.splitlines()[0].startswith("CS center-surround")
+    wide_rfs = results["rf"].isel(run=0).isel(channel=[0, 1, 2, 3, 4, 5, 0, 1])
+    wide = figures.plot_rf_montage(wide_rfs, classes=four * 2, width="double")
+    assert "\n" not in wide._supxlabel.get_text()
+
+
 def test_montage_crops_tiles_to_the_rf_support():
     """retina_2 (two 9x9 layers) sees 17x17 input pixels: its montage tiles are 17x17, not
     the 32x32 input grid."""

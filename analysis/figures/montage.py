@@ -145,6 +145,14 @@ def plot_rf_montage(
     longest = max((len(line) for line in (title or "").splitlines()), default=0)
     title_width_mm = 0.6 * title_pt * 25.4 / 72 * longest + 4.0
     fig_width = max(image_width_mm + colorbar_mm, title_width_mm if title else 30.0, 30.0)
+    legend_lines = []
+    if classes is not None:  # one line if it fits the figure (6 pt: ~1.3 mm a character)
+        items = [f"{CLASS_ABBREVIATIONS[c]} {c}" for c in CLASS_ABBREVIATIONS if c in set(classes)]
+        one_line = "   ".join(items)
+        fits = 1.3 * len(one_line) + 4.0 <= fig_width
+        legend_lines = [one_line] if fits else ["   ".join(items[i:i + 2])
+                                                 for i in range(0, len(items), 2)]  # fmt: skip
+        footer_mm += 2.6 * (len(legend_lines) - 1)
     image_mm = image_width_mm * image.shape[0] / image.shape[1]
     height = image_mm + title_mm + footer_mm + 2.0
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
@@ -187,10 +195,8 @@ def plot_rf_montage(
                            fontsize=6)  # fmt: skip
         if title:
             fig.suptitle(title)
-        if classes is not None:
-            present = [c for c in CLASS_ABBREVIATIONS if c in set(classes)]
-            legend = "   ".join(f"{CLASS_ABBREVIATIONS[c]} {c}" for c in present)
-            fig.supxlabel(legend, fontsize=6, color="0.25")
+        if legend_lines:
+            fig.supxlabel("\n".join(legend_lines), fontsize=6, color="0.25")
     return fig
 
 
