@@ -395,7 +395,7 @@ def findings_markdown(
         cells.append(f"{units_text} of {int(runs['n_bn'].iloc[0])}")
         cells += [_mean_sd(runs[m]) for m in metrics]
         if has_angle:
-            low_rank = ((runs["rule"] == "raf") & (runs["rank"] < runs["n_bn"])).any()
+            low_rank = (runs["rule"].isin(["raf", "raf_pca"]) & (runs["rank"] < runs["n_bn"])).any()
             cells.append(_mean_sd(runs["angle"], 0) if low_rank else "\u2013")  # full rank: 0
         cells += [_mean_sd(runs[p]) for p in pairs]
         lines.append("| " + " | ".join(cells) + " |")

@@ -407,8 +407,8 @@ def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
     angle = np.degrees(results["principal_angle_max_rad"].sel(layer=layer))
     angle = angle.transpose("run", "epoch")
     low_rank = np.asarray(results["rank"].values) < np.asarray(results["n_bn"].values)
-    angle = angle.where(xr.DataArray(low_rank & (run_coord(results, "rule") == "raf"),
-                                     dims="run"))  # fmt: skip
+    raf = np.isin(run_coord(results, "rule"), ["raf", "raf_pca"])
+    angle = angle.where(xr.DataArray(low_rank & raf, dims="run"))
     if not np.isfinite(angle.values).any():
         raise DataError(f"no low-rank RAF run with a principal angle at {layer}")
     epochs = np.asarray(results["epoch"].values)
