@@ -42,6 +42,7 @@ import datetime as _dt
 import hashlib
 import json
 from collections.abc import Sequence
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -263,17 +264,24 @@ def stack_methods(parts: Sequence[xr.Dataset]) -> xr.Dataset:
         join="outer",
         combine_attrs="override",
     )
-    for i, first in enumerate(methods):
-        for second in methods[i + 1 :]:
-            stacked[f"{first}_vs_{second}"] = rf_correlation(
-                parts[i]["rf"], parts[methods.index(second)]["rf"]
-            ).assign_attrs(long_name=f"Pearson correlation of the {first} and {second} RFs",
-                           units="1")  # fmt: skip
+    for (first, a), (second, b) in combinations(zip(methods, parts, strict=True), 2):
+        stacked[f"{first}_vs_{second}"] = rf_correlation(a["rf"], b["rf"]).assign_attrs(
+            long_name=f"Pearson correlation of the {first} and {second} RFs", units="1"
+        )
     common = {k: v for k, v in parts[0].attrs.items() if not k.startswith("rf_")}
     layer = parts[0].attrs.get("rf_layer", "")
     stacked.attrs = {**common, "rf_layer": layer, "rf_methods": methods,
                      "rf_options_by_method": json.dumps(options)}  # fmt: skip
     return index_run_coords(stacked)
+
+
+def combine_methods(
+    run_dirs: Sequence[str | Path], layer: str, methods: Sequence[str], **kwargs
+) -> xr.Dataset:
+    """:func:`combine_runs` by one method, or by several stacked by :func:`stack_methods`."""
+    methods = list(dict.fromkeys(methods))
+    parts = [combine_runs(run_dirs, layer, method, **kwargs) for method in methods]
+    return parts[0] if len(parts) == 1 else stack_methods(parts)
 
 
 def select_method(ds: xr.Dataset, method: str | None = None) -> xr.Dataset:
@@ -462,8 +470,7 @@ def collect_experiment(
 
         ds = collect_accuracy(run_dirs)
     else:
-        parts = [combine_runs(run_dirs, layer, m, device=device, **rf_options) for m in methods]
-        ds = parts[0] if len(parts) == 1 else stack_methods(parts)
+        ds = combine_methods(run_dirs, layer, methods, device=device, **rf_options)
     for key in experiment_grid_keys(exp):
         name = key.rsplit(".", 1)[-1]
         if name not in ds.coords:

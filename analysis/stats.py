@@ -136,9 +136,7 @@ def final_values(results: xr.Dataset, variables: Sequence[str]) -> pd.DataFrame:
         raise DataError(f"the results dataset has no history variable(s) {missing}")
     table = run_table(results)
     for name in variables:
-        history = results[name].transpose("run", "epoch").values.astype(float)
-        last = [row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in history]
-        table[name] = last
+        table[name] = _last_epoch(results, name)
     table = in_condition_order(table)
     rows = []
     for preset, runs in table.groupby("preset", sort=False):

@@ -686,7 +686,7 @@ def results_cmd(runs, out, layer, methods, rf_seed, seed, device):
     n_bn, seed, rule (each an index: ds.sel(preset="raf-r4")). Every run is checked before
     any RF is mapped; cached analyses are reused only for the same weights.
     """
-    from analysis.results import combine_runs, find_runs, stack_methods, write_results
+    from analysis.results import combine_methods, find_runs, write_results
 
     _netcdf_path(out)
     seed = _renamed(seed, "--seed", rf_seed, "--rf-seed") or 0
@@ -694,8 +694,7 @@ def results_cmd(runs, out, layer, methods, rf_seed, seed, device):
     run_dirs = [run for root in runs for run in find_runs(root)]
     if not run_dirs:
         raise click.ClickException(f"no finished run folders (with DONE) under {runs[0]}")
-    parts = [combine_runs(run_dirs, layer, m, seed=seed, device=device) for m in methods]
-    ds = parts[0] if len(parts) == 1 else stack_methods(parts)
+    ds = combine_methods(run_dirs, layer, methods, seed=seed, device=device)
     path = write_results(ds, out)
     click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {', '.join(methods)}")
     for name in [v for v in ds.data_vars if "_vs_" in str(v)]:
