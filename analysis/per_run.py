@@ -22,10 +22,18 @@ from retina_raf.errors import DataError
 
 FULL_WIDTH = 32  # retina channels without bottleneck = full feedback rank (DESIGN.md section 5)
 RUN_COLUMNS = ["run_id", "preset", "rule", "rank", "n_bn", "seed"]
-RULE_LABELS = {"bp": "BP", "raf": "RAF", "raf_pca": "RAF (PCA)", "draf": "dRAF"}
+RULE_LABELS = {
+    "bp": "BP",
+    "raf": "RAF",
+    "raf_pca": "RAF (PCA)",
+    "raf_aligned": "RAF (aligned)",
+    "draf": "dRAF",
+}
+# The rules whose runs vary the rank of the feedback into the retina (one family each).
+FEEDBACK_RANK_RULES = ("raf", "raf_pca", "raf_aligned")
 # Learning rules in the order of the panels: RAF ranks first, other feedback rules, then BP
 # (feedforward bottlenecks) and dRAF (bottlenecks trained by direct feedback).
-RULE_ORDER = {"raf": 0, "raf_pca": 1, "bp": 2, "draf": 3}
+RULE_ORDER = {"raf": 0, "raf_pca": 1, "raf_aligned": 2, "bp": 3, "draf": 4}
 
 
 def rule_label(rule: str) -> str:

@@ -35,6 +35,7 @@ import xarray as xr
 from scipy import stats as scipy_stats
 
 from analysis.per_run import (
+    FEEDBACK_RANK_RULES,
     FULL_WIDTH,
     RUN_COLUMNS,
     condition_order,
@@ -315,14 +316,17 @@ def compare_ranks(
     rule: str = "raf",
 ) -> GroupComparison:
     """``metric`` (per-run mean) between feedback ranks: runs of ``rule`` (RAF; ``raf_pca``:
-    P by PCA) with ``n_bn == full_width`` grouped by ``rank``; Kruskal-Wallis, then pairwise
-    Mann-Whitney U with Holm correction.
+    P by PCA; ``raf_aligned``: P by PCA and Q = W^T P^T) with ``n_bn == full_width`` grouped by
+    ``rank``; Kruskal-Wallis, then pairwise Mann-Whitney U with Holm correction.
 
-    The BP runs (the reference in the panels) are not part of this test.
+    The BP runs (the reference in the panels) are not part of the test, except for
+    ``raf_aligned``: at full rank its feedback W^T P^T P is W^T (P orthogonal), so BP is that
+    family's rank ``full_width`` and joins it.
     """
     rules, n_bn = np.asarray(results["rule"].values), np.asarray(results["n_bn"].values)
-    keep = (rules == rule) & (n_bn == full_width)
-    what = f"{rule_label(rule)} runs, n_bn = {full_width}"
+    family = (rule, "bp") if rule == "raf_aligned" else (rule,)
+    keep = np.isin(rules, family) & (n_bn == full_width)
+    what = f"{' and '.join(rule_label(r) for r in family)} runs, n_bn = {full_width}"
     return compare_groups(_per_run(results, metric, keep), "rank", metric, alpha, what)
 
 
@@ -393,7 +397,8 @@ def findings_markdown(
         cells.append(f"{units_text} of {int(runs['n_bn'].iloc[0])}")
         cells += [_mean_sd(runs[m]) for m in metrics]
         if has_angle:
-            low_rank = (runs["rule"].isin(["raf", "raf_pca"]) & (runs["rank"] < runs["n_bn"])).any()
+            feedback_rank = runs["rule"].isin(FEEDBACK_RANK_RULES)
+            low_rank = (feedback_rank & (runs["rank"] < runs["n_bn"])).any()
             cells.append(_mean_sd(runs["angle"], 0) if low_rank else "\u2013")  # full rank: 0
         cells += [_mean_sd(runs[p]) for p in pairs]
         lines.append("| " + " | ".join(cells) + " |")
@@ -403,9 +408,9 @@ def findings_markdown(
         "|---|---|---|---|",
     ]
     comparisons = [
-        (f"feedback rank ({rule_label(rule)})",
+        (f"feedback rank ({rule_label(rule)}{', BP as r = 32' if rule == 'raf_aligned' else ''})",
          lambda m, rule=rule: compare_ranks(results, m, alpha, rule=rule))
-        for rule in ("raf", "raf_pca") if rule in set(run_table(results)["rule"])
+        for rule in FEEDBACK_RANK_RULES if rule in set(run_table(results)["rule"])
     ]  # fmt: skip
     comparisons.append(("N_bn (BP)", lambda m: compare_bottlenecks(results, m, alpha)))
     for name, compare in comparisons:

@@ -24,8 +24,9 @@ from retina_raf.errors import ConfigError
 from retina_raf.presets import preset_model_fields
 
 # bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
-# kp: Kolen-Pollack; fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
-RULES = ("bp", "raf", "raf_pca", "kp", "fa", "lowrank_fa")
+# raf_aligned: RAF at its fixed point (P by PCA, Q = W^T P^T); kp: Kolen-Pollack;
+# fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
+RULES = ("bp", "raf", "raf_pca", "raf_aligned", "kp", "fa", "lowrank_fa")
 # retina: the Lindsey retina/VVS CNN (DESIGN.md 5); mlp, vgg, vit: the networks of the paper's
 # Fig. 3 (DESIGN.md 7.1, retina_raf.nets)
 ARCHS = ("retina", "mlp", "vgg", "vit")
@@ -68,7 +69,9 @@ class ModelConfig:
     rule: str = spec(
         "bp", choices=RULES, doc="learning rule of every layer not named in layer_rule"
     )
-    layer_rule: dict = spec({}, doc="layer name -> rule (bp, raf, raf_pca, kp, fa, lowrank_fa)")
+    layer_rule: dict = spec(
+        {}, doc="layer name -> rule (bp, raf, raf_pca, raf_aligned, kp, fa, lowrank_fa)"
+    )
     layer_rank: dict = spec({}, doc="layer name -> feedback rank (default: full)")
     track_error_covariance: bool = spec(
         True, doc="feedback layers keep a moving average of their error covariance (diagnostics)"

@@ -2,10 +2,11 @@
 
 A preset is a function of its name that fills model fields of
 :class:`~retina_raf.config.ModelConfig`: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``,
-``raf-pca-r<k>`` and ``draf-bottleneck-<k>``; and ``raf`` (every layer RAF at full rank),
-which with ``bp`` is what the Fig. 3 networks (``model.arch``, :mod:`retina_raf.nets`) start
-from. :func:`retina_raf.config.resolve_run_config` applies one before the overrides;
-:class:`retina_raf.models.RetinaNet` (or :mod:`retina_raf.nets`) builds what it describes.
+``raf-pca-r<k>``, ``raf-aligned-r<k>`` and ``draf-bottleneck-<k>``; and ``raf`` (every layer
+RAF at full rank), which with ``bp`` is what the Fig. 3 networks (``model.arch``,
+:mod:`retina_raf.nets`) start from. :func:`retina_raf.config.resolve_run_config` applies one
+before the overrides; :class:`retina_raf.models.RetinaNet` (or :mod:`retina_raf.nets`) builds
+what it describes.
 No torch here: sweeps resolve hundreds of retina run configs without loading it (checking
 a Fig. 3 network's config imports :mod:`retina_raf.nets`, and torch with it).
 """
@@ -23,6 +24,9 @@ PRESET_PATTERNS = {
     "(paper: 2, 4, 32)",
     "raf-pca-r<k>": "as raf-r<k>, but vvs_1's P is set to the top-k eigenvectors of its error "
     "covariance (the normative rule raf_pca) instead of following Oja's rule",
+    "raf-aligned-r<k>": "as raf-pca-r<k>, with vvs_1's Q at its Kolen-Pollack fixed point "
+    "W^T P^T (rule raf_aligned): the retina receives backprop's error projected onto its top k "
+    "principal components",
     "draf-bottleneck-<k>": "k retina output channels; the retina output receives a direct "
     "full-rank error from the last VVS layer (dRAF); the rest RAF",
     "raf": "RAF at full rank in every layer, the readout included (any model.arch; with "
@@ -58,11 +62,12 @@ def preset_model_fields(preset: str, others: str = "raf") -> dict:
     if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
         return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
     readout = {"fc_2": READOUT_RULE} if others == "raf" else {}
-    if m := re.fullmatch(r"raf-(pca-)?r(\d+)", preset):
+    if m := re.fullmatch(r"raf-(pca-|aligned-)?r(\d+)", preset):
+        vvs1_rule = {None: "raf", "pca-": "raf_pca", "aligned-": "raf_aligned"}[m.group(1)]
         return {
             "rule": others,
             "n_bn": 32,
-            "layer_rule": {"vvs_1": "raf_pca" if m.group(1) else "raf", **readout},
+            "layer_rule": {"vvs_1": vvs1_rule, **readout},
             "layer_rank": {"vvs_1": _width(m.group(2), preset)},
         }
     if m := re.fullmatch(r"draf-bottleneck-(\d+)", preset):
@@ -84,8 +89,8 @@ def _width(text: str, preset: str) -> int:
 
 def preset_with_rank(preset: str, rank: int | None) -> str:
     """The preset of a run of an experiment: a ``ranks:`` value overriding the rank of a
-    ``raf-r<k>`` (``raf-pca-r<k>``) preset relabels it ``raf-r<rank>`` (``raf-pca-r<rank>``),
-    whose run it is."""
-    if rank is not None and (m := re.fullmatch(r"(raf-(?:pca-)?r)\d+", preset)):
+    ``raf-r<k>`` (``raf-pca-r<k>``, ``raf-aligned-r<k>``) preset relabels it ``raf-r<rank>``
+    (``raf-pca-r<rank>``, ...), whose run it is."""
+    if rank is not None and (m := re.fullmatch(r"(raf-(?:pca-|aligned-)?r)\d+", preset)):
         return f"{m.group(1)}{rank}"
     return preset

@@ -400,6 +400,70 @@ def test_low_rank_kolen_pollack_update_drives_q_to_w_transpose_p_transpose():
     assert math.degrees(math.acos(cosine.item())) < 5
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv-direct", "conv-fft"])
+def test_raf_aligned_sends_backprops_error_projected_onto_the_errors_top_subspace(kind):
+    """raf_aligned is RAF at its fixed point: P spans the error's top-r principal subspace
+    (PCA rule) and Q = W^T P^T, so the input receives W^T P^T P delta (DESIGN 4.1), for the W
+    of the same forward pass, in the direct and the FFT convolution alike."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer = RAFLinear.from_rule("raf_aligned", 6, 5, rank=2, **F64)
+        x = torch.randn(7, 6, **F64, requires_grad=True)
+    else:
+        impl = kind.split("-")[1]
+        layer = RAFConv2d.from_rule(
+            "raf_aligned", 4, 5, 9, rank=2, padding=4, conv_impl=impl, **F64
+        )
+        x = torch.randn(3, 4, 12, 12, **F64, requires_grad=True)
+    assert layer.rule == "raf_aligned" and layer.tie_q and not layer.q.requires_grad
+    with torch.no_grad():
+        layer.weight.add_(0.5)  # W moved since init: Q must follow it, not keep the init's W
+    delta = torch.randn_like(layer(x))
+    p_before = layer.p.detach().clone()
+    out = layer(x)
+    out.backward(delta)
+    # the PCA rule sets P on this first backward, after the projection that used P_before
+    reference = nn.Linear(6, 5, **F64) if kind == "linear" else nn.Conv2d(4, 5, 9, padding=4, **F64)
+    with torch.no_grad():
+        reference.weight.copy_(layer.weight)
+        reference.bias.copy_(layer.bias)
+    x_ref = x.detach().clone().requires_grad_(True)
+    if kind == "linear":
+        projected = delta @ p_before.t() @ p_before
+    else:
+        projected = torch.einsum("rm,rk,bkyx->bmyx", p_before, p_before, delta)
+    reference(x_ref).backward(projected)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    assert layer.q.grad is None  # Q is not learned
+    # after the backward, P is the error's top-2 subspace: the next step projects onto it
+    assert principal_angles(layer.p, layer.error_covariance).max() < 1e-6
+
+
+def test_raf_aligned_at_full_rank_is_backprop():
+    """At full rank P is orthogonal, so B = W^T P^T P = W^T: raf_aligned is backprop."""
+    torch.manual_seed(1)
+    layer = RAFConv2d.from_rule("raf_aligned", 3, 4, 5, padding=2, **F64)
+    reference = nn.Conv2d(3, 4, 5, padding=2, **F64)
+    reference.load_state_dict({"weight": layer.weight, "bias": layer.bias})
+    x = torch.randn(2, 3, 8, 8, **F64)
+    for _ in range(2):  # the second step uses the P the PCA rule set on the first
+        x_raf, x_bp = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        delta = torch.randn(2, 4, 8, 8, **F64)
+        layer(x_raf).backward(delta)
+        reference(x_bp).backward(delta)
+        torch.testing.assert_close(x_raf.grad, x_bp.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_tie_q_rejects_a_trained_q_and_a_direct_pathway():
+    """tie_q sets Q to W^T P^T: training Q as well, or a direct pathway (no W), is an error."""
+    from retina_raf.feedback import DirectFeedback
+
+    with pytest.raises(ConfigError, match="cannot also train Q"):
+        RAFLinear(3, 4, rank=2, tie_q=True, train_q=True)
+    with pytest.raises(ConfigError, match="no forward weight"):
+        DirectFeedback.from_rule("raf_aligned", (4,), (3,), rank=2)
+
+
 # ---------------------------------------------------------------- training works
 
 

@@ -64,6 +64,21 @@ def test_raf_pca_preset_sets_vvs1_p_by_pca_and_is_its_own_rule():
     assert preset_with_rank("raf-pca-r2", 4) == "raf-pca-r4"
 
 
+def test_raf_aligned_preset_ties_vvs1_q_to_its_weight_and_is_its_own_rule():
+    """raf-aligned-r2: vvs_1's feedback has rank 2, P by PCA and Q = W^T P^T (rule
+    raf_aligned); its runs are labelled raf_aligned, apart from raf-pca-r2."""
+    from retina_raf.config import resolve_run_config
+    from retina_raf.presets import preset_with_rank
+    from retina_raf.runs import run_identity
+
+    conv = build_model("raf-aligned-r2", **TINY).vvs_1.conv
+    assert (conv.feedback_rank, conv.p_rule, conv.tie_q, conv.train_q) == (2, "pca", True, False)
+    torch.testing.assert_close(conv.q, torch.einsum("rm,mnyx->rnyx", conv.p, conv.weight))
+    identity = run_identity(resolve_run_config("raf-aligned-r2", 0, {}))
+    assert identity["rule"] == "raf_aligned" and identity["rank"] == 2
+    assert preset_with_rank("raf-aligned-r2", 4) == "raf-aligned-r4"
+
+
 @pytest.mark.parametrize(
     "preset, overrides, message",
     [

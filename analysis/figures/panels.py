@@ -39,6 +39,7 @@ from analysis.figures.style import (
     paper_style,
 )
 from analysis.per_run import (
+    FEEDBACK_RANK_RULES,
     FULL_WIDTH,
     condition_order,
     has_bottleneck_runs,
@@ -55,7 +56,7 @@ RANK_AXIS_LABEL = "Feedback rank into retina"
 NBN_AXIS_LABEL = "Retina output channels (N$_{bn}$)"
 # Order of the rules along the rank axis: RAF ranks, other feedback rules, dRAF, then the BP
 # reference at the right.
-RANK_AXIS_RULES = {"raf": 0, "raf_pca": 1, "draf": 2, "bp": 3}
+RANK_AXIS_RULES = {"raf": 0, "raf_pca": 1, "raf_aligned": 2, "draf": 3, "bp": 4}
 
 
 class PanelSkipped(UserWarning):
@@ -407,7 +408,7 @@ def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
     angle = np.degrees(results["principal_angle_max_rad"].sel(layer=layer))
     angle = angle.transpose("run", "epoch")
     low_rank = np.asarray(results["rank"].values) < np.asarray(results["n_bn"].values)
-    raf = np.isin(run_coord(results, "rule"), ["raf", "raf_pca"])
+    raf = np.isin(run_coord(results, "rule"), FEEDBACK_RANK_RULES)
     angle = angle.where(xr.DataArray(low_rank & raf, dims="run"))
     if not np.isfinite(angle.values).any():
         raise DataError(f"no low-rank RAF run with a principal angle at {layer}")

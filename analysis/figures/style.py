@@ -44,6 +44,8 @@ CONDITION_COLORS = {
     "raf-r2": PALETTE[0],
     "raf-pca-r4": "#f768a1",  # pink, dark magenta: P by PCA instead of Oja's rule
     "raf-pca-r2": "#7a0177",
+    "raf-aligned-r4": "#d9a21b",  # gold, dark brown: P by PCA and Q = W^T P^T (aligned)
+    "raf-aligned-r2": "#6b4500",
     "draf-bottleneck-4": PALETTE[4],  # purple: bottleneck with direct full-rank feedback
 }
 CLASS_COLORS = {  # away from the red/blue of the RF colormap

@@ -14,6 +14,7 @@ Named rules (``RULES``; ``from_rule`` / ``convert(rule=...)``):
 
     raf         Q Kolen-Pollack, P by Oja's rule               (paper eq. 11; the default)
     raf_pca     Q Kolen-Pollack, P = top eigenvectors of the error covariance
+    raf_aligned Q = W^T P^T (KP's fixed point), P as raf_pca: B = W^T P^T P
     kp          Q Kolen-Pollack, P = I                          (full rank only)
     fa          Q random fixed, P = I (full rank) or random fixed (below)
     lowrank_fa  Q Kolen-Pollack, P random fixed                 (paper Fig. 2b,c)

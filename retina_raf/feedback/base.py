@@ -28,7 +28,8 @@ class FeedbackMixin:
     """Q and P of a feedback pathway ``B = Q P`` and the bookkeeping of its learning rule.
 
     Attributes: ``error_channels`` (m, the size of the error that P projects),
-    ``feedback_rank`` (r), ``train_q``, ``p_rule``, ``track_error_covariance``; parameters
+    ``feedback_rank`` (r), ``train_q``, ``tie_q``, ``p_rule``, ``track_error_covariance``;
+    parameters
     ``q`` (shape set by the layer) and ``p`` (r, m); buffer ``error_covariance`` (m x m,
     trace-normalized, exponential moving average with ``covariance_momentum``) when tracked.
     """
@@ -43,6 +44,7 @@ class FeedbackMixin:
         train_q: bool,
         p_rule: str,
         track_error_covariance: bool,
+        tie_q: bool = False,
         pca_interval: int,
         covariance_momentum: float,
         what: str,
@@ -55,6 +57,9 @@ class FeedbackMixin:
         self.feedback_rank = rank
         self.p_rule = check_p_rule(p_rule, rank, error_channels, what)
         self.train_q = bool(train_q)
+        self.tie_q = bool(tie_q)
+        if self.tie_q and self.train_q:
+            raise ConfigError(f"{what}: tie_q sets Q to W^T P^T; it cannot also train Q (train_q)")
         if isinstance(pca_interval, bool) or not isinstance(pca_interval, int) or pca_interval < 1:
             raise ConfigError(f"{what}: pca_interval must be an int >= 1, got {pca_interval!r}")
         if not 0.0 <= covariance_momentum < 1.0:
@@ -82,21 +87,39 @@ class FeedbackMixin:
         self.reset_feedback_parameters()
 
     def reset_feedback_parameters(self) -> None:
-        """Kaiming-uniform Q and P (P = I for "identity"); error covariance back to I."""
+        """Kaiming-uniform Q and P (P = I for "identity", rows orthonormalized under tie_q, Q
+        then W^T P^T); error covariance back to I."""
         kaiming_uniform_(self.q, self._q_fan_in)
         with torch.no_grad():
             if self.p_rule == "identity":
                 self.p.copy_(torch.eye(self.error_channels))
             else:
                 kaiming_uniform_(self.p, self.error_channels)
+                if self.tie_q:
+                    # Orthonormal rows: B = W^T P^T P projects the error from the first step
+                    # (W^T at full rank) until the PCA rule sets P on the first backward.
+                    self.p.copy_(torch.linalg.qr(self.p.t())[0].t())
             if self.track_error_covariance:
                 self.error_covariance.copy_(torch.eye(self.error_channels))
             self.covariance_updates.zero_()
+        if self.tie_q:
+            self._tie_q()
+
+    def _tie_q(self) -> None:
+        """Q := W^T P^T (in Q's layout, :meth:`transported_weight`), so that B = W^T P^T P.
+
+        Called by the layer's forward pass under grad, before the backward that reads Q: the
+        backward then uses the W of this forward pass and the P it projects the error with.
+        """
+        with torch.no_grad():
+            self.q.copy_(self.transported_weight())
 
     @property
     def rule(self) -> str:
         """Name of the rule (see ``rules.RULES``) or "custom"."""
-        return rule_name(self.train_q, self.p_rule, self.feedback_rank, self.error_channels)
+        return rule_name(
+            self.train_q, self.p_rule, self.feedback_rank, self.error_channels, self.tie_q
+        )
 
     @property
     def computes_q_grad(self) -> bool:
@@ -139,5 +162,5 @@ class FeedbackMixin:
     def _feedback_repr(self) -> str:
         return (
             f"rank={self.feedback_rank}, rule={self.rule}, train_q={self.train_q}, "
-            f"p_rule={self.p_rule}"
+            f"p_rule={self.p_rule}" + (", tie_q=True" if self.tie_q else "")
         )

@@ -10,6 +10,7 @@ Input h (b, n, H, W), weight W (m, n, kh, kw), error delta (b, m, H', W'):
     q.grad               conv2d_weight(h, Q.shape, P delta) = sum_m P_rm W.grad_m: both are
                          linear in delta, so once W.grad exists Q's costs an einsum
     p.grad               Oja with C the channel covariance of delta over batch and pixels
+    tie_q                Q := sum_m P_rm W_m (W^T P^T in W's layout) before every backward
 
 Full rank, P = I and Q = W give back exactly backprop's input gradient.
 
@@ -172,7 +173,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
         in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as nn.Conv2d
             (same init, same forward output).
         rank: number of error channels r in 1..out_channels; None or "full" = out_channels.
-        train_q, p_rule, track_error_covariance, pca_interval, covariance_momentum: as
+        train_q, p_rule, tie_q, track_error_covariance, pca_interval, covariance_momentum: as
             :class:`~retina_raf.feedback.RAFLinear`.
 
     Parameters: ``weight`` (m, n, kh, kw), ``bias`` (m,), ``q`` (r, n, kh, kw), ``p`` (r, m).
@@ -192,6 +193,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
         train_q: bool = True,
         p_rule: str = "oja",
         *,
+        tie_q: bool = False,
         track_error_covariance: bool = False,
         pca_interval: int = 100,
         covariance_momentum: float = 0.99,
@@ -232,6 +234,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
             q_fan_in=rank * kh * kw,
             train_q=train_q,
             p_rule=p_rule,
+            tie_q=tie_q,
             track_error_covariance=track_error_covariance,
             pca_interval=pca_interval,
             covariance_momentum=covariance_momentum,
@@ -244,7 +247,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
     def from_rule(
         cls, rule: str, in_channels: int, out_channels: int, kernel_size, rank=None, **kwargs
     ) -> RAFConv2d:
-        """Build the layer of a named rule ("raf", "raf_pca", "kp", "fa", "lowrank_fa")."""
+        """Build the layer of a named rule (``rules.RULES``: "raf", "raf_pca", ...)."""
         what = f"RAFConv2d({in_channels}, {out_channels})"
         options = rule_options(rule, check_rank(rank, out_channels, what), out_channels, what)
         return cls(in_channels, out_channels, kernel_size, rank=rank, **options, **kwargs)
@@ -266,8 +269,14 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
             return F.conv2d(
                 x, self.weight, self.bias, self.stride, self.explicit_padding, self.dilation
             )
+        if self.tie_q:
+            self._tie_q()
         function = RAFConv2dFFTFunction if impl == "fft" else RAFConv2dFunction
         return function.apply(x, self.weight, self.bias, self.q, self.p, self)
+
+    def transported_weight(self) -> torch.Tensor:
+        """W^T P^T in Q's layout: ``einsum('rm,mnyx->rnyx', P, W)``, (r, n, kh, kw)."""
+        return _q_grad_from_w_grad(self.p, self.weight)
 
     def feedback_matrix(self) -> torch.Tensor:
         """B as a kernel in W's layout: ``einsum('rm,rnyx->mnyx', P, Q)``, (m, n, kh, kw)."""

@@ -118,7 +118,8 @@ def convert(
 
     Args:
         model: any nn.Module; it is modified and returned.
-        rule: "raf" (default), "raf_pca", "kp", "fa", "lowrank_fa" (see ``rules.RULES``), or
+        rule: "raf" (default), "raf_pca", "raf_aligned", "kp", "fa", "lowrank_fa" (see
+            ``rules.RULES``), or
             "bp" to turn feedback layers back into plain nn.Linear / nn.Conv2d.
         rank: feedback rank for every converted layer (int, None / "full" = full rank), or a
             dict {qualified name or glob pattern: rank}; layers no key matches get full rank.

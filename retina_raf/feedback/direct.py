@@ -166,6 +166,7 @@ class DirectFeedback(FeedbackMixin, nn.Module):
         p_rule: str = "oja",
         source: ErrorTap | None = None,
         *,
+        tie_q: bool = False,
         track_error_covariance: bool = False,
         pca_interval: int = 100,
         covariance_momentum: float = 0.99,
@@ -178,6 +179,11 @@ class DirectFeedback(FeedbackMixin, nn.Module):
         what = f"DirectFeedback(target_shape={self.target_shape}, source={self.source_shape})"
         if len(self.source_shape) not in (1, 3):
             raise ConfigError(f"{what}: source_shape must be (m_s,) or (C_s, H, W)")
+        if tie_q:
+            raise ConfigError(
+                f"{what}: tie_q (rule raf_aligned) sets Q to W^T P^T, but a direct pathway has "
+                "no forward weight W of its own to transport"
+            )
         self.spatial = len(self.source_shape) == 3
         if self.spatial:
             if len(self.target_shape) != 3 or self.target_shape[1:] != self.source_shape[1:]:
@@ -212,7 +218,7 @@ class DirectFeedback(FeedbackMixin, nn.Module):
 
     @classmethod
     def from_rule(cls, rule: str, target_shape, source_shape, rank=None, **kwargs):
-        """Build the pathway of a named rule ("raf", "raf_pca", "kp", "fa", "lowrank_fa")."""
+        """Build the pathway of a named rule (``rules.RULES``; not "raf_aligned")."""
         full = int(source_shape[0])
         what = f"DirectFeedback(target_shape={tuple(target_shape)})"
         options = rule_options(rule, check_rank(rank, full, what), full, what)

@@ -7,6 +7,7 @@ Input h (N x n, any leading dims), weight W (m x n), error delta = dL/dz (N x m)
     q.grad               h^T (delta P^T)           (Kolen-Pollack; = W.grad^T P^T, whichever
                                                    is cheaper: N n r vs m n r)
     p.grad               -(P C (I - P^T P))       (Oja, C the trace-normalized delta^T delta)
+    tie_q                Q := W^T P^T before every backward (KP's fixed point): B = W^T P^T P
 
 The signs are for a descent optimizer: ``q -= lr * q.grad`` is paper eq. (7),
 ``dQ = eta h (P e)^T`` with e = -delta, and ``p -= lr * p.grad`` is eq. (8) on the error.
@@ -80,6 +81,8 @@ class RAFLinear(FeedbackMixin, nn.Linear):
         rank: feedback rank r in 1..out_features; None or "full" = out_features.
         train_q: train Q by the Kolen-Pollack rule (False: Q stays random, as in FA).
         p_rule: "oja" | "pca" | "fixed" | "identity" (see ``retina_raf.feedback.rules``).
+        tie_q: Q is set to W^T P^T before every backward instead of being learned (needs
+            train_q=False): the feedback at RAF's fixed point, B = W^T P^T P.
         track_error_covariance: keep an EMA of the error covariance for diagnostics
             (always on for "pca"; costs one m x m Gram matrix per backward pass).
         pca_interval: "pca" recomputes P every this many backward passes.
@@ -97,6 +100,7 @@ class RAFLinear(FeedbackMixin, nn.Linear):
         train_q: bool = True,
         p_rule: str = "oja",
         *,
+        tie_q: bool = False,
         track_error_covariance: bool = False,
         pca_interval: int = 100,
         covariance_momentum: float = 0.99,
@@ -113,6 +117,7 @@ class RAFLinear(FeedbackMixin, nn.Linear):
             q_fan_in=rank,
             train_q=train_q,
             p_rule=p_rule,
+            tie_q=tie_q,
             track_error_covariance=track_error_covariance,
             pca_interval=pca_interval,
             covariance_momentum=covariance_momentum,
@@ -125,7 +130,7 @@ class RAFLinear(FeedbackMixin, nn.Linear):
     def from_rule(
         cls, rule: str, in_features: int, out_features: int, rank=None, **kwargs
     ) -> RAFLinear:
-        """Build the layer of a named rule ("raf", "raf_pca", "kp", "fa", "lowrank_fa")."""
+        """Build the layer of a named rule (``rules.RULES``: "raf", "raf_pca", ...)."""
         what = f"RAFLinear({in_features}, {out_features})"
         options = rule_options(rule, check_rank(rank, out_features, what), out_features, what)
         return cls(in_features, out_features, rank=rank, **options, **kwargs)
@@ -138,7 +143,13 @@ class RAFLinear(FeedbackMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
+        if self.tie_q:
+            self._tie_q()
         return RAFLinearFunction.apply(x, self.weight, self.bias, self.q, self.p, self)
+
+    def transported_weight(self) -> torch.Tensor:
+        """W^T P^T (n, r): what Q converges to under Kolen-Pollack with weight decay."""
+        return self.weight.t() @ self.p.t()
 
     def feedback_matrix(self) -> torch.Tensor:
         """B = Q P (n, m): what the backward pass uses in place of W^T."""

@@ -24,13 +24,17 @@ from retina_raf.errors import ConfigError
 
 P_RULES = ("oja", "pca", "fixed", "identity")
 
-# rule name -> (train_q, p_rule at full rank, p_rule below full rank; None = not allowed)
+# rule name -> (train_q, tie_q, p_rule at full rank, p_rule below full rank; None = not allowed)
 RULES = {
-    "raf": (True, "oja", "oja"),  # restricted adaptive feedback (paper eq. 11)
-    "raf_pca": (True, "pca", "pca"),  # RAF with the normative PCA rule for P
-    "kp": (True, "identity", None),  # Kolen-Pollack: B = Q, trained
-    "fa": (False, "identity", "fixed"),  # feedback alignment: B = Q (or Q P) random, frozen
-    "lowrank_fa": (True, "fixed", "fixed"),  # "low-rank FA" of Fig. 2b,c: Q trained, P random
+    "raf": (True, False, "oja", "oja"),  # restricted adaptive feedback (paper eq. 11)
+    "raf_pca": (True, False, "pca", "pca"),  # RAF with the normative PCA rule for P
+    # RAF at its fixed point: P the error's top-r principal subspace, Q = W^T P^T, so the input
+    # receives backprop's error projected onto its top r components, B = W^T P^T P. It asks
+    # what the error's dimensionality alone does, without waiting for Q and P to align.
+    "raf_aligned": (False, True, "pca", "pca"),
+    "kp": (True, False, "identity", None),  # Kolen-Pollack: B = Q, trained
+    "fa": (False, False, "identity", "fixed"),  # feedback alignment: B = Q (or Q P), frozen
+    "lowrank_fa": (True, False, "fixed", "fixed"),  # "low-rank FA" of Fig. 2b,c: P random
 }
 RULE_NAMES = ("bp", *RULES)
 
@@ -62,28 +66,28 @@ def check_p_rule(p_rule: str, rank: int, full: int, what: str) -> str:
 
 
 def rule_options(rule: str, rank: int, full: int, what: str = "feedback") -> dict:
-    """``dict(train_q=..., p_rule=...)`` of a named rule at a given rank.
+    """``dict(train_q=..., tie_q=..., p_rule=...)`` of a named rule at a given rank.
 
     ``fa`` is B = Q at full rank and B = Q P with both random below it; ``kp`` exists at
     full rank only (its low-rank version, Q trained and P random, is ``lowrank_fa``).
     """
     if rule not in RULES:
         raise ConfigError(f"{what}: unknown rule {rule!r}; expected one of {', '.join(RULES)}")
-    train_q, p_full, p_low = RULES[rule]
+    train_q, tie_q, p_full, p_low = RULES[rule]
     p_rule = p_full if rank == full else p_low
     if p_rule is None:
         raise ConfigError(
             f"{what}: rule {rule!r} needs the full rank {full}, got rank {rank} "
             "(use 'raf' or 'lowrank_fa' for a low-rank feedback)"
         )
-    return dict(train_q=train_q, p_rule=p_rule)
+    return dict(train_q=train_q, tie_q=tie_q, p_rule=p_rule)
 
 
-def rule_name(train_q: bool, p_rule: str, rank: int, full: int) -> str:
+def rule_name(train_q: bool, p_rule: str, rank: int, full: int, tie_q: bool = False) -> str:
     """Inverse of :func:`rule_options`; "custom" for a combination no name stands for."""
     for name in RULES:
         try:
-            if rule_options(name, rank, full) == dict(train_q=train_q, p_rule=p_rule):
+            if rule_options(name, rank, full) == dict(train_q=train_q, tie_q=tie_q, p_rule=p_rule):
                 return name
         except ConfigError:
             continue
