@@ -64,7 +64,7 @@ RF_BASE ?= --base gray --gray-level 0.4734
 PUBLISHED := reports/$(EXPERIMENT)
 publish: install
 	$(VENV)/bin/retina-raf sweep experiments/$(EXPERIMENT).yaml --out $(RUNS) --collect \
-		--method actmax --method gradient --results $(PUBLISHED)/results.nc $(RF_BASE)
+		--method actmax --method gradient --method sta --results $(PUBLISHED)/results.nc $(RF_BASE)
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/results.nc > $(PUBLISHED)/.findings.md.tmp
 	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf report notebooks/compare_ranks.ipynb -p results $(PUBLISHED)/results.nc \

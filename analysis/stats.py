@@ -369,8 +369,8 @@ def findings_markdown(
     with, where the file has them, the largest principal angle (degrees) between the retina's
     feedback projection P (``vvs_1``) and the error's top subspace at the last epoch (low-rank
     RAF only: at full rank it is 0 by construction), and the median per-unit correlation of
-    two RF methods; then the tests between feedback ranks and between bottleneck widths
-    (Kruskal-Wallis p, significant Holm-corrected pairs).
+    the first RF method's maps with each other method's; then the tests between feedback
+    ranks and between bottleneck widths (Kruskal-Wallis p, significant Holm-corrected pairs).
 
     ``results``: a single-method view (:func:`analysis.results.select_method`), except that
     the ``<a>_vs_<b>`` correlations of a two-method file may be passed along in it."""
@@ -381,7 +381,9 @@ def findings_markdown(
     has_angle = angle in results and ALIGNMENT_LAYER in results["layer"].values
     if has_angle:
         table["angle"] = np.degrees(_last_epoch(results, angle, layer=ALIGNMENT_LAYER))
-    pairs = [str(v) for v in results.data_vars if "_vs_" in str(v)][:1]
+    pairs = [str(v) for v in results.data_vars if "_vs_" in str(v)]
+    # the first method (the one the metrics come from) against each of the others
+    pairs = [p for p in pairs if p.split("_vs_")[0] == pairs[0].split("_vs_")[0]]
     for pair in pairs:
         table[pair] = results[pair].where(responsive_units(results)).median("channel").values
     header = ["condition", "seeds", "test acc."]

@@ -59,7 +59,7 @@ def test_readme_pilot_findings_are_what_the_published_file_says():
 
 def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
     """The published CPU Fig. 4 (reports/cpu_fig4/results.nc, issue 15): it opens with
-    analysis.results and holds retina_2 RFs by actmax and by gradient; its runs and the ones
+    analysis.results and holds retina_2 RFs by actmax, by gradient and by STA; its runs and the ones
     it lists as not finished yet are every run of experiments/cpu_fig4.yaml (the README says
     how many are in); every run trained the experiment's epochs on all 50,000 images of the
     full grayscale CIFAR-10; the file is small; the README's table is what `retina-raf
@@ -72,7 +72,7 @@ def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
     experiment = load_experiment(ROOT / "experiments" / "cpu_fig4.yaml")
     assert path.stat().st_size < 10e6
     with open_results(path) as ds:
-        assert list(ds["method"].values) == ["actmax", "gradient"]
+        assert list(ds["method"].values) == ["actmax", "gradient", "sta"]
     ds = load_results(path, metrics=["symmetry", "osi", "fraction_center_surround"])
     readme = (ROOT / "README.md").read_text()
     assert findings_markdown(ds) in readme

@@ -19,6 +19,8 @@ CONDITIONS = {  # preset: (rule, rank, n_bn)
     "raf-r2": ("raf", 2, 32),
     "raf-r4": ("raf", 4, 32),
     "raf-r32": ("raf", 32, 32),
+    "raf-aligned-r2": ("raf_aligned", 2, 32),
+    "raf-aligned-r4": ("raf_aligned", 4, 32),
 }
 
 
@@ -238,6 +240,32 @@ def test_findings_table_states_mean_sd_over_seeds_and_the_tests():
     p_value = stats.compare_ranks(results, "symmetry").kruskal_p
     assert f"| feedback rank (RAF) | symmetry | H = 3.86, p = {p_value:.3f} | none |" in lines
     assert "| N_bn (BP) | symmetry | n too small | – |" in lines  # one bottleneck width only
+
+
+def test_aligned_rank_family_takes_bp_as_its_full_rank_and_other_families_do_not():
+    """raf_aligned at full rank is backprop (B = W^T P^T P = W^T), so its rank test groups the
+    BP runs as rank 32; the RAF (Oja) test leaves BP out."""
+    values = {"bp": [0.1, 0.2], "raf-r2": [0.5, 0.6], "raf-aligned-r2": [0.8, 0.9]}
+    results = make_results(values)
+    aligned = stats.compare_ranks(results, "symmetry", rule="raf_aligned")
+    assert list(aligned.groups["rank"]) == [2, 32] and list(aligned.groups["n"]) == [2, 2]
+    assert "RAF (aligned) and BP runs" in aligned.message
+    assert list(stats.compare_ranks(results, "symmetry").groups["rank"]) == [2]
+    table = stats.findings_markdown(results, metrics=["symmetry"])
+    assert "| feedback rank (RAF (aligned), BP as r = 32) | symmetry |" in table
+
+
+def test_findings_table_shows_the_first_methods_agreement_with_each_other_method():
+    """With RFs by actmax, gradient and STA, the table shows actmax vs gradient and actmax vs
+    STA (the metrics are actmax's), not gradient vs STA."""
+    results = make_results({"bp": [0.1, 0.2]})
+    for pair, r in [("actmax_vs_gradient", 0.9), ("actmax_vs_sta", 0.7), ("gradient_vs_sta", 0.5)]:
+        results[pair] = (("run", "channel"), np.full((2, 4), r))
+    header = stats.findings_markdown(results, metrics=["symmetry"]).splitlines()[0]
+    assert header.endswith("| actmax vs gradient r | actmax vs sta r |")
+    assert "| bp | 2 | – | 3.0 ± 0.0 of 32 | 0.15 ± 0.07 | 0.90 ± 0.00 | 0.70 ± 0.00 |" in (
+        stats.findings_markdown(results, metrics=["symmetry"])
+    )
 
 
 def test_method_agreement_table_pools_seeds_over_responsive_units_only():
