@@ -249,6 +249,21 @@ def test_fig3c_ranks_below_and_above_each_task_dimension():
     assert all(run.config().data.dataset == "cifar100" for run in runs100)
 
 
+def test_cpu_scale_mlp_file_holds_fig3a_and_the_offline_fig3c_with_the_papers_recipe():
+    """fig3_mlp_cpu.yaml: 3a's one-layer-at-a-time grid at d = 10, 3c's all-layer ranks below
+    and above each d, BP per d, 3 seeds; the appendix's recipe except 10 epochs."""
+    runs, counts = _panel("fig3_mlp_cpu")
+    expected = {("bp", "none", 512, d): 3 for d in (2, 4, 6, 8, 10)}
+    expected[("raf", "none", 512, 10)] = 3
+    expected.update({("raf", f"fc_{k}", r, 10): 3 for k in (2, 3, 4) for r in (1, 2, 4, 10, 32)})
+    for d in (2, 4, 6, 8, 10):
+        expected.update({("raf", "all", r, d): 3 for r in (1, 2, 4, 8, 16)})
+    assert counts == expected and len(runs) == 138
+    assert all(_recipe(run, 6e-4, 4e-4, 0.975, 10, "mlp") for run in runs)
+    # d = 10 is all of CIFAR-10 (no class subset)
+    assert all((run.config().data.classes or 10) == run.config().model.num_classes for run in runs)
+
+
 def test_fig3d_draf_from_the_output_and_the_penultimate_layer():
     runs, counts = _panel("fig3d_draf")
     expected = {("bp", "none", 512, 10): 5}
