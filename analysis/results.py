@@ -142,6 +142,26 @@ def _history(run_dir: Path) -> xr.Dataset | None:
     )  # keep the variables' CF attributes
 
 
+def _final_variance_captured(ds: xr.Dataset, run_dir: Path) -> xr.Dataset:
+    """``final_error_variance_captured`` (layer): the trained model's P against its error
+    covariance (:func:`retina_raf.feedback.diagnostics.variance_captured`), from model.pt, so
+    that runs whose history predates that diagnostic have it too."""
+    if "layer" not in ds.coords:
+        return ds
+    from retina_raf.train import model_diagnostics
+
+    model, _ = runs.load_model(run_dir)
+    final = model_diagnostics(model)
+    values = [final.get(str(name), {}).get("error_variance_captured", np.nan)
+              for name in ds["layer"].values]  # fmt: skip
+    ds["final_error_variance_captured"] = ("layer", np.asarray(values, dtype=float))
+    ds["final_error_variance_captured"].attrs = {
+        "long_name": "fraction of the error's top-r variance captured by P's rows, trained model",
+        "units": "1",
+    }
+    return ds
+
+
 def provenance(**extra) -> dict:
     """Attributes every results file carries: package version, git commit, date, ..."""
     return {
@@ -164,6 +184,7 @@ def run_dataset(
     history = _history(run_dir)
     if history is not None:
         ds = xr.merge([ds, history], combine_attrs="override")
+        ds = _final_variance_captured(ds, run_dir)
     ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
     ds = ds.expand_dims("run")
     identity = {"run_id": run_dir.name, **runs.run_identity(to_dict(cfg))}

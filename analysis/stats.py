@@ -368,9 +368,11 @@ def findings_markdown(
     the mean ± s.d. over seeds of the test accuracy, the responsive units and each metric,
     with, where the file has them, the largest principal angle (degrees) between the retina's
     feedback projection P (``vvs_1``) and the error's top subspace at the last epoch (low-rank
-    RAF only: at full rank it is 0 by construction), and the median per-unit correlation of
-    the first RF method's maps with each other method's; then the tests between feedback
-    ranks and between bottleneck widths (Kruskal-Wallis p, significant Holm-corrected pairs).
+    RAF only: at full rank it is 0 by construction) and the share of the top-r error variance
+    P captures in the trained model (``final_error_variance_captured``), and the median
+    per-unit correlation of the first RF method's maps with each other method's; then the
+    tests between feedback ranks and between bottleneck widths (Kruskal-Wallis p, significant
+    Holm-corrected pairs).
 
     ``results``: a single-method view (:func:`analysis.results.select_method`), except that
     the ``<a>_vs_<b>`` correlations of a two-method file may be passed along in it."""
@@ -381,6 +383,10 @@ def findings_markdown(
     has_angle = angle in results and ALIGNMENT_LAYER in results["layer"].values
     if has_angle:
         table["angle"] = np.degrees(_last_epoch(results, angle, layer=ALIGNMENT_LAYER))
+        captured = "final_error_variance_captured"
+        has_captured = captured in results
+        if has_captured:
+            table["captured"] = results[captured].sel(layer=ALIGNMENT_LAYER).values
     pairs = [str(v) for v in results.data_vars if "_vs_" in str(v)]
     # the first method (the one the metrics come from) against each of the others
     pairs = [p for p in pairs if p.split("_vs_")[0] == pairs[0].split("_vs_")[0]]
@@ -390,6 +396,8 @@ def findings_markdown(
     header += ["responsive units"] + [FINDINGS_LABELS.get(m, m) for m in metrics]
     if has_angle:
         header.append(f"P angle ({ALIGNMENT_LAYER}, \u00b0)")
+        if has_captured:
+            header.append("P's share of top-r error variance")
     header += [f"{p.replace('_vs_', ' vs ')} r" for p in pairs]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset, runs in in_condition_order(table).groupby("preset", sort=False):
@@ -402,6 +410,8 @@ def findings_markdown(
             feedback_rank = runs["rule"].isin(FEEDBACK_RANK_RULES)
             low_rank = (feedback_rank & (runs["rank"] < runs["n_bn"])).any()
             cells.append(_mean_sd(runs["angle"], 0) if low_rank else "\u2013")  # full rank: 0
+            if has_captured:
+                cells.append(_mean_sd(runs["captured"]) if low_rank else "\u2013")  # full: 1
         cells += [_mean_sd(runs[p]) for p in pairs]
         lines.append("| " + " | ".join(cells) + " |")
     tests = [

@@ -312,6 +312,10 @@ def history_dataset(rows: list[dict], cfg: RunConfig, provenance: dict | None = 
             "largest principal angle between P's rows and the error's top subspace",
             "radian",
         ),
+        "error_variance_captured": (
+            "fraction of the error's top-r variance captured by P's rows (1 = top subspace)",
+            "1",
+        ),
         "error_effective_rank": ("participation-ratio rank of the error covariance", "1"),
         "p_orthonormality_error": ("Frobenius norm of P P^T - I", "1"),
     }
@@ -341,7 +345,9 @@ def history_dataset(rows: list[dict], cfg: RunConfig, provenance: dict | None = 
     return ds
 
 
-def _diagnostics(model: torch.nn.Module) -> dict:
+def model_diagnostics(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Feedback diagnostics of every feedback layer by the model's own layer name (what the
+    history records per epoch; :func:`retina_raf.feedback.layer_diagnostics`)."""
     out = {}
     for name, values in feedback_diagnostics(model).items():
         # "layers.vvs_1.conv" -> "vvs_1": the model's own layer names (a Fig. 3 network's
@@ -522,7 +528,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
                        "epoch_time_s": time.perf_counter() - start,
                        "train_images": len(train_data)}  # fmt: skip
                 if cfg.train.diagnostics:
-                    row["diagnostics"] = _diagnostics(model)
+                    row["diagnostics"] = model_diagnostics(model)
                 rows.append(row)
                 if cfg.train.retina_snapshots:
                     runs.save_retina_snapshot(run_dir, model.state_dict(), epoch)

@@ -680,6 +680,25 @@ def test_diagnostics_alignment_principal_angles_and_effective_rank():
     assert 0 <= report["0"]["principal_angle_max_rad"] <= math.pi / 2
     assert 1 <= report["0"]["error_effective_rank"] <= 6
     assert math.isnan(report["1"]["error_effective_rank"])  # not tracked
+    assert 0 <= report["0"]["error_variance_captured"] <= 1
+
+
+def test_variance_captured_is_robust_where_the_largest_principal_angle_is_not():
+    """Eigenvalues 5, 3.001, 3 (nearly tied), 1, 1, 1: a P spanning the 1st and 3rd
+    eigenvectors is 90 degrees from the top-2 subspace by its largest principal angle, yet
+    captures (5 + 3) / (5 + 3.001) of the top-2 variance; the top-2 eigenvectors capture all
+    of it, the bottom two 2 / 8.001."""
+    from retina_raf.feedback.diagnostics import variance_captured
+
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0),
+                                           **F64))  # fmt: skip
+    eigenvalues = torch.tensor([5.0, 3.001, 3.0, 1.0, 1.0, 1.0], **F64)
+    covariance = basis @ torch.diag(eigenvalues) @ basis.t()
+    near = basis[:, [0, 2]].t()
+    assert principal_angles(near, covariance).max() == pytest.approx(math.pi / 2, abs=1e-6)
+    assert variance_captured(near, covariance) == pytest.approx(8.0 / 8.001)
+    assert variance_captured(basis[:, :2].t() * 3.0, covariance) == pytest.approx(1.0)
+    assert variance_captured(basis[:, 4:].t(), covariance) == pytest.approx(2.0 / 8.001)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import xarray as xr
 from test_train import tiny_config
@@ -41,6 +42,9 @@ def test_combined_runs_have_identity_coords_and_group_by_rank(run_dirs, tmp_path
     # history.nc's variables carry CF attributes into the results
     assert ds["train_loss"].attrs["long_name"].startswith("cross-entropy")
     assert ds["alignment_deg"].attrs["units"] == "degree" and ds["epoch"].attrs["units"] == "1"
+    # the trained model's P against its error covariance, read from model.pt
+    captured = ds["final_error_variance_captured"].sel(layer="vvs_1").values
+    assert np.isnan(captured[0]) and ((captured[1:] > 0) & (captured[1:] <= 1 + 1e-9)).all()
     for key in ("retina_raf_version", "git_commit", "created", "rf_method"):
         assert key in ds.attrs
     path = write_results(ds, tmp_path / "results.nc")

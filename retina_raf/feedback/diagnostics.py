@@ -5,7 +5,9 @@
   ``einsum('rm,rnyx->mnyx', P, Q)``, against W (m, n, kh, kw). The angle is
   ``arccos(<B, W^T> / (|B| |W|))`` with the Frobenius inner product of the flattened tensors.
 - principal angles (radians) between P's row space and the top-r eigenspace of the error
-  covariance (the moving average the layer keeps when ``track_error_covariance`` or "pca").
+  covariance (the moving average the layer keeps when ``track_error_covariance`` or "pca"),
+  and the fraction of the top-r error variance that P's rows capture (robust where the r-th
+  and (r+1)-th eigenvalues are nearly equal and the largest angle is not).
 - effective rank of the error: participation ratio ``(sum l)^2 / sum l^2`` of the covariance's
   eigenvalues l (1 for a one-dimensional error, m for an isotropic one); "entropy" gives
   ``exp(-sum p log p)`` with p = l / sum l instead.
@@ -49,6 +51,21 @@ def principal_angles(p: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     return torch.arccos(cosines).flip(0)
 
 
+def variance_captured(p: torch.Tensor, covariance: torch.Tensor) -> float:
+    """Fraction of the top-r error variance that P's row space (P: r x m) captures:
+    ``trace(U^T C U) / (l_1 + ... + l_r)`` with U an orthonormal basis of P's rows and l the
+    eigenvalues of the covariance C (m, m), largest first. 1 when P spans the top-r
+    eigenspace; about ``r/m * trace(C) / (l_1 + ... + l_r)`` for a random P.
+
+    Unlike the largest principal angle it does not jump when the r-th and (r+1)-th eigenvalues
+    are nearly equal: a P between two such directions loses almost no error variance."""
+    p, covariance = p.detach().double(), covariance.detach().double()
+    rows_basis, _ = torch.linalg.qr(p.t())  # (m, r)
+    top = torch.linalg.eigvalsh(covariance).flip(0)[: p.shape[0]].sum()
+    captured = torch.trace(rows_basis.t() @ covariance @ rows_basis)
+    return float(captured / top) if top > 0 else float("nan")
+
+
 def effective_rank(covariance: torch.Tensor, method: str = "participation") -> float:
     """Effective dimensionality of a covariance (m, m): "participation" or "entropy"."""
     eigenvalues = torch.linalg.eigvalsh(covariance.detach().double()).clamp_min(0.0)
@@ -67,8 +84,9 @@ def effective_rank(covariance: torch.Tensor, method: str = "participation") -> f
 
 
 def layer_diagnostics(layer: FeedbackMixin) -> dict[str, float]:
-    """``rank``, ``alignment_deg``, ``principal_angle_max_rad``, ``error_effective_rank``,
-    ``p_orthonormality_error`` (|P P^T - I|_F) of one feedback layer; NaN where undefined
+    """``rank``, ``alignment_deg``, ``principal_angle_max_rad``, ``error_variance_captured``
+    (:func:`variance_captured`), ``error_effective_rank``, ``p_orthonormality_error``
+    (|P P^T - I|_F) of one feedback layer; NaN where undefined
     (no W for direct feedback, no error covariance kept)."""
     nan = float("nan")
     p = layer.p.detach().double()
@@ -77,12 +95,14 @@ def layer_diagnostics(layer: FeedbackMixin) -> dict[str, float]:
         "rank": float(layer.feedback_rank),
         "alignment_deg": nan if isinstance(layer, DirectFeedback) else alignment_angle(layer),
         "principal_angle_max_rad": nan,
+        "error_variance_captured": nan,
         "error_effective_rank": nan,
         "p_orthonormality_error": float(torch.linalg.matrix_norm(p @ p.t() - identity)),
     }
     if layer.track_error_covariance:
         covariance = layer.error_covariance
         result["principal_angle_max_rad"] = float(principal_angles(layer.p, covariance).max())
+        result["error_variance_captured"] = variance_captured(layer.p, covariance)
         result["error_effective_rank"] = effective_rank(covariance)
     return result
 
