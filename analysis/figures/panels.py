@@ -130,32 +130,51 @@ def _strip_panel(ax, table: pd.DataFrame, order: list[str]) -> None:
     shift = matplotlib.transforms.Affine2D().translate(MEAN_OFFSET, 0) + ax.transData
     for artist in (set(ax.lines) | set(ax.collections)) - before:
         artist.set_transform(shift)
-        artist.set_clip_on(False)
+        # a mean at the axis' edge stays whole; an s.d. bar stops at the axes (a fraction's
+        # mean - s.d. below 0 would cross the tick labels)
+        is_bar = isinstance(artist, matplotlib.lines.Line2D) and artist.get_marker() in (
+            None, "None", "", " ")  # fmt: skip
+        artist.set_clip_on(is_bar)
     counts = table.groupby("group", sort=False)["seed"].count().reindex(order)
     ticks = table.drop_duplicates("group").set_index("group")["tick"].reindex(order)
+    headers = _family_headers(table, order)
+    two_lines = any("\n" in text for _, _, text in headers)
     if counts.nunique() == 1:
         n = int(counts.iloc[0])
         ax.set_title(f"n = {n} seed{'s' if n != 1 else ''} per condition", fontsize=6.5,
-                     color="0.3", pad=12.5)  # fmt: skip
+                     color="0.3", pad=19.5 if two_lines else 12.5)  # fmt: skip
         labels = list(ticks)
     else:
         labels = [f"{tick}\nn={n}" for tick, n in zip(ticks, counts, strict=True)]
     ax.set_xticks(range(len(order)), labels)
     ax.set_xlim(-0.5, len(order) - 0.5 + MEAN_OFFSET - 0.1)
     ax.set_xlabel("")
-    families = table.drop_duplicates("group").set_index("group")["family"].reindex(order)
     header = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
-    start = 0
+    for start, end, text in headers:
+        if text:
+            ax.text((start + end - 1) / 2 + MEAN_OFFSET / 3, 1.01, text, transform=header,
+                    ha="center", va="bottom", color="0.3", linespacing=1.0)  # fmt: skip
+        if end < len(order):
+            ax.axvline(end - 0.5 + MEAN_OFFSET / 2, color="0.7", lw=0.5, ls=(0, (1, 1.5)),
+                       zorder=0)  # fmt: skip
+
+
+def _family_headers(table: pd.DataFrame, order: list[str]) -> list[tuple[int, int, str]]:
+    """(first, past-the-end category, header text) per run of categories of one rule family.
+
+    A label with a qualifier ("RAF (aligned)") over two categories or fewer breaks before the
+    parenthesis, so that neighbouring headers do not run into each other."""
+    families = table.drop_duplicates("group").set_index("group")["family"].reindex(order)
+    headers, start = [], 0
     for position in range(1, len(order) + 1):
         if position < len(order) and families.iloc[position] == families.iloc[start]:
             continue
-        if families.iloc[start]:
-            ax.text((start + position - 1) / 2 + MEAN_OFFSET / 3, 1.01, families.iloc[start],
-                    transform=header, ha="center", va="bottom", color="0.3")  # fmt: skip
-        if position < len(order):
-            ax.axvline(position - 0.5 + MEAN_OFFSET / 2, color="0.7", lw=0.5, ls=(0, (1, 1.5)),
-                       zorder=0)  # fmt: skip
+        text = str(families.iloc[start])
+        if position - start <= 2 and " (" in text:
+            text = text.replace(" (", "\n(", 1)
+        headers.append((start, position, text))
         start = position
+    return headers
 
 
 def _metric_axis(ax, metric: str, values: np.ndarray, label: bool = True) -> None:
