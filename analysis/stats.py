@@ -397,7 +397,7 @@ def findings_markdown(
     if has_angle:
         header.append(f"P angle ({ALIGNMENT_LAYER}, \u00b0)")
         if has_captured:
-            header.append("P's share of top-r error variance")
+            header.append("P's share of top-r variance")
     header += [f"{p.replace('_vs_', ' vs ')} r" for p in pairs]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset, runs in in_condition_order(table).groupby("preset", sort=False):
