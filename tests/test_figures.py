@@ -297,7 +297,10 @@ def test_unequal_seed_counts_show_n_under_each_tick(results):
     ticks = [
         t.get_text() for t in figures.plot_metric_vs_rank(fewer, "osi").axes[0].get_xticklabels()
     ]
-    assert ticks == ["2\nn=1", "4\nn=2", "32\nn=2", "BP\nn=2"]
+    assert ticks == ["2\n(1)", "4\n(2)", "32\n(2)", "BP\n(2)"]
+    assert figures.plot_metric_vs_rank(fewer, "osi").axes[0].get_title() == (
+        "(n) = seeds per condition"
+    )
 
 
 def test_nbn_plot_uses_bp_runs_and_shows_draf_apart(results):

@@ -15,6 +15,7 @@ are in the order of :func:`analysis.per_run.condition_order`, the order of the t
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -145,7 +146,10 @@ def _strip_panel(ax, table: pd.DataFrame, order: list[str]) -> None:
                      color="0.3", pad=19.5 if two_lines else 12.5)  # fmt: skip
         labels = list(ticks)
     else:
-        labels = [f"{tick}\nn={n}" for tick, n in zip(ticks, counts, strict=True)]
+        # "(n)" under each tick: "n=1" labels run into each other on a crowded axis
+        ax.set_title("(n) = seeds per condition", fontsize=6.5, color="0.3",
+                     pad=19.5 if two_lines else 12.5)  # fmt: skip
+        labels = [f"{tick}\n({n})" for tick, n in zip(ticks, counts, strict=True)]
     ax.set_xticks(range(len(order)), labels)
     ax.set_xlim(-0.5, len(order) - 0.5 + MEAN_OFFSET - 0.1)
     ax.set_xlabel("")
@@ -278,6 +282,8 @@ def plot_fraction_center_surround(results: xr.Dataset, full_width: int = FULL_WI
             # two lines: the labels of two side-by-side panels must fit a single column
             ax.set_xlabel(label.replace(" into", "\ninto").replace(" channels", "\nchannels"))
             _metric_axis(ax, metric, values, label=index == 0)
+            if index > 0 and ax.get_title() == axes[0][0].get_title():
+                ax.set_title("")  # said once, over the first panel
     return fig
 
 
@@ -433,15 +439,19 @@ def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
         raise DataError(f"no low-rank RAF run with a principal angle at {layer}")
     epochs = np.asarray(results["epoch"].values)
     with paper_style():
-        fig, ax = new_figure("single", height_mm=55.0)
-        _mean_and_band(ax, epochs, _condition_runs(results, angle), angle.values)
+        conditions = _condition_runs(results, angle)
+        legend_rows = math.ceil(len(conditions) / 2)
+        fig, ax = new_figure("single", height_mm=55.0 + 4.0 * legend_rows)
+        _mean_and_band(ax, epochs, conditions, angle.values)
         ax.set_ylim(0, 93)
         ax.set_yticks([0, 30, 60, 90])
         ax.axhline(90, color="0.6", lw=0.5, ls=(0, (2, 2)), zorder=0)
         _epoch_axis(ax, epochs)
         ax.set_xlabel("Epoch")
         ax.set_ylabel(f"Largest principal angle,\nP vs top error subspace ({layer}, \u00b0)")
-        ax.legend(loc="lower left", title="Condition")  # the angles start high
+        # below the axes: Oja's angles stay high, the PCA-set ones low, no corner is free
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, title="Condition")
     return fig
 
 
