@@ -381,12 +381,12 @@ def findings_markdown(
         table["test_acc"] = _last_epoch(results, "test_acc")
     angle = "principal_angle_max_rad"
     has_angle = angle in results and ALIGNMENT_LAYER in results["layer"].values
+    captured = "final_error_variance_captured"
+    has_captured = has_angle and captured in results
     if has_angle:
         table["angle"] = np.degrees(_last_epoch(results, angle, layer=ALIGNMENT_LAYER))
-        captured = "final_error_variance_captured"
-        has_captured = captured in results
-        if has_captured:
-            table["captured"] = results[captured].sel(layer=ALIGNMENT_LAYER).values
+    if has_captured:
+        table["captured"] = results[captured].sel(layer=ALIGNMENT_LAYER).values
     pairs = [str(v) for v in results.data_vars if "_vs_" in str(v)]
     # the first method (the one the metrics come from) against each of the others
     pairs = [p for p in pairs if p.split("_vs_")[0] == pairs[0].split("_vs_")[0]]
