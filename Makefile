@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format sample bench gpu-data publish clean
+.PHONY: install demo test lint format sample bench gpu-data publish publish-fig3 clean
 
 install: $(STAMP)
 
@@ -74,6 +74,17 @@ publish: install
 	$(VENV)/bin/retina-raf report notebooks/training.ipynb -p results $(PUBLISHED)/results.nc \
 		--out $(PUBLISHED)
 	$(VENV)/bin/retina-raf figures $(PUBLISHED)/results.nc --out $(PUBLISHED)/figures
+
+# Fig. 3a and the offline Fig. 3c for the MLP at CPU scale: the test accuracies of every
+# finished run, the table the README quotes, and the executed notebook with its panels.
+FIG3_PUBLISHED := reports/fig3_mlp
+publish-fig3: install
+	$(VENV)/bin/retina-raf sweep experiments/fig3_mlp_cpu.yaml --out $(RUNS) --collect \
+		--results $(FIG3_PUBLISHED)/results.nc
+	$(VENV)/bin/retina-raf findings $(FIG3_PUBLISHED)/results.nc > $(FIG3_PUBLISHED)/.findings.md.tmp
+	mv $(FIG3_PUBLISHED)/.findings.md.tmp $(FIG3_PUBLISHED)/findings.md
+	$(VENV)/bin/retina-raf report notebooks/accuracy_vs_rank.ipynb \
+		-p results $(FIG3_PUBLISHED)/results.nc --out $(FIG3_PUBLISHED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -163,9 +163,13 @@ def load_accuracy(path: str | Path, require: Sequence[str] = ("test_acc",)) -> x
 
 def accuracy_table(ds: xr.Dataset, metric: str = "test_acc"):
     """One row per run: the run coordinates and ``metric`` (a pandas DataFrame)."""
+    import pandas as pd
+
+    # from the values, not to_dataframe(): a file opened by analysis.results indexes the
+    # run coordinates, and an index cannot be reset to columns
     columns = [name for name in ACCURACY_COORDS if name in ds.coords]
-    table = ds[metric].reset_coords(columns).to_dataframe()[columns + [metric]]
-    return table.reset_index(drop=True)
+    data = {name: ds[name].values for name in columns}
+    return pd.DataFrame({**data, metric: ds[metric].values})
 
 
 def summary_by_rank(ds: xr.Dataset, metric: str = "test_acc", by: Sequence[str] = ("d",)):
@@ -176,30 +180,128 @@ def summary_by_rank(ds: xr.Dataset, metric: str = "test_acc", by: Sequence[str] 
     return grouped.agg(["mean", "std", "count"]).rename(columns={"count": "n_seeds"})
 
 
-def gap_to_bp(ds: xr.Dataset, metric: str = "test_acc", by: Sequence[str] = ("d",)):
+# What counts as "reaching BP": within one percentage point of its mean accuracy.
+TOLERANCE = 0.01
+
+
+def gap_to_bp(
+    ds: xr.Dataset,
+    metric: str = "test_acc",
+    by: Sequence[str] = ("d",),
+    tolerance: float = TOLERANCE,
+):
     """The paper's claim, per group: is accuracy at rank r = d (the smallest rank >= d run)
-    as high as backprop's? One row per (*by, rule, constrain) with the rank used, the mean
-    ``metric`` there and BP's (over seeds), their difference and the numbers of seeds."""
+    as high as backprop's?
+
+    One row per (*by, rule, constrain) with ``rank`` (the rank used), the mean and s.d. over
+    seeds of ``metric`` there (``<metric>``, ``<metric>_sd``) and backprop's (``bp``,
+    ``bp_sd``), their ``difference`` (RAF - BP, fractions), Welch's two-sided t-test p-value
+    (``p_welch``; NaN with fewer than two seeds on either side), the numbers of seeds, and
+    ``rank_reaching_bp``: the smallest rank from which on every rank run has a mean within
+    ``tolerance`` (fraction) of backprop's, or -1 when even the largest does not (0 when the
+    group has no backprop runs).
+    """
     import pandas as pd
+    from scipy import stats as scipy_stats
 
     table = accuracy_table(ds, metric)
     by = [k for k in by if k in table]
     rows = []
     for key, group in table.groupby(by, dropna=False) if by else [((), table)]:
         key = key if isinstance(key, tuple) else (key,)
-        bp = group[group["rule"] == "bp"][metric]
+        bp = group[group["rule"] == "bp"][metric].to_numpy(float)
         for (rule, constrain), cell in group[group["rule"] != "bp"].groupby(["rule", "constrain"]):
             d = int(cell["d"].iloc[0])
             at_least_d = cell[cell["rank"] >= d]
             if at_least_d.empty:
                 continue
             rank = int(at_least_d["rank"].min())
-            values = at_least_d[at_least_d["rank"] == rank][metric]
+            values = at_least_d[at_least_d["rank"] == rank][metric].to_numpy(float)
+            p_welch = np.nan
+            if len(values) >= 2 and len(bp) >= 2 and np.std(values) + np.std(bp) > 0:
+                p_welch = float(scipy_stats.ttest_ind(values, bp, equal_var=False).pvalue)
             rows.append({**dict(zip(by, key, strict=True)), "rule": rule, "constrain": constrain,
-                         "rank": rank, metric: values.mean(), "bp": bp.mean(),
-                         "difference": values.mean() - bp.mean(), "n_seeds": len(values),
-                         "n_seeds_bp": len(bp)})  # fmt: skip
+                         "rank": rank, metric: values.mean(), f"{metric}_sd": _sd(values),
+                         "bp": bp.mean() if len(bp) else np.nan, "bp_sd": _sd(bp),
+                         "difference": values.mean() - bp.mean() if len(bp) else np.nan,
+                         "p_welch": p_welch, "n_seeds": len(values), "n_seeds_bp": len(bp),
+                         "rank_reaching_bp": _rank_reaching(cell, metric, bp, tolerance),
+                         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _sd(values: np.ndarray) -> float:
+    """Sample s.d. (ddof 1) over seeds; NaN for fewer than two."""
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else np.nan
+
+
+def _rank_reaching(cell, metric: str, bp: np.ndarray, tolerance: float) -> int:
+    """The smallest rank from which on the mean ``metric`` stays within ``tolerance`` of
+    backprop's mean (-1: not even the largest rank; 0: no backprop runs to compare with)."""
+    if not len(bp):
+        return 0
+    means = cell.groupby("rank")[metric].mean().sort_index()
+    reaching = (means >= bp.mean() - tolerance).to_numpy()
+    if not reaching[-1]:
+        return -1
+    first_of_last_run = len(reaching) - np.argmin(reaching[::-1]) if not reaching.all() else 0
+    return int(means.index[first_of_last_run])
+
+
+def findings_markdown(
+    ds: xr.Dataset, metric: str = "test_acc", tolerance: float = TOLERANCE
+) -> str:
+    """The findings of an accuracy dataset as Markdown (what the README quotes): per task
+    dimension d and per rule and constrained layer, accuracy at r = d against backprop's
+    (:func:`gap_to_bp`: mean ± s.d. over seeds in percent, the difference in percentage points,
+    Welch's p) and the smallest rank from which on RAF is within ``tolerance`` of BP."""
+    # backprop at the same width: Fig. 3b's narrow BP network is not RAF's reference
+    by = [name for name in ("d", "width") if name in ds.coords]
+    gaps = gap_to_bp(ds, metric, by=by, tolerance=tolerance)
+    if gaps.empty:
+        raise DataError("no RAF runs at a rank >= d with backprop to compare: nothing to report")
+    gaps = gaps.sort_values([*by, "rule", "constrain"], key=_constrain_order)
+    show_width = "width" in by and gaps["width"].nunique() > 1
+    points = f"{100 * tolerance:g} pp"
+    lines = [
+        f"| d |{' width |' if show_width else ''} rule | feedback at rank r | r "
+        f"| accuracy at r (%) | BP (%) | RAF - BP (pp) | Welch p | smallest r within {points} "
+        "of BP |",
+        "|---|" + "---|" * (8 + show_width),
+    ]
+    for row in gaps.itertuples(index=False):
+        row = row._asdict()
+        width = f" {row['width']} |" if show_width else ""
+        reach = {-1: "none run", 0: "–"}.get(row["rank_reaching_bp"], str(row["rank_reaching_bp"]))
+        if row["constrain"] == "none":  # every feedback matrix at full rank
+            reach = "–"
+        p = "–" if np.isnan(row["p_welch"]) else f"{row['p_welch']:.2g}"
+        lines.append(
+            f"| {row['d']} |{width} {row['rule']} | {_feedback_label(row['constrain'])} "
+            f"| {row['rank']} "
+            f"| {_mean_sd(row[metric], row[metric + '_sd'], row['n_seeds'])} "
+            f"| {_mean_sd(row['bp'], row['bp_sd'], row['n_seeds_bp'])} "
+            f"| {100 * row['difference']:+.1f} | {p} | {reach} |"
+        )
+    return "\n".join(lines)
+
+
+def _constrain_order(column):
+    """Sort key: the constrained layers in network order, ``all`` after them, ``none`` last."""
+    if column.name != "constrain":
+        return column
+    return column.map(lambda c: (2, c) if c == "none" else (1, c) if c == "all" else (0, c))
+
+
+def _feedback_label(constrain: str) -> str:
+    return {"none": "none (all full rank)", "all": "every layer"}.get(constrain, constrain)
+
+
+def _mean_sd(mean: float, sd: float, n: int) -> str:
+    if not n or np.isnan(mean):
+        return "–"
+    spread = "" if np.isnan(sd) else f" ± {100 * sd:.1f}"
+    return f"{100 * mean:.1f}{spread} (n = {n})"
 
 
 def plot_accuracy_vs_rank(

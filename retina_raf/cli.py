@@ -631,17 +631,23 @@ def findings_cmd(results, epoch, method):
     """Print the Markdown findings the README quotes: for a results file (`retina-raf
     results`), per condition the mean and s.d. over seeds and the tests between ranks and
     bottlenecks; for a trajectories file (`retina-raf trajectory`), the RFs at one epoch
-    of every run."""
+    of every run; for the test accuracies of a Fig. 3 experiment (`sweep --collect`),
+    accuracy at rank r = d against backprop's per task and constrained layer."""
     from analysis.results import open_results, select_method
 
     with open_results(results) as ds:
         ds = ds.load()
+    if "symmetry" not in ds and "constrain" in ds.coords and "test_acc" in ds:
+        from analysis.accuracy import findings_markdown as accuracy_findings
+
+        if epoch is not None or method is not None:
+            raise click.UsageError("--epoch and --method apply to RF results, not accuracies")
+        click.echo(accuracy_findings(ds))
+        return
     if "symmetry" not in ds:
         from retina_raf.errors import DataError
 
-        hint = (" (the test accuracies of a Fig. 3 experiment: notebooks/accuracy_vs_rank.ipynb"
-                " reads them)" if "constrain" in ds.coords else "")  # fmt: skip
-        raise DataError(f"{results} holds no RF metrics{hint}")
+        raise DataError(f"{results} holds no RF metrics")
     if "epoch" in ds["symmetry"].dims:
         from analysis.trajectory import findings_table
 

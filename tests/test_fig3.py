@@ -342,8 +342,46 @@ def test_gap_to_bp_compares_the_smallest_rank_at_least_d(tmp_path, run_cli):
     assert (gaps["difference"].abs() < 0.05).all() and (gaps["n_seeds"] == 2).all()
     with pytest.raises(DataError, match="no such results file"):
         load_accuracy(tmp_path / "missing.nc")
-    code, _, err = run_cli("findings", path)  # RF findings of an accuracy file: one line
-    assert code == 2 and "no RF metrics" in err and "accuracy_vs_rank" in err
+    code, out, err = run_cli("findings", path)
+    assert code == 0, err
+    assert out.count("\n| 2 | raf |") == 2 and out.count("\n| 4 | raf |") == 2
+
+
+def accuracy_dataset(rows):
+    """An accuracy dataset of (rule, constrain, rank, d, seed, test_acc[, width]) rows."""
+    import xarray as xr
+
+    coords = {name: ("run", [row[i] for row in rows])
+              for i, name in enumerate(("rule", "constrain", "rank", "d", "seed"))}  # fmt: skip
+    coords["width"] = ("run", [row[6] if len(row) > 6 else 512 for row in rows])
+    return xr.Dataset({"test_acc": ("run", [row[5] for row in rows])}, coords)
+
+
+def test_findings_say_whether_accuracy_reaches_bp_at_rank_d():
+    """Per layer: accuracy at the smallest rank >= d against BP's (mean ± s.d., difference in
+    percentage points, Welch's p) and the smallest rank from which on RAF stays within 1 pp of
+    BP; a dip at a larger rank moves that rank up, and a layer that never reaches BP says so."""
+    from analysis.accuracy import findings_markdown
+
+    means = {"fc_2": {1: 0.60, 2: 0.70, 4: 0.805, 8: 0.80},
+             "fc_3": {1: 0.81, 2: 0.70, 4: 0.81, 8: 0.81},
+             "fc_4": {1: 0.60, 2: 0.60, 4: 0.60, 8: 0.60}}  # fmt: skip
+    rows = [("bp", "none", 512, 4, 0, 0.80), ("bp", "none", 512, 4, 1, 0.82)]
+    for layer, by_rank in means.items():
+        for rank, mean in by_rank.items():
+            rows += [("raf", layer, rank, 4, seed, mean + (0.01 * seed - 0.005)) for seed in (0, 1)]
+    text = findings_markdown(accuracy_dataset(rows))
+    lines = text.splitlines()
+    assert lines[0].startswith("| d | rule | feedback at rank r | r |") and "1 pp" in lines[0]
+    fc_2, fc_3, fc_4 = lines[2:]
+    assert fc_2.startswith("| 4 | raf | fc_2 | 4 | 80.5 ± 0.7 (n = 2) | 81.0 ± 1.4 (n = 2) "
+                           "| -0.5 |")  # fmt: skip
+    assert fc_2.endswith("| 4 |") and fc_3.endswith("| 4 |") and fc_4.endswith("| none run |")
+    assert fc_4.split(" | ")[6] == "-21.0"
+    narrow_bp = [("bp", "none", 64, 4, seed, 0.5, 64) for seed in (0, 1)]  # Fig. 3b's BP-64
+    assert findings_markdown(accuracy_dataset(rows + narrow_bp)) == text
+    with pytest.raises(DataError, match="nothing to report"):
+        findings_markdown(accuracy_dataset(rows[:2]))
 
 
 def test_accuracy_template_declares_parameters():
@@ -362,7 +400,7 @@ def test_accuracy_notebook_renders_a_panel_per_task(tmp_path):
                       tmp_path / "reports")  # fmt: skip
     assert {p.name for p in figures.iterdir()} >= {"accuracy_vs_rank_d2.pdf",
                                                    "accuracy_vs_rank_d4.png"}  # fmt: skip
-    assert "difference" in html.read_text()
+    assert "difference" in html.read_text() and "smallest r within 1 pp" in html.read_text()
 
 
 @pytest.mark.slow
