@@ -4,6 +4,7 @@ conditions, the six experiment files, the accuracy results and their notebook.""
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -149,6 +150,43 @@ def test_adam_with_amsgrad():
                                                             "amsgrad": True}})  # fmt: skip
     optimizer = make_optimizer(torch.nn.Linear(2, 2), cfg)
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["amsgrad"] is True
+
+
+def test_fused_adam_follows_torchs_default_adam_and_resumes_from_its_state():
+    """Adam runs as torch's fused kernel (issue 12: it was half the MLP's step); its
+    trajectory is the default loop's (AMSGrad, weight decay) to float64 rounding, and a copy
+    loaded from its state dict mid-run continues it exactly."""
+    cfg = resolve_run_config("bp", 0, {**MLP_RGB, "train": {
+        "optimizer": "adam", "amsgrad": True, "lr": 1e-2, "weight_decay": 4e-4}})  # fmt: skip
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(6, 4).double() for _ in range(3)]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    fused = make_optimizer(nets[0], cfg)
+    reference = torch.optim.Adam(nets[1].parameters(), lr=1e-2, weight_decay=4e-4, amsgrad=True,
+                                 foreach=False)  # fmt: skip
+    assert fused.defaults["fused"] is True
+    x = torch.randn(20, 8, 6, dtype=torch.float64)
+
+    def step(net, optimizer, batch):
+        optimizer.zero_grad()
+        (net(batch) ** 2).mean().backward()
+        optimizer.step()
+
+    for batch in x[:10]:
+        step(nets[0], fused, batch)
+        step(nets[1], reference, batch)
+    resumed = make_optimizer(nets[2], cfg)
+    nets[2].load_state_dict(nets[0].state_dict())
+    checkpoint = io.BytesIO()  # through bytes, as a checkpoint: no buffer shared with `fused`
+    torch.save(fused.state_dict(), checkpoint)
+    checkpoint.seek(0)
+    resumed.load_state_dict(torch.load(checkpoint))
+    for batch in x[10:]:
+        for net, optimizer in zip(nets, (fused, reference, resumed), strict=True):
+            step(net, optimizer, batch)
+    assert torch.allclose(nets[0].weight, nets[1].weight, rtol=0, atol=1e-12)
+    assert torch.equal(nets[0].weight, nets[2].weight) and torch.equal(nets[0].bias, nets[2].bias)
 
 
 # ------------------------------------------------------------------------ experiments
