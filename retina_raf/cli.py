@@ -88,7 +88,8 @@ def data_sample(
     "config_file",
     default=None,
     type=click.Path(path_type=str),
-    help="YAML with any run settings (preset, seed, model, train, data); options override it.",
+    help="YAML with any run settings (preset, seed, model, train, data), e.g. a run's "
+    "config.yaml; its model.layer_rule / layer_rank replace the preset's; options override it.",
 )
 @click.option("--seed", default=None, type=click.IntRange(0, 2**31 - 1), help="Default: 0.")
 @click.option("--epochs", default=None, type=click.IntRange(0), help="Default: 120 (paper).")

@@ -383,10 +383,19 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def resolve_run_config(
-    preset: str, seed: int = 0, overrides: dict | None = None, others: str = "raf"
+    preset: str,
+    seed: int = 0,
+    overrides: dict | None = None,
+    others: str = "raf",
+    tables: dict | None = None,
 ) -> RunConfig:
-    """Preset + seed + overrides (nested dict) -> a validated :class:`RunConfig`."""
-    base = {"preset": preset, "seed": seed, "model": preset_model_fields(preset, others)}
+    """Preset + seed + overrides (nested dict) -> a validated :class:`RunConfig`.
+
+    ``tables``: model tables (``layer_rule``, ``layer_rank``) that replace the preset's
+    before the overrides merge into them, e.g. those of an earlier run's ``config.yaml``,
+    which lists every entry of its run."""
+    model = {**preset_model_fields(preset, others), **(tables or {})}
+    base = {"preset": preset, "seed": seed, "model": model}
     cfg = from_dict(RunConfig, merge(base, overrides or {}))
     check_run_config(cfg)
     return cfg

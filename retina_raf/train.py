@@ -619,11 +619,16 @@ def config_from_cli(
 
     Precedence, lowest first: the preset, the YAML ``config_file`` (any :class:`RunConfig`
     fields, e.g. a ``config.yaml`` of an earlier run), ``--set`` overrides, then the named
-    options (``--epochs``, ``--data``, ``--device``, ``--amp``).
+    options (``--epochs``, ``--data``, ``--device``, ``--amp``). The file's layer tables
+    (``model.layer_rule``, ``model.layer_rank``) replace the preset's rather than merge with
+    them, so that a run's own ``config.yaml`` describes that run again whatever
+    ``--unconstrained-rule`` made it.
     """
     from retina_raf.config import load_yaml, merge, parse_overrides
 
     base = load_yaml(config_file) if config_file else {}
+    file_model = base.get("model") if isinstance(base.get("model"), dict) else {}
+    tables = {t: file_model.pop(t) for t in ("layer_rule", "layer_rank") if t in file_model}
     preset = preset or base.pop("preset", None)
     if preset is None:
         raise ConfigError("--preset is required (or a 'preset' key in --config)")
@@ -640,4 +645,4 @@ def config_from_cli(
     if data is not None:
         direct["data"]["path"] = data
     overrides = merge(merge(base, parse_overrides(list(sets))), direct)
-    return resolve_run_config(preset, seed, overrides, others=others)
+    return resolve_run_config(preset, seed, overrides, others=others, tables=tables)

@@ -195,6 +195,24 @@ def test_cli_config_file_is_validated_and_overridden(tmp_path, run_cli):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("preset", ["draf-bottleneck-4", "raf-r2", "raf-aligned-r4", "bp"])
+@pytest.mark.parametrize("unconstrained_rule", ["raf", "bp"])
+def test_a_runs_config_file_describes_that_run_again(tmp_path, preset, unconstrained_rule):
+    """`retina-raf train --config RUN/config.yaml` resumes that run: the file resolves to the
+    config it was written from, also when --unconstrained-rule bp left out a layer the preset
+    names (draf's readout: a merged table would bring `fc_2: bp` back and refuse the folder)."""
+    from retina_raf.config import dump_yaml, to_dict
+    from retina_raf.train import config_from_cli
+
+    cfg = resolve_run_config(preset, 1, parse_overrides(["train.epochs=4"]),
+                             others=unconstrained_rule)  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(to_dict(cfg)))
+    assert to_dict(config_from_cli(None, None, config_file=str(path))) == to_dict(cfg)
+    again = config_from_cli(None, None, sets=("model.layer_rule.vvs_2=raf",), config_file=str(path))
+    assert again.model.layer_rule == {**cfg.model.layer_rule, "vvs_2": "raf"}  # --set still adds
+
+
 def test_scientific_notation_is_a_number():
     """`--set train.lr=1e-4` (YAML 1.1 reads it as a string) is accepted as 0.0001."""
     cfg = resolve_run_config("bp", 0, parse_overrides(["train.lr=1e-4", "weight_decay=2E-5"]))
