@@ -304,6 +304,9 @@ def _mean_sd(mean: float, sd: float, n: int) -> str:
     return f"{100 * mean:.1f}{spread} (n = {n})"
 
 
+RULE_NAMES = {"raf": "RAF", "draf": "dRAF", "bp": "BP"}
+
+
 def plot_accuracy_vs_rank(
     ds: xr.Dataset,
     metric: str = "test_acc",
@@ -311,14 +314,17 @@ def plot_accuracy_vs_rank(
     title: str | None = None,
 ):
     """Accuracy against feedback rank: one line per (rule, constrained layer) with every
-    seed shown as a dot and the mean over seeds as the line; backprop (``rule == "bp"``) a
-    horizontal line (mean) with a band (range over seeds); a dotted line at r = d when the
-    runs share one task. Log-scaled rank axis.
+    seed shown as a dot and the mean over seeds as the line; backprop (``rule == "bp"``) and
+    RAF with every feedback matrix at full rank (``constrain == "none"``) as horizontal lines
+    (mean) with a band (range over seeds), so that the full width does not stretch the rank
+    axis; a dotted line at r = d when the runs share one task. Log-scaled rank axis, a tick
+    at every rank run (a label left out where it would touch its neighbour, never d's).
 
     Args:
         ds: an accuracy dataset (one task: select ``d`` before plotting several).
         metric: ``test_acc`` or ``best_test_acc`` (fractions; shown in percent).
         ax: axes to draw on (default: a new single-column figure).
+        title: the axes' title.
 
     Returns:
         the figure.
@@ -331,34 +337,61 @@ def plot_accuracy_vs_rank(
         fig = ax.figure
     table = accuracy_table(ds, metric)
     table[metric] = 100 * table[metric]
-    bp = table[table["rule"] == "bp"]
+    references = [("BP", table[table["rule"] == "bp"], PALETTE[7], "--")]
     others = table[table["rule"] != "bp"]
-    colors = [color for i, color in enumerate(PALETTE) if i != 7]  # gray is backprop's
+    full_rank = others["constrain"] == "none"
+    for rule, group in others[full_rank].groupby("rule"):
+        references.append((f"{RULE_NAMES.get(rule, rule)}, full rank", group, PALETTE[4], "-."))
+    others = others[~full_rank]
+    colors = [color for i, color in enumerate(PALETTE) if i not in (4, 7)]  # the references'
     groups = list(others.groupby(["rule", "constrain"], sort=True))
     for i, ((rule, constrain), group) in enumerate(groups):
         color = colors[i % len(colors)]
-        label = rule if constrain in ("none", "all") else f"{rule} {constrain}"
-        label = f"{rule} (all layers)" if constrain == "all" else label
+        where = "every layer" if constrain == "all" else constrain
+        label = f"{RULE_NAMES.get(rule, rule)}, {where} at rank $r$"
         mean = group.groupby("rank")[metric].mean()
         ax.scatter(group["rank"], group[metric], s=6, color=color, alpha=0.5, linewidths=0)
         ax.plot(mean.index, mean.values, "o-", color=color, ms=3, lw=1, label=label)
-    if len(bp):
-        low, high, mean = bp[metric].min(), bp[metric].max(), bp[metric].mean()
-        ax.axhspan(low, high, color="0.85", lw=0, zorder=0)
-        ax.axhline(mean, color=PALETTE[7], lw=1, ls="--", label=f"BP (n={len(bp)})")
+    for label, reference, color, style in references:
+        if len(reference):
+            low, high = reference[metric].min(), reference[metric].max()
+            ax.axhspan(low, high, color=color, alpha=0.15, lw=0, zorder=0)
+            ax.axhline(reference[metric].mean(), color=color, lw=1, ls=style,
+                       label=f"{label} (n={len(reference)})")  # fmt: skip
+    one_task = table["d"].nunique() == 1
     if len(others) and (others["rank"] > 0).all():
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(set(others["rank"].tolist())))  # the ranks that were run
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ranks = sorted(set(others["rank"].tolist()))  # the ranks that were run
+        keep = int(table["d"].iloc[0]) if one_task else None
+        ax.xaxis.set_major_locator(FixedLocator(ranks))
+        ax.xaxis.set_major_formatter(FixedFormatter(_tick_labels(ranks, keep)))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    if table["d"].nunique() == 1 and len(others):  # the paper's threshold r = d
+    if one_task and len(others):  # the paper's threshold r = d
         ax.axvline(int(table["d"].iloc[0]), color="0.5", lw=0.8, ls=":", label="$r = d$")
     ax.set_xlabel("feedback rank $r$")
     ax.set_ylabel("test accuracy (%)" if metric == "test_acc" else f"{metric} (%)")
     if title:
         ax.set_title(title)
-    if groups or len(bp):
+    if groups or any(len(reference) for _, reference, _, _ in references):
         ax.legend(frameon=False, fontsize="small")
     return fig
+
+
+def _tick_labels(ranks: list[int], keep: int | None, min_octaves: float = 0.45) -> list[str]:
+    """Labels for ticks at ``ranks`` on a log2 axis: a label closer than ``min_octaves`` to
+    the last one shown is left out (8 and 10 would touch), except ``keep`` (d), which
+    replaces its neighbour instead."""
+    labels = [str(rank) for rank in ranks]
+    shown = None
+    for i, rank in enumerate(ranks):
+        if shown is not None and np.log2(rank / ranks[shown]) < min_octaves:
+            if rank == keep:
+                labels[shown] = ""
+                shown = i
+            else:
+                labels[i] = ""
+            continue
+        shown = i
+    return labels

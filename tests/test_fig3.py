@@ -422,6 +422,28 @@ def test_findings_say_whether_accuracy_reaches_bp_at_rank_d():
         findings_markdown(accuracy_dataset(rows[:2]))
 
 
+def test_accuracy_panel_draws_full_rank_raf_as_a_reference_and_keeps_d_labelled():
+    """Full-rank RAF is a reference line like BP (its rank, the layer width, would stretch the
+    rank axis); every rank run gets a tick, and of two touching labels (8 and 10) d's stays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.accuracy import plot_accuracy_vs_rank
+
+    rows = [(rule, constrain, rank, 10, seed, 0.5)
+            for seed in (0, 1)
+            for rule, constrain, rank in [("bp", "none", 512), ("raf", "none", 512),
+                                          *[("raf", "fc_2", r) for r in (1, 2, 4, 8, 10, 16, 32)]]
+            ]  # fmt: skip
+    fig = plot_accuracy_vs_rank(accuracy_dataset(rows))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert list(ax.get_xticks()) == [1, 2, 4, 8, 10, 16, 32]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "", "10", "16", "32"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["RAF, fc_2 at rank $r$", "BP (n=2)", "RAF, full rank (n=2)", "$r = d$"]
+
+
 def test_accuracy_template_declares_parameters():
     declared = notebook_parameters(NOTEBOOKS / "accuracy_vs_rank.ipynb")
     assert {"results", "figures_dir", "metric", "facet"} <= set(declared)
