@@ -88,3 +88,29 @@ def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
         history = ds["train_images"].isel(run=run).dropna("epoch")
         assert list(history["epoch"].values) == list(range(1, epochs + 1))
         assert (history == 50000).all()
+
+
+def test_readme_fig3_mlp_findings_are_what_the_published_file_says():
+    """The published CPU-scale Fig. 3 (reports/fig3_mlp/results.nc, issue 12): an accuracy
+    dataset whose runs and the ones it lists as not finished yet are every run of
+    experiments/fig3_mlp_cpu.yaml (the README says how many are in); every run trained the
+    experiment's epochs, with a test accuracy after each; the README's table is what
+    `retina-raf findings` computes from it."""
+    import numpy as np
+
+    from analysis.accuracy import findings_markdown, load_accuracy
+    from retina_raf.sweep import expand, load_experiment
+
+    path = ROOT / "reports" / "fig3_mlp" / "results.nc"
+    experiment = load_experiment(ROOT / "experiments" / "fig3_mlp_cpu.yaml")
+    assert path.stat().st_size < 1e6
+    ds = load_accuracy(path)
+    readme = (ROOT / "README.md").read_text()
+    assert findings_markdown(ds) in readme
+    planned = sorted(run.run_id for run in expand(experiment))
+    present = [str(r) for r in ds["run_id"].values]
+    assert sorted(present + ds.attrs["missing_runs"].split()) == planned
+    assert f"{len(present)} of the {len(planned)} runs" in readme
+    epochs = experiment.overrides["train"]["epochs"]
+    assert (ds["epochs"] == epochs).all() and ds.sizes["epoch"] == epochs
+    assert np.isfinite(ds["test_acc_curve"].values).all()
