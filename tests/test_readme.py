@@ -57,6 +57,17 @@ def test_readme_pilot_findings_are_what_the_published_file_says():
         assert list(epochs) == list(range(1, int(epochs.max()) + 1))  # every epoch recorded
 
 
+def assert_accounts_for_every_run(ds, experiment, readme: str) -> None:
+    """A published file's runs and its ``missing_runs`` are every run of the experiment, and
+    the README says how many of them are in."""
+    from retina_raf.sweep import expand
+
+    planned = sorted(run.run_id for run in expand(experiment))
+    present = [str(r) for r in ds["run_id"].values]
+    assert sorted(present + ds.attrs["missing_runs"].split()) == planned
+    assert f"{len(present)} of the {len(planned)} runs" in readme
+
+
 def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
     """The published CPU Fig. 4 (reports/cpu_fig4/results.nc, issue 15): it opens with
     analysis.results and holds retina_2 RFs by actmax, by gradient and by STA; its runs and the ones
@@ -66,7 +77,7 @@ def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
     findings` computes from it."""
     from analysis.results import load_results, open_results
     from analysis.stats import findings_markdown
-    from retina_raf.sweep import expand, load_experiment
+    from retina_raf.sweep import load_experiment
 
     path = ROOT / "reports" / "cpu_fig4" / "results.nc"
     experiment = load_experiment(ROOT / "experiments" / "cpu_fig4.yaml")
@@ -76,10 +87,7 @@ def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
     ds = load_results(path, metrics=["symmetry", "osi", "fraction_center_surround"])
     readme = (ROOT / "README.md").read_text()
     assert findings_markdown(ds) in readme
-    planned = sorted(run.run_id for run in expand(experiment))
-    present = [str(r) for r in ds["run_id"].values]
-    assert sorted(present + ds.attrs["missing_runs"].split()) == planned
-    assert f"{len(present)} of the {len(planned)} runs" in readme
+    assert_accounts_for_every_run(ds, experiment, readme)
     epochs = experiment.overrides["train"]["epochs"]
     for run in range(ds.sizes["run"]):
         config = yaml.safe_load(str(ds["config"].values[run]))
@@ -99,7 +107,7 @@ def test_readme_fig3_mlp_findings_are_what_the_published_file_says():
     import numpy as np
 
     from analysis.accuracy import findings_markdown, load_accuracy
-    from retina_raf.sweep import expand, load_experiment
+    from retina_raf.sweep import load_experiment
 
     path = ROOT / "reports" / "fig3_mlp" / "results.nc"
     experiment = load_experiment(ROOT / "experiments" / "fig3_mlp_cpu.yaml")
@@ -107,10 +115,7 @@ def test_readme_fig3_mlp_findings_are_what_the_published_file_says():
     ds = load_accuracy(path)
     readme = (ROOT / "README.md").read_text()
     assert findings_markdown(ds) in readme
-    planned = sorted(run.run_id for run in expand(experiment))
-    present = [str(r) for r in ds["run_id"].values]
-    assert sorted(present + ds.attrs["missing_runs"].split()) == planned
-    assert f"{len(present)} of the {len(planned)} runs" in readme
+    assert_accounts_for_every_run(ds, experiment, readme)
     epochs = experiment.overrides["train"]["epochs"]
     assert (ds["epochs"] == epochs).all() and ds.sizes["epoch"] == epochs
     assert np.isfinite(ds["test_acc_curve"].values).all()
