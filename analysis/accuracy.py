@@ -379,6 +379,72 @@ def plot_accuracy_vs_rank(
     return fig
 
 
+def plot_gap_vs_rank(
+    ds: xr.Dataset,
+    metric: str = "test_acc",
+    constrain: str = "all",
+    tolerance: float = TOLERANCE,
+    ax=None,
+):
+    """The paper's Fig. 3c in one panel: RAF's accuracy minus backprop's (percentage points)
+    against the feedback rank, one line per task dimension d (mean over seeds; dots: each
+    seed against BP's mean), the smallest rank >= d ringed (the findings table's r = d); the
+    band is ``tolerance`` around BP.
+    If the rank needed follows the task, each line reaches the band near its own d.
+
+    Args:
+        ds: an accuracy dataset with backprop and RAF runs at several d.
+        metric: ``test_acc`` or ``best_test_acc``.
+        constrain: which RAF runs (``all``: every feedback matrix at rank r).
+        tolerance: half-width of the band around 0 (fraction; drawn in percentage points).
+        ax: axes to draw on (default: a new single-column figure).
+
+    Returns:
+        the figure.
+
+    Raises:
+        DataError: no task has both backprop runs and RAF runs with ``constrain``.
+    """
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    from analysis.figures.style import new_figure
+
+    table = accuracy_table(ds, metric)
+    raf = table[(table["rule"] == "raf") & (table["constrain"] == constrain)]
+    bp_means = table[table["rule"] == "bp"].groupby("d")[metric].mean()
+    tasks = sorted(set(raf["d"]) & set(bp_means.index))
+    if not tasks:
+        raise DataError(f"no task has both BP runs and RAF runs with constrain={constrain!r}")
+    if ax is None:
+        fig, ax = new_figure("single")
+    else:
+        fig = ax.figure
+    import seaborn as sns
+
+    colors = sns.color_palette("viridis", len(tasks))
+    ax.axhspan(-100 * tolerance, 100 * tolerance, color="0.9", lw=0, zorder=0)
+    ax.axhline(0, color="0.5", lw=0.8, ls="--")
+    for color, d in zip(colors, tasks, strict=True):
+        runs = raf[raf["d"] == d]
+        gap = 100 * (runs[metric] - bp_means[d])
+        mean = gap.groupby(runs["rank"]).mean()
+        ax.scatter(runs["rank"], gap, s=6, color=color, alpha=0.5, linewidths=0)
+        ax.plot(mean.index, mean.values, "o-", color=color, ms=3, lw=1, label=f"d = {d}")
+        at_least_d = mean[mean.index >= d]
+        if len(at_least_d):  # the comparison of the findings table: the smallest rank >= d
+            ax.plot(at_least_d.index[:1], at_least_d.values[:1], "o", ms=8, mfc="none",
+                    mec=color, mew=1.2)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(raf["rank"].tolist()))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("feedback rank $r$ (every layer)" if constrain == "all" else "feedback rank $r$")
+    ax.set_ylabel("RAF $-$ BP test accuracy (pp)")
+    ax.legend(frameon=False, fontsize="small", title="ringed: smallest $r \\geq d$",
+              title_fontsize="small")  # fmt: skip
+    return fig
+
+
 def _tick_labels(ranks: list[int], keep: int | None, min_octaves: float = 0.45) -> list[str]:
     """Labels for ticks at ``ranks`` on a log2 axis: a label closer than ``min_octaves`` to
     the last one shown is left out (8 and 10 would touch), except ``keep`` (d), which

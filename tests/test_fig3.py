@@ -348,15 +348,15 @@ def test_dry_run_of_a_fig3_file(run_cli, tmp_path):
 
 # ------------------------------------------------------------------- results, notebook
 def synthetic_accuracy(tmp_path: Path):
-    """An accuracy dataset shaped like --collect's: BP and RAF at four ranks in two layers,
-    two tasks (d = 2, 4), two seeds."""
+    """An accuracy dataset shaped like --collect's: BP and RAF at four ranks in two layers
+    and in all layers, two tasks (d = 2, 4), two seeds."""
     import xarray as xr
 
     rows = []
     for d in (2, 4):
         for seed in (0, 1):
             rows.append(("bp", "none", 512, d, seed, 0.8))
-            for layer in ("fc_2", "fc_3"):
+            for layer in ("fc_2", "fc_3", "all"):
                 for rank in (1, 2, 4, 8):
                     rows.append(("raf", layer, rank, d, seed, 0.8 - 0.1 * (rank < d)))
     acc = np.asarray([r[5] for r in rows]) + np.random.default_rng(0).normal(0, 0.01, len(rows))
@@ -376,13 +376,13 @@ def test_gap_to_bp_compares_the_smallest_rank_at_least_d(tmp_path, run_cli):
     path = synthetic_accuracy(tmp_path)
     ds = load_accuracy(path)
     gaps = gap_to_bp(ds)
-    assert len(gaps) == 4 and set(gaps["rank"]) == {2, 4}
+    assert len(gaps) == 6 and set(gaps["rank"]) == {2, 4}
     assert (gaps["difference"].abs() < 0.05).all() and (gaps["n_seeds"] == 2).all()
     with pytest.raises(DataError, match="no such results file"):
         load_accuracy(tmp_path / "missing.nc")
     code, out, err = run_cli("findings", path)
     assert code == 0, err
-    assert out.count("\n| 2 | raf |") == 2 and out.count("\n| 4 | raf |") == 2
+    assert out.count("\n| 2 | raf |") == 3 and out.count("\n| 4 | raf |") == 3
 
 
 def accuracy_dataset(rows):
@@ -444,6 +444,33 @@ def test_accuracy_panel_draws_full_rank_raf_as_a_reference_and_keeps_d_labelled(
     assert legend == ["RAF, fc_2 at rank $r$", "BP (n=2)", "RAF, full rank (n=2)", "$r = d$"]
 
 
+def test_gap_panel_plots_raf_minus_bp_per_task_and_rings_the_smallest_rank_at_least_d():
+    """Fig. 3c in one panel: per d, RAF (every layer at rank r) minus BP's mean in percentage
+    points against r, the smallest rank >= d ringed; no BP for any task is a clear error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.accuracy import plot_gap_vs_rank
+
+    accuracy = {2: {1: 0.70, 2: 0.80, 4: 0.80}, 6: {1: 0.40, 2: 0.45, 4: 0.50, 8: 0.59}}
+    bp = {2: 0.80, 6: 0.60}
+    rows = [("bp", "none", 512, d, seed, bp[d]) for d in bp for seed in (0, 1)]
+    rows += [("raf", "all", r, d, seed, acc) for d, by_rank in accuracy.items()
+             for r, acc in by_rank.items() for seed in (0, 1)]  # fmt: skip
+    rows += [("raf", "fc_2", 1, 2, 0, 0.1)]  # another layer's runs are not drawn
+    fig = plot_gap_vs_rank(accuracy_dataset(rows))
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    for d, by_rank in accuracy.items():
+        x, y = lines[f"d = {d}"].get_data()
+        assert list(x) == list(by_rank)
+        np.testing.assert_allclose(y, [100 * (a - bp[d]) for a in by_rank.values()])
+    rings = [line for line in fig.axes[0].get_lines() if line.get_marker() == "o"
+             and line.get_markerfacecolor() == "none"]  # fmt: skip
+    assert sorted(float(ring.get_xdata()[0]) for ring in rings) == [2.0, 8.0]
+    with pytest.raises(DataError, match="no task has both BP runs and RAF runs"):
+        plot_gap_vs_rank(accuracy_dataset([row for row in rows if row[0] != "bp"]))
+
+
 def test_accuracy_template_declares_parameters():
     declared = notebook_parameters(NOTEBOOKS / "accuracy_vs_rank.ipynb")
     assert {"results", "figures_dir", "metric", "facet"} <= set(declared)
@@ -459,7 +486,8 @@ def test_accuracy_notebook_renders_a_panel_per_task(tmp_path):
                       {"results": str(synthetic_accuracy(tmp_path)), "figures_dir": str(figures)},
                       tmp_path / "reports")  # fmt: skip
     assert {p.name for p in figures.iterdir()} >= {"accuracy_vs_rank_d2.pdf",
-                                                   "accuracy_vs_rank_d4.png"}  # fmt: skip
+                                                   "accuracy_vs_rank_d4.png",
+                                                   "gap_to_bp_vs_rank.png"}  # fmt: skip
     assert "difference" in html.read_text() and "smallest r within 1 pp" in html.read_text()
 
 
