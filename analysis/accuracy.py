@@ -360,14 +360,7 @@ def plot_accuracy_vs_rank(
                        label=f"{label} (n={len(reference)})")  # fmt: skip
     one_task = table["d"].nunique() == 1
     if len(others) and (others["rank"] > 0).all():
-        from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
-
-        ax.set_xscale("log", base=2)
-        ranks = sorted(set(others["rank"].tolist()))  # the ranks that were run
-        keep = int(table["d"].iloc[0]) if one_task else None
-        ax.xaxis.set_major_locator(FixedLocator(ranks))
-        ax.xaxis.set_major_formatter(FixedFormatter(_tick_labels(ranks, keep)))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _rank_axis(ax, others["rank"], keep=int(table["d"].iloc[0]) if one_task else None)
     if one_task and len(others):  # the paper's threshold r = d
         ax.axvline(int(table["d"].iloc[0]), color="0.5", lw=0.8, ls=":", label="$r = d$")
     ax.set_xlabel("feedback rank $r$")
@@ -405,8 +398,6 @@ def plot_gap_vs_rank(
     Raises:
         DataError: no task has both backprop runs and RAF runs with ``constrain``.
     """
-    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
-
     from analysis.figures.style import new_figure
 
     table = accuracy_table(ds, metric)
@@ -434,15 +425,23 @@ def plot_gap_vs_rank(
         if len(at_least_d):  # the comparison of the findings table: the smallest rank >= d
             ax.plot(at_least_d.index[:1], at_least_d.values[:1], "o", ms=8, mfc="none",
                     mec=color, mew=1.2)  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(sorted(set(raf["rank"].tolist()))))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _rank_axis(ax, raf["rank"])
     ax.set_xlabel("feedback rank $r$ (every layer)" if constrain == "all" else "feedback rank $r$")
     ax.set_ylabel("RAF $-$ BP test accuracy (pp)")
     ax.legend(frameon=False, fontsize="small", title="ringed: smallest $r \\geq d$",
               title_fontsize="small")  # fmt: skip
     return fig
+
+
+def _rank_axis(ax, ranks, keep: int | None = None) -> None:
+    """A log2 rank axis with a tick at every rank run, touching labels thinned (keeping d's)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    ranks = sorted(set(int(rank) for rank in ranks))
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ranks))
+    ax.xaxis.set_major_formatter(FixedFormatter(_tick_labels(ranks, keep)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _tick_labels(ranks: list[int], keep: int | None, min_octaves: float = 0.45) -> list[str]:
