@@ -21,7 +21,7 @@ from retina_raf.feedback import RAFConv2d, RAFLinear, oja_gradient
 from retina_raf.feedback.rules import project_channels
 from retina_raf.fftconv import FFTConv2d, choose_conv_impl, fft_conv2d, fft_size
 from retina_raf.models import build_model
-from retina_raf.optim import BlockedRMSprop
+from retina_raf.optim import FusedRMSprop
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -175,33 +175,82 @@ def test_oja_gradient_for_few_rows_equals_the_covariance_form(rows):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.0, 1e-5), (0.9, 1e-3)])
-def test_blocked_rmsprop_is_torch_rmsprop_bit_for_bit(momentum, weight_decay):
-    """The cache-blocked update gives torch's RMSprop's parameters and state exactly (blocks
-    smaller than, equal to and larger than the tensors), and the same state_dict layout."""
+def _rmsprop_pair(momentum, weight_decay, dtype):
+    """Our RMSprop and torch's over the same parameters (matrices, a vector, a conv kernel,
+    tensors smaller and larger than the blocks), after four steps on the same gradients."""
     torch.manual_seed(0)
     shapes = [(300, 70), (7,), (5, 3, 9, 9), (4099,)]
-    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ours = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     kw = dict(lr=1e-3, alpha=0.9, eps=1e-7, weight_decay=weight_decay, momentum=momentum)
-    blocked, reference = (
-        BlockedRMSprop(ours, block_size=1024, **kw),
-        torch.optim.RMSprop(theirs, **kw),
-    )
+    optimizers = FusedRMSprop(ours, block_size=1024, **kw), torch.optim.RMSprop(theirs, **kw)
     for _ in range(4):
         for a, b in zip(ours, theirs, strict=True):
-            grad = torch.randn_like(a)
+            grad = torch.randn_like(a) * torch.logspace(-6, 0, a.numel(), dtype=dtype).view_as(a)
             a.grad, b.grad = grad.clone(), grad.clone()
-        blocked.step()
-        reference.step()
+        for optimizer in optimizers:
+            optimizer.step()
+    return ours, theirs, optimizers
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-5])
+def test_fused_rmsprop_is_torch_rmsprop_to_rounding(weight_decay):
+    """Adam's fused kernel at beta1 = 0 and no bias correction is RMSprop: parameters and
+    square_avg equal torch's RMSprop's to 1e-12 in float64 (rounding of fused multiply-adds
+    only); the gradient is left as it was; the state_dict has torch's layout and loads both
+    ways."""
+    ours, theirs, (fused, reference) = _rmsprop_pair(0.0, weight_decay, torch.float64)
     for a, b in zip(ours, theirs, strict=True):
-        assert torch.equal(a, b)
-    state, ref_state = blocked.state_dict(), reference.state_dict()
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+        assert torch.equal(a.grad, b.grad)
+    state, ref_state = fused.state_dict(), reference.state_dict()
     for key in ref_state["state"]:
         assert state["state"][key].keys() == ref_state["state"][key].keys()
         for name, value in ref_state["state"][key].items():
-            assert torch.equal(state["state"][key][name], value)
-    reference.load_state_dict(blocked.state_dict())  # checkpoints move between the two
+            torch.testing.assert_close(state["state"][key][name], value, rtol=1e-12, atol=0)
+    reference.load_state_dict(fused.state_dict())  # checkpoints move between the two
+    fused.load_state_dict(ref_state)
+    ours32, theirs32, _ = _rmsprop_pair(0.0, weight_decay, torch.float32)
+    for a, b in zip(ours32, theirs32, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_rmsprop_with_momentum_is_torch_rmsprop_bit_for_bit():
+    """Momentum is not Adam's form: it runs as torch's passes over cache-sized blocks, which
+    give torch's parameters and state exactly."""
+    ours, theirs, (blocked, reference) = _rmsprop_pair(0.9, 1e-3, torch.float32)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    for key, ref_state in reference.state_dict()["state"].items():
+        for name, value in ref_state.items():
+            assert torch.equal(blocked.state_dict()["state"][key][name], value)
+
+
+def test_fused_rmsprop_resumes_bit_for_bit_from_its_state_dict():
+    """A copy made mid-run from saved parameters and optimizer state continues exactly as the
+    original (weight decay, so the scratch first moment is used)."""
+    torch.manual_seed(1)
+    original = [torch.nn.Parameter(torch.randn(64, 33)), torch.nn.Parameter(torch.randn(9))]
+    kw = dict(lr=1e-3, alpha=0.9, eps=1e-7, weight_decay=1e-5)
+    optimizer = FusedRMSprop(original, **kw)
+    grads = [[torch.randn_like(p) for p in original] for _ in range(6)]
+
+    def run(params, opt, steps):
+        for step_grads in steps:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+
+    run(original, optimizer, grads[:3])
+    restored = [torch.nn.Parameter(p.detach().clone()) for p in original]
+    resumed = FusedRMSprop(restored, **kw)
+    copy_state = copy.deepcopy(optimizer.state_dict())  # as a checkpoint file holds it
+    resumed.load_state_dict(copy_state)
+    assert copy_state["state"][0]["step"].item() == 3
+    run(original, optimizer, grads[3:])
+    run(restored, resumed, grads[3:])
+    for a, b in zip(original, restored, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_conv_impl_is_a_validated_setting_and_auto_picks_per_layer(run_cli):
@@ -231,7 +280,7 @@ def test_whole_network_trains_the_same_with_fft_and_direct_convolution():
     for impl in ("direct", "fft"):
         net = build_model("raf-r2", seed=0, conv_impl=impl, **small).double().train()
         net.layers["fc_1"].dropout = torch.nn.Identity()
-        optimizer = BlockedRMSprop(net.parameters(), lr=1e-3)
+        optimizer = FusedRMSprop(net.parameters(), lr=1e-3)
         losses[impl] = []
         for _ in range(3):
             loss = F.cross_entropy(net(x), y)
