@@ -90,8 +90,16 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 def map_spectrum(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(b, c, H, W) real maps -> frequency-major spectrum (F, b, c), F = N_y (N_x // 2 + 1)."""
     b, c = maps.shape[:2]
-    spectrum = torch.fft.rfft2(maps.to(compute_dtype(maps)), s=grid)  # (b, c, N_y, N_x/2+1)
-    return spectrum.reshape(b, c, -1).permute(2, 0, 1).contiguous()
+    maps = maps.to(compute_dtype(maps))
+    if torch.compiler.is_compiling():  # dynamo cannot trace out= into a permuted view
+        return torch.fft.rfft2(maps, s=grid).reshape(b, c, -1).permute(2, 0, 1).contiguous()
+    complex_dtype = torch.complex128 if maps.dtype == torch.float64 else torch.complex64
+    spectrum = torch.empty(grid[0], grid[1] // 2 + 1, b, c, dtype=complex_dtype, device=maps.device)
+    # Written straight into the frequency-major layout through a permuted view: the FFT's
+    # strided output costs less than a transposing copy of a (b, c, ...) spectrum (8.6 ->
+    # 7.1 ms for 64 x 32 maps on a 36 x 36 grid, 2 threads).
+    torch.fft.rfft2(maps, s=grid, out=spectrum.permute(2, 3, 0, 1))
+    return spectrum.view(-1, b, c)
 
 
 def kernel_spectrum(weight: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
