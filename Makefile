@@ -40,6 +40,7 @@ bench: install
 	$(PY) benchmarks/feedback_step.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/rf_extraction.py
+	$(PY) benchmarks/rmsprop_step.py
 	$(PY) benchmarks/metrics_speed.py
 	$(PY) benchmarks/fit_solvers.py
 	$(PY) benchmarks/skimage_alternatives.py

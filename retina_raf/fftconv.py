@@ -163,8 +163,8 @@ def spectrum_to_kernel(
     """Frequency-major (F, m, n) correlation spectrum G^ -> kernel gradient (m, n, k, k).
 
     Only the k_y k_x taps of the correlation are needed, so they are read off by the inverse
-    DFT at those taps, separably (rows, then columns): about k_y / N_y of a full irfft2's row
-    pass and 7x fewer operations than one product with the 2-D tap basis.
+    DFT at those taps, separably (rows, then columns): for 9 x 9 taps on a 36 x 36 grid, 7x
+    fewer operations than one product with the 2-D tap basis, and no inverse FFT of m n maps.
     """
     _, m, n = spectrum.shape
     real = torch.float64 if spectrum.dtype == torch.complex128 else torch.float32

@@ -3,7 +3,7 @@
 Claims: the frequency-domain convolution computes what ``F.conv2d`` computes (forward, input
 gradient, weight gradient) for the geometries it accepts; RAF in the frequency domain equals
 RAF computed directly, and at full rank with P = I, Q = W equals backprop; ``q.grad`` by
-einsum equals the convolution form; the cache-blocked RMSprop is torch's RMSprop; Oja's cheap
+einsum equals the convolution form; the fused RMSprop is torch's RMSprop; Oja's cheap
 form for wide layers is Oja's rule; ``conv_impl`` is validated like every setting.
 """
 
@@ -176,14 +176,14 @@ def test_oja_gradient_for_few_rows_equals_the_covariance_form(rows):
 
 
 def _rmsprop_pair(momentum, weight_decay, dtype):
-    """Our RMSprop and torch's over the same parameters (matrices, a vector, a conv kernel,
-    tensors smaller and larger than the blocks), after four steps on the same gradients."""
+    """Our RMSprop and torch's over the same parameters (matrices, a vector, a conv kernel),
+    after four steps on the same gradients."""
     torch.manual_seed(0)
     shapes = [(300, 70), (7,), (5, 3, 9, 9), (4099,)]
     ours = [torch.nn.Parameter(torch.randn(s, dtype=dtype)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     kw = dict(lr=1e-3, alpha=0.9, eps=1e-7, weight_decay=weight_decay, momentum=momentum)
-    optimizers = FusedRMSprop(ours, block_size=1024, **kw), torch.optim.RMSprop(theirs, **kw)
+    optimizers = FusedRMSprop(ours, **kw), torch.optim.RMSprop(theirs, **kw)
     for _ in range(4):
         for a, b in zip(ours, theirs, strict=True):
             grad = torch.randn_like(a) * torch.logspace(-6, 0, a.numel(), dtype=dtype).view_as(a)
@@ -216,14 +216,14 @@ def test_fused_rmsprop_is_torch_rmsprop_to_rounding(weight_decay):
 
 
 def test_rmsprop_with_momentum_is_torch_rmsprop_bit_for_bit():
-    """Momentum is not Adam's form: it runs as torch's passes over cache-sized blocks, which
-    give torch's parameters and state exactly."""
-    ours, theirs, (blocked, reference) = _rmsprop_pair(0.9, 1e-3, torch.float32)
+    """Momentum is not Adam's form: it goes through torch's own RMSprop, whose parameters and
+    state it gives exactly."""
+    ours, theirs, (fallback, reference) = _rmsprop_pair(0.9, 1e-3, torch.float32)
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
     for key, ref_state in reference.state_dict()["state"].items():
         for name, value in ref_state.items():
-            assert torch.equal(blocked.state_dict()["state"][key][name], value)
+            assert torch.equal(fallback.state_dict()["state"][key][name], value)
 
 
 def test_fused_rmsprop_resumes_bit_for_bit_from_its_state_dict():
