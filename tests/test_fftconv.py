@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from retina_raf.config import resolve_run_config
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import RAFConv2d, RAFLinear, oja_gradient
+from retina_raf.feedback.conv import _fold_feedback
 from retina_raf.feedback.rules import project_channels
 from retina_raf.fftconv import FFTConv2d, choose_conv_impl, fft_conv2d, fft_size
 from retina_raf.models import build_model
@@ -106,11 +107,15 @@ def raf_gradients(layer: RAFConv2d, x: torch.Tensor, delta: torch.Tensor) -> dic
 
 @pytest.mark.parametrize(
     "rule, rank",
-    [("raf", 1), ("raf", 3), ("raf", 8), ("lowrank_fa", 1), ("fa", 3), ("fa", 8), ("kp", 8)],
+    [("raf", 1), ("raf", 3), ("raf", 5), ("raf", 8), ("lowrank_fa", 1), ("lowrank_fa", 6)]
+    + [("fa", 3), ("fa", 8), ("kp", 8)],
 )
 def test_raf_in_the_frequency_domain_equals_raf_computed_directly(rule, rank):
     """conv_impl='fft' gives RAFConv2d the same output and the same x, W, b, Q, P gradients as
-    the direct implementation, for every rule and rank (rank 1 Q paths included)."""
+    the direct implementation, for every rule and rank (rank 1 Q paths included; from rank 4 of
+    this 5 -> 8 layer the FFT backward folds P into Q's kernel, from rank 5 Oja's P C is formed
+    from the error's Gram matrix)."""
+    assert _fold_feedback(rank, 8, 5) == (rank >= 4)
     torch.manual_seed(rank)
     direct = RAFConv2d.from_rule(rule, 5, 8, 9, rank=rank, padding=4, conv_impl="direct",
                                  dtype=torch.float64)  # fmt: skip
@@ -173,6 +178,18 @@ def test_oja_gradient_for_few_rows_equals_the_covariance_form(rows):
     expected = -(p @ c @ (torch.eye(24, dtype=torch.float64) - p.t() @ p))
     got = oja_gradient(p, delta @ p.t(), delta)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 4, 5, 8])
+@pytest.mark.parametrize("shape", [(300, 8), (3, 8, 6, 6), (5, 8)])
+def test_oja_gradient_without_p_delta_equals_it_with_p_delta(rank, shape):
+    """Without P delta, Oja's gradient projects the error itself or (rank over m / 2) forms
+    P C from the error's Gram matrix: either way -(P C (I - P^T P)), the same as given P delta."""
+    torch.manual_seed(rank)
+    p = torch.randn(rank, 8, dtype=torch.float64)
+    delta = torch.randn(shape, dtype=torch.float64)
+    expected = oja_gradient(p, project_channels(p, delta), delta)
+    torch.testing.assert_close(oja_gradient(p, None, delta), expected, rtol=1e-10, atol=1e-10)
 
 
 def _rmsprop_pair(momentum, weight_decay, dtype):

@@ -17,7 +17,9 @@ Full rank, P = I and Q = W give back exactly backprop's input gradient.
 ``conv_impl="fft"`` (or "auto" where :func:`~retina_raf.fftconv.choose_conv_impl` picks it)
 computes the same quantities in the frequency domain (:mod:`retina_raf.fftconv`): the forward
 from the spectra of h and W, W.grad from those of delta and h, and the input gradient from
-``P delta^`` (the 1x1 projection commutes with the FFT) and Q's spectrum.
+``P delta^`` (the 1x1 projection commutes with the FFT) and Q's spectrum, or, where that is
+cheaper (r > m n / (m + n), e.g. full rank), from delta^ and the spectrum of the kernel
+B = sum_r P_rm Q_r: the same linear map, grouped the other way.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ def explicit_padding(
 def _q_grad_from_w_grad(p: torch.Tensor, grad_w: torch.Tensor) -> torch.Tensor:
     """KP's ``q.grad = conv2d_weight(h, Q.shape, P delta)`` as ``sum_m P_rm W.grad_m``."""
     return torch.einsum("rm,mnyx->rnyx", p, grad_w)
+
+
+def _feedback_kernel(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """B = Q P as one kernel in W's layout, ``sum_r P_rm Q_r``: (r, m), (r, n, k, k) ->
+    (m, n, k, k)."""
+    return torch.einsum("rm,rnyx->mnyx", p, q)
+
+
+def _fold_feedback(rank: int, out_channels: int, in_channels: int) -> bool:
+    """Whether the FFT backward sends delta through B = Q P as one kernel instead of first
+    projecting it onto r channels: per frequency and image the projection and Q's mixing cost
+    r (m + n) complex products, B's mixing m n (B itself is an einsum on the kernels), so
+    B wins above r = m n / (m + n), e.g. at full rank of a 32 -> 32 layer (r > 16)."""
+    return rank * (out_channels + in_channels) > out_channels * in_channels
 
 
 class RAFConv2dFunction(torch.autograd.Function):
@@ -155,13 +171,19 @@ class RAFConv2dFFTFunction(torch.autograd.Function):
                         _q_grad_from_w_grad(p, full_grad_w))  # fmt: skip
                     grad_q = grad_q.to(layer.q.dtype)
             if need_x:
-                identity = layer.p_rule == "identity"
-                p_hat = delta_hat if identity else delta_hat @ p.t().to(delta_hat.dtype)
-                q_hat = fftconv.kernel_spectrum(layer.q.to(p.dtype), grid)
-                grad_x = fftconv.spectrum_to_maps(fftconv.mix_adjoint(p_hat, q_hat), grid, ctx.size)
-                grad_x = grad_x.to(ctx.dtypes[0])
+                q = layer.q.to(p.dtype)
+                if layer.p_rule == "identity":
+                    error_hat, kernel_hat = delta_hat, fftconv.kernel_spectrum(q, grid)
+                elif _fold_feedback(*p.shape, q.shape[1]):
+                    error_hat = delta_hat
+                    kernel_hat = fftconv.kernel_spectrum(_feedback_kernel(p, q), grid)
+                else:
+                    error_hat = delta_hat @ p.t().to(delta_hat.dtype)
+                    kernel_hat = fftconv.kernel_spectrum(q, grid)
+                grad_x = fftconv.mix_adjoint(error_hat, kernel_hat)
+                grad_x = fftconv.spectrum_to_maps(grad_x, grid, ctx.size).to(ctx.dtypes[0])
             if need_p:
-                grad_p = oja_gradient(layer.p, project_channels(p.to(delta.dtype), delta), delta)
+                grad_p = oja_gradient(layer.p, None, delta)  # it chooses whether to project
             layer._observe_error(delta)
         return grad_x, grad_w, grad_b, grad_q, grad_p, None
 
@@ -280,7 +302,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
 
     def feedback_matrix(self) -> torch.Tensor:
         """B as a kernel in W's layout: ``einsum('rm,rnyx->mnyx', P, Q)``, (m, n, kh, kw)."""
-        return torch.einsum("rm,rnyx->mnyx", self.p, self.q)
+        return _feedback_kernel(self.p, self.q)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._feedback_repr()}, conv_impl={self.conv_impl}"

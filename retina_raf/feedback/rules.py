@@ -157,18 +157,24 @@ def squared_norm(delta: torch.Tensor) -> torch.Tensor:
     return norm.square_().clamp_min_(torch.finfo(norm.dtype).tiny)
 
 
-def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def oja_gradient(
+    p: torch.Tensor, p_delta: torch.Tensor | None, delta: torch.Tensor
+) -> torch.Tensor:
     """Oja's subspace rule in descent form: ``-(P C (I - P^T P))``, shape of P (r, m).
 
     C is the error covariance over rows / pixels, trace-normalized: ``C = m delta^T delta /
     ||delta||^2`` has mean eigenvalue 1 whatever the loss reduction, batch or image size
     (DESIGN 4.1: any positive rescaling keeps Oja's fixed points). ``P C`` is formed as
-    ``(P delta)^T delta`` (N r m operations), so the m x m matrix C is never built.
+    ``(P delta)^T delta`` (N r m operations), so the m x m matrix C is never built, unless
+    ``p_delta`` (``P delta``, the caller's if it has it) is None and the rank is over m / 2:
+    then ``P (delta^T delta)`` (N m^2 + r m^2) is cheaper than projecting first (2 N r m).
     A descent step ``P -= lr * grad`` is paper eq. (8) with ``y`` replaced by the error; the
     optimizer's weight decay supplies its ``-lambda P``.
     """
     channels, p_dtype = delta.shape[1], p.dtype
     rank, rows = p.shape[0], delta.numel() // channels
+    if p_delta is None and (rows < 2 * rank or 2 * rank <= channels):
+        p_delta = project_channels(p.detach().to(delta.dtype), delta)
     if rows < 2 * rank:
         # Few error rows against a wide P (fc_1 at full rank: 64 rows, r = m = 1024): with
         # PD = P delta rows, (P C P^T) P - P C = PD^T (PD P - delta) costs 2 N r m, not r^2 m.
@@ -179,10 +185,16 @@ def oja_gradient(p: torch.Tensor, p_delta: torch.Tensor, delta: torch.Tensor) ->
         p = p.detach().to(p_rows.dtype)
         gradient = p_rows.t().mm(torch.addmm(d_rows, p_rows, p, beta=-1))
         return gradient.mul_(channels).div_(squared_norm(delta)).to(p_dtype)
-    pc = channel_gram(
-        _accurate(p_delta), _accurate(delta)
-    )  # unnormalized P C, (r, m); fp32 under bf16
-    p = p.detach().to(pc.dtype)
+    if p_delta is None:
+        accurate = _accurate(delta)
+        gram = channel_gram(accurate, accurate)  # unnormalized C, (m, m); fp32 under bf16
+        p = p.detach().to(gram.dtype)
+        pc = p.mm(gram)
+    else:
+        pc = channel_gram(
+            _accurate(p_delta), _accurate(delta)
+        )  # unnormalized P C, (r, m); fp32 under bf16
+        p = p.detach().to(pc.dtype)
     gradient = torch.addmm(pc, pc.mm(p.t()), p, beta=-1)  # (P C P^T) P - P C
     # multiply, then divide: a zero error (a silent layer) must give 0, not 0 * (m / tiny) = NaN
     return gradient.mul_(channels).div_(squared_norm(delta)).to(p_dtype)
