@@ -153,6 +153,7 @@ class RetinaNet(nn.Module):
             source_shape=source_shape,
             rank=cfg.direct_rank,
             kernel_size=cfg.kernel_size,
+            conv_impl=cfg.conv_impl,
             track_error_covariance=cfg.track_error_covariance,
         )
 

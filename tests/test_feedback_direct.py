@@ -85,11 +85,14 @@ def test_eval_forward_without_grad_needs_no_tap_and_leaves_nothing_pending():
     assert net.feedback.q.grad is not None
 
 
-def test_spatial_source_on_the_same_grid_uses_a_conv_kernel_q_and_1x1_p():
+@pytest.mark.parametrize("conv_impl", ["direct", "fft"])
+@pytest.mark.parametrize("kernel, rank", [(3, 2), (7, 1), (7, 5)])
+def test_spatial_source_on_the_same_grid_uses_a_conv_kernel_q_and_1x1_p(conv_impl, kernel, rank):
     """Spatial source: the target gets conv2d_input(a.shape, Q, P delta_s) with "same" padding,
-    Q.grad = conv2d_weight(a, Q.shape, P delta_s)."""
-    torch.manual_seed(0)
-    feedback = DirectFeedback((3, 8, 8), (5, 8, 8), rank=2, kernel_size=3, **F64)
+    Q.grad = conv2d_weight(a, Q.shape, P delta_s), computed directly or by FFT."""
+    torch.manual_seed(kernel + rank)
+    feedback = DirectFeedback((3, 8, 8), (5, 8, 8), rank=rank, kernel_size=kernel,
+                              conv_impl=conv_impl, **F64)  # fmt: skip
     conv_1 = nn.Conv2d(2, 3, 3, padding=1, **F64)
     conv_2 = nn.Conv2d(3, 5, 3, padding=1, **F64)
     x = torch.randn(2, 2, 8, 8, **F64)
@@ -100,9 +103,11 @@ def test_spatial_source_on_the_same_grid_uses_a_conv_kernel_q_and_1x1_p():
     (z * delta_s).sum().backward()
     projected = torch.einsum("rm,bmyx->bryx", feedback.p.detach(), delta_s)
     q = feedback.q.detach()
-    torch.testing.assert_close(hidden.grad, F.conv_transpose2d(projected, q, padding=1))
-    expected_q_grad = torch.nn.grad.conv2d_weight(hidden.detach(), q.shape, projected, padding=1)
-    torch.testing.assert_close(feedback.q.grad, expected_q_grad)
+    pad = kernel // 2
+    expected_grad = F.conv_transpose2d(projected, q, padding=pad)
+    torch.testing.assert_close(hidden.grad, expected_grad, rtol=1e-10, atol=1e-10)
+    expected_q_grad = torch.nn.grad.conv2d_weight(hidden.detach(), q.shape, projected, padding=pad)
+    torch.testing.assert_close(feedback.q.grad, expected_q_grad, rtol=1e-10, atol=1e-10)
 
 
 def test_forward_passes_stopped_before_the_source_leave_no_pending_injections():

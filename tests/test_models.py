@@ -164,12 +164,15 @@ def test_bp_retina_gradient_is_exact():
     torch.testing.assert_close(grad, ref)
 
 
-def test_draf_retina_receives_direct_error_from_source():
+@pytest.mark.parametrize("conv_impl", ["direct", "fft"])
+def test_draf_retina_receives_direct_error_from_source(conv_impl):
     """draf-bottleneck-4: the retina output receives B(delta_s) from the last VVS layer (its
-    pre-activation error), not the gradient arriving from vvs_1."""
+    pre-activation error), not the gradient arriving from vvs_1; model.conv_impl reaches the
+    direct pathway too."""
     torch.manual_seed(0)
-    model = build_model("draf-bottleneck-4", **TINY).eval()
+    model = build_model("draf-bottleneck-4", conv_impl=conv_impl, **TINY).eval()
     fb = model.direct
+    assert fb.conv_impl == conv_impl
     assert model.direct_source == "vvs_2" and model.direct_target == "retina_2"
     x, y = torch.rand(2, 1, 12, 12), torch.tensor([1, 2])
     captured = {}

@@ -13,7 +13,9 @@ from layer l+1, where delta_s = dL/dz_s is the error at a later *source* z_s:
   ``g = (delta_s P^T) Q^T``, ``q.grad = a^T (delta_s P^T)``;
 - spatial source (C_s, H, W) on a_l's grid: P a 1x1 projection C_s -> r, Q (r, C_l, k, k) a
   kernel with "same" padding; ``g = conv2d_input(a.shape, Q, P delta_s)``,
-  ``q.grad = conv2d_weight(a, Q.shape, P delta_s)``;
+  ``q.grad = conv2d_weight(a, Q.shape, P delta_s)``, both by FFT where ``conv_impl`` says so
+  (:mod:`retina_raf.fftconv`: ``g`` from the spectra of P delta_s and Q, ``q.grad`` from those
+  of P delta_s and a);
 - p.grad: Oja on delta_s, as in RAFLinear / RAFConv2d.
 
 Autograd runs backward in reverse topological order, so the tap at s has recorded delta_s
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from retina_raf import fftconv
 from retina_raf.errors import ConfigError
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.rules import (
@@ -93,6 +96,26 @@ class ErrorTap(nn.Module):
         return _TapFunction.apply(z, slots)
 
 
+def _spatial_feedback_by_fft(
+    a: torch.Tensor, q: torch.Tensor, p_delta: torch.Tensor, need_a: bool, need_q: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``conv2d_input(a.shape, Q, P delta)`` and ``conv2d_weight(a, Q.shape, P delta)`` ("same"
+    padding, stride 1) in the frequency domain: a (b, C_l, H, W), Q (r, C_l, k, k), P delta
+    (b, r, H, W). Q plays the forward kernel of a C_l -> r convolution whose error is P delta."""
+    size, kernel = tuple(a.shape[-2:]), tuple(q.shape[-2:])
+    grid = (fftconv.fft_size(size[0], kernel[0]), fftconv.fft_size(size[1], kernel[1]))
+    error_hat = fftconv.map_spectrum(p_delta, grid)  # (F, b, r)
+    grad_a = grad_q = None
+    if need_a:
+        q_hat = fftconv.kernel_spectrum(q, grid)  # (F, C_l, r)
+        grad_a = fftconv.spectrum_to_maps(fftconv.mix_adjoint(error_hat, q_hat), grid, size)
+        grad_a = grad_a.to(a.dtype)
+    if need_q:
+        spectrum = fftconv.correlate(error_hat, fftconv.map_spectrum(a, grid))  # (F, r, C_l)
+        grad_q = fftconv.spectrum_to_kernel(spectrum, grid, kernel).to(q.dtype)
+    return grad_a, grad_q
+
+
 class _InjectFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, q, p, feedback, slot):
@@ -121,14 +144,17 @@ class _InjectFunction(torch.autograd.Function):
             p = feedback.p.to(a.dtype)
             p_delta = delta if feedback.p_rule == "identity" else project_channels(p, delta)
             q = feedback.q.to(a.dtype)
-            if feedback.spatial:
-                if need_a or need_q:
+            if feedback.spatial and (need_a or need_q):
+                impl = fftconv.choose_conv_impl(feedback.conv_impl, q.shape, a.shape[-2:], a.device)
+                if impl == "fft":
+                    grad_a, grad_q = _spatial_feedback_by_fft(a, q, p_delta, need_a, need_q)
+                else:
                     pad = feedback.kernel_size // 2
                     geometry = ((1, 1), (pad, pad), (1, 1), False, (0, 0), 1)
                     grad_a, grad_q, _ = _convolution_backward(
                         p_delta, a, q, None, *geometry, (need_a, need_q, False)
                     )
-            else:
+            elif not feedback.spatial:
                 if need_a:
                     grad_a = p_delta.mm(q.t()).view(a.shape)
                 if need_q:
@@ -148,6 +174,8 @@ class DirectFeedback(FeedbackMixin, nn.Module):
             or (C_s, H, W) (spatial source on a_l's H x W grid).
         rank: r in 1..m_s (m_s = C_s for a spatial source); None or "full" = m_s.
         kernel_size: odd size k of Q's kernel for a spatial source ("same" padding).
+        conv_impl: "auto" | "direct" | "fft": how a spatial pathway's backward convolutions
+            run (:func:`~retina_raf.fftconv.choose_conv_impl`, Q as a C_l -> r kernel).
         train_q, p_rule, track_error_covariance, pca_interval, covariance_momentum: as
             :class:`~retina_raf.feedback.RAFLinear`.
         source: an :class:`ErrorTap` to share with other DirectFeedback modules; a new one
@@ -166,6 +194,7 @@ class DirectFeedback(FeedbackMixin, nn.Module):
         p_rule: str = "oja",
         source: ErrorTap | None = None,
         *,
+        conv_impl: str = "auto",
         tie_q: bool = False,
         track_error_covariance: bool = False,
         pca_interval: int = 100,
@@ -193,6 +222,7 @@ class DirectFeedback(FeedbackMixin, nn.Module):
             if not (isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2):
                 raise ConfigError(f"{what}: kernel_size must be an odd int, got {kernel_size!r}")
         self.kernel_size = kernel_size
+        self.conv_impl = fftconv.check_conv_impl(conv_impl)
         source_channels = self.source_shape[0]
         rank = check_rank(rank, source_channels, what)
         if self.spatial:
