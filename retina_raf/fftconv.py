@@ -63,6 +63,11 @@ def fft_size(image_size: int, kernel_size: int) -> int:
     return n
 
 
+def fft_grid(image_size: tuple[int, int], kernel: tuple[int, int]) -> tuple[int, int]:
+    """(N_y, N_x): :func:`fft_size` along each axis of an (H, W) image and (k_y, k_x) kernel."""
+    return fft_size(image_size[0], kernel[0]), fft_size(image_size[1], kernel[1])
+
+
 def check_fft_geometry(conv: nn.Conv2d, what: str = "conv") -> None:
     """Raise ConfigError unless ``conv`` is what the FFT path computes (stride 1, 'same', ...)."""
     kh, kw = conv.kernel_size
@@ -197,7 +202,7 @@ class FFTConv2dFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         size = tuple(x.shape[-2:])
         kernel = tuple(weight.shape[-2:])
-        grid = (fft_size(size[0], kernel[0]), fft_size(size[1], kernel[1]))
+        grid = fft_grid(size, kernel)
         x_hat = map_spectrum(x, grid)
         w_hat = kernel_spectrum(weight, grid)
         out = spectrum_to_maps(mix(x_hat, w_hat), grid, size)

@@ -132,7 +132,7 @@ class RAFConv2dFFTFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, q, p, layer):
         x, weight, bias = autocast_inputs(x, weight, bias)
         size, kernel = tuple(x.shape[-2:]), tuple(weight.shape[-2:])
-        grid = (fftconv.fft_size(size[0], kernel[0]), fftconv.fft_size(size[1], kernel[1]))
+        grid = fftconv.fft_grid(size, kernel)
         x_hat = fftconv.map_spectrum(x, grid)
         out = fftconv.spectrum_to_maps(
             fftconv.mix(x_hat, fftconv.kernel_spectrum(weight, grid)), grid, size

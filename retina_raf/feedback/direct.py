@@ -103,7 +103,7 @@ def _spatial_feedback_by_fft(
     padding, stride 1) in the frequency domain: a (b, C_l, H, W), Q (r, C_l, k, k), P delta
     (b, r, H, W). Q plays the forward kernel of a C_l -> r convolution whose error is P delta."""
     size, kernel = tuple(a.shape[-2:]), tuple(q.shape[-2:])
-    grid = (fftconv.fft_size(size[0], kernel[0]), fftconv.fft_size(size[1], kernel[1]))
+    grid = fftconv.fft_grid(size, kernel)
     error_hat = fftconv.map_spectrum(p_delta, grid)  # (F, b, r)
     grad_a = grad_q = None
     if need_a:
