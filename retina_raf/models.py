@@ -10,8 +10,9 @@
 
 Every layer is a block reachable by name (``model.retina_2``, ``model.layers["vvs_1"]``)
 whose output is the post-nonlinearity activation; its weights sit in ``.conv`` or
-``.linear``, a plain ``nn.Conv2d``/``nn.Linear`` (backprop) or a feedback layer of
-:mod:`retina_raf.feedback`. The rule of a layer decides what the layer sends to its
+``.linear``: an ``nn.Conv2d``/``nn.Linear`` for backprop (:class:`~retina_raf.fftconv.FFTConv2d`
+and :class:`~retina_raf.dense.ColumnMajorLinear`, their maths in faster forms) or a feedback
+layer of :mod:`retina_raf.feedback`. The rule of a layer decides what the layer sends to its
 *input*: the feedback of ``vvs_1`` is therefore the error that crosses into the retina.
 ``retina_1`` is always a plain convolution, since nothing consumes the gradient at the
 image.
@@ -29,6 +30,7 @@ from retina_raf.config import (
     layer_out_widths,
     resolve_run_config,
 )
+from retina_raf.dense import ColumnMajorLinear
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import DirectFeedback, RAFConv2d, RAFLinear
 from retina_raf.feedback.rules import rule_options
@@ -90,7 +92,7 @@ def _make_conv(cfg: ModelConfig, name: str, c_in: int, c_out: int) -> nn.Conv2d:
 def _make_linear(cfg: ModelConfig, name: str, n_in: int, n_out: int) -> nn.Linear:
     rule, rank = _layer_rule(cfg, name)
     if rule == "bp":
-        return nn.Linear(n_in, n_out)
+        return ColumnMajorLinear(n_in, n_out)
     options = rule_options(rule, rank or n_out, n_out, what=name)
     return RAFLinear(n_in, n_out, rank=rank, **options,
                      track_error_covariance=cfg.track_error_covariance)  # fmt: skip

@@ -26,8 +26,13 @@ an ulp per step (float64: 1e-14 relative after 20 steps, tests).
 four runs): 9-14 ms per step, 3.0-3.6x torch's RMSprop (33-45 ms). State (``step``,
 ``square_avg``) and ``state_dict`` are torch's RMSprop's: checkpoints move freely between the
 two. What Adam's form does not cover (momentum, centered, maximize, differentiable,
-capturable, complex, sparse or non-contiguous, devices other than CPU and CUDA) goes through
-torch's own implementation.
+capturable, complex, sparse, overlapping or gaps in memory, a gradient in another layout than
+its parameter, devices other than CPU and CUDA) goes through torch's own implementation.
+
+The update is elementwise, so it runs on each tensor in its memory order: a parameter stored
+column-major (:mod:`retina_raf.dense`) is passed as its contiguous transpose, with its gradient
+and state seen the same way. A ``square_avg`` in another layout than its parameter (a
+checkpoint of a row-major fc_1) is first copied into the parameter's layout: the same values.
 """
 
 from __future__ import annotations
@@ -37,6 +42,22 @@ import torch
 # Adam's step count for the fused kernel: a power of two (exact in float32) at which any
 # beta < 1 - 1e-15 gives beta^t == 0.0 in double precision, so both bias corrections are 1.
 _NO_BIAS_CORRECTION_STEP = 2.0**60
+
+
+def memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
+    """The permutation of t's dimensions that makes it contiguous (identity for a contiguous
+    tensor, (1, 0) for a column-major matrix), or None when there is none (overlaps, gaps)."""
+    order = tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    if t.permute(order).is_contiguous():
+        return order
+    return None
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one shape lie alike in memory (strides of size-1 dims aside)."""
+    return all(
+        size == 1 or sa == sb for size, sa, sb in zip(a.shape, a.stride(), b.stride(), strict=True)
+    )
 
 
 class FusedRMSprop(torch.optim.RMSprop):
@@ -61,8 +82,8 @@ class FusedRMSprop(torch.optim.RMSprop):
                 p.device.type in ("cpu", "cuda")
                 and not p.is_complex()
                 and not p.grad.is_sparse
-                and p.is_contiguous()
-                and p.grad.is_contiguous()
+                and memory_order(p) is not None
+                and same_layout(p.grad, p)
             )
             for p in group["params"]
         )
@@ -83,6 +104,9 @@ class FusedRMSprop(torch.optim.RMSprop):
                 params, grads, square_avgs, steps, strict=True
             ):
                 step += 1  # in place: the state's step tensor
+                if not same_layout(square_avg, param):
+                    square_avg = torch.empty_like(param).copy_(square_avg)
+                    self.state[param]["square_avg"] = square_avg
                 self._fused_update(param, grad, square_avg, group)
         return loss
 
@@ -100,6 +124,10 @@ class FusedRMSprop(torch.optim.RMSprop):
                 _NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=param.device
             )
         lr = group["lr"]
+        order = memory_order(param)
+        param, grad, first_moment, square_avg = (
+            t.permute(order) for t in (param, grad, first_moment, square_avg)
+        )
         torch._fused_adam_(
             [param], [grad], [first_moment], [square_avg], [], [step],
             lr=float(lr) if isinstance(lr, torch.Tensor) else lr, beta1=0.0,

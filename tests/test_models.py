@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from retina_raf.dense import ColumnMajorLinear
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import RAFConv2d
 from retina_raf.fftconv import FFTConv2d
@@ -42,10 +42,12 @@ def test_layers_reachable_by_name_and_rules_from_preset():
     assert isinstance(model.vvs_1.conv, RAFConv2d) and model.vvs_1.conv.feedback_rank == 4
     assert model.vvs_2.conv.feedback_rank == TINY["vvs_channels"]
     assert type(model.retina_1.conv) is FFTConv2d  # plain: nn.Conv2d by FFT or direct
-    assert type(model.fc_2.linear) is nn.Linear  # the readout sends its exact error (config.py)
+    assert type(model.fc_2.linear) is ColumnMajorLinear  # the readout: exact error (config.py)
     bp_others = build_model("raf-r4", others="bp", **TINY)
     assert isinstance(bp_others.vvs_1.conv, RAFConv2d)
-    assert type(bp_others.vvs_2.conv) is FFTConv2d and type(bp_others.fc_1.linear) is nn.Linear
+    assert (
+        type(bp_others.vvs_2.conv) is FFTConv2d and type(bp_others.fc_1.linear) is ColumnMajorLinear
+    )
 
 
 def test_raf_pca_preset_sets_vvs1_p_by_pca_and_is_its_own_rule():

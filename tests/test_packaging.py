@@ -62,7 +62,7 @@ def test_version_floors_match_the_apis_called():
     """torch >= 2.4: torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype;
     xarray >= 2024.7: Dataset.drop_attrs."""
     declared = requirements()
-    rules = (REPO / "retina_raf" / "feedback" / "rules.py").read_text()
+    rules = (REPO / "retina_raf" / "precision.py").read_text()
     assert "torch.get_autocast_dtype(" in rules
     assert "torch.is_autocast_enabled(device_type)" in rules
     assert floor(declared["torch"]) >= (2, 4)

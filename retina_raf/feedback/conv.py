@@ -33,13 +33,12 @@ from retina_raf import fftconv
 from retina_raf.errors import ConfigError
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.rules import (
-    autocast_inputs,
     check_rank,
-    no_autocast,
     oja_gradient,
     project_channels,
     rule_options,
 )
+from retina_raf.precision import autocast_inputs, no_autocast
 
 _convolution_backward = torch.ops.aten.convolution_backward
 

@@ -38,11 +38,11 @@ from retina_raf.errors import ConfigError
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.rules import (
     check_rank,
-    no_autocast,
     oja_gradient,
     project_channels,
     rule_options,
 )
+from retina_raf.precision import no_autocast
 
 _convolution_backward = torch.ops.aten.convolution_backward
 

@@ -11,23 +11,26 @@ Input h (N x n, any leading dims), weight W (m x n), error delta = dL/dz (N x m)
 
 The signs are for a descent optimizer: ``q -= lr * q.grad`` is paper eq. (7),
 ``dQ = eta h (P e)^T`` with e = -delta, and ``p -= lr * p.grad`` is eq. (8) on the error.
+
+W is stored column-major and the products formed as in :mod:`retina_raf.dense` (W.grad as
+``(h^T delta)^T``, the input gradient as ``(Q (delta P^T)^T)^T``): the same numbers as above,
+in the forms a CPU runs fastest for fc_1.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.autograd.function import once_differentiable
 
+from retina_raf.dense import ColumnMajorLinear, input_gradient, weight_gradient
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.rules import (
-    autocast_inputs,
     check_rank,
-    no_autocast,
     oja_gradient,
     rule_options,
 )
+from retina_raf.precision import autocast_inputs, no_autocast
 
 
 class RAFLinearFunction(torch.autograd.Function):
@@ -53,14 +56,14 @@ class RAFLinearFunction(torch.autograd.Function):
             delta = grad_output.reshape(-1, grad_output.shape[-1])
             rows = x.reshape(-1, x.shape[-1])
             if need_w:
-                grad_w = delta.t().mm(rows)
+                grad_w = weight_gradient(rows, delta)
             if need_b:
                 grad_b = delta.sum(0)
             if need_x or need_q or need_p:
                 p = layer.p.to(delta.dtype)
                 p_delta = delta if layer.p_rule == "identity" else delta.mm(p.t())
                 if need_x:
-                    grad_x = p_delta.mm(layer.q.to(delta.dtype).t()).view(x.shape)
+                    grad_x = input_gradient(p_delta, layer.q.to(delta.dtype)).view(x.shape)
                 if need_q:
                     # h^T (delta P^T) costs N n r, (P W.grad)^T costs m n r: the cheaper one
                     if grad_w is not None and rows.shape[0] > delta.shape[1]:
@@ -73,11 +76,12 @@ class RAFLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad_q, grad_p, None
 
 
-class RAFLinear(FeedbackMixin, nn.Linear):
+class RAFLinear(FeedbackMixin, ColumnMajorLinear):
     """nn.Linear with restricted adaptive feedback (DESIGN.md 4.1).
 
     Args:
-        in_features, out_features, bias: as nn.Linear (same init, same forward output).
+        in_features, out_features, bias: as nn.Linear (same init; the same output to rounding,
+            W being stored column-major).
         rank: feedback rank r in 1..out_features; None or "full" = out_features.
         train_q: train Q by the Kolen-Pollack rule (False: Q stays random, as in FA).
         p_rule: "oja" | "pca" | "fixed" | "identity" (see ``retina_raf.feedback.rules``).
@@ -88,7 +92,7 @@ class RAFLinear(FeedbackMixin, nn.Linear):
         pca_interval: "pca" recomputes P every this many backward passes.
         covariance_momentum: EMA factor of the error covariance.
 
-    Parameters: ``weight`` (m, n), ``bias`` (m,), ``q`` (n, r), ``p`` (r, m).
+    Parameters: ``weight`` (m, n, column-major), ``bias`` (m,), ``q`` (n, r), ``p`` (r, m).
     """
 
     def __init__(

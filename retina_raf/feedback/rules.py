@@ -14,7 +14,6 @@ The named rules below are the paper's conditions; ``rule_options`` turns a name 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 
@@ -211,26 +210,3 @@ def top_eigenvectors(covariance: torch.Tensor, rank: int) -> torch.Tensor:
     """Rows = the ``rank`` leading eigenvectors of a symmetric (m, m) matrix, largest first."""
     _, vectors = torch.linalg.eigh(covariance)
     return vectors[:, -rank:].flip(-1).t()
-
-
-# ---------------------------------------------------------------- mixed precision
-
-
-def autocast_inputs(*tensors: torch.Tensor | None) -> tuple:
-    """Cast floating tensors to the autocast dtype when autocast is on for their device.
-
-    Custom Functions must do autocast's work themselves so that what they save for backward has
-    the dtype the forward computed in (bf16 under CPU autocast), as nn.Linear/nn.Conv2d would.
-    """
-    device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
-
-
-def no_autocast(device_type: str):
-    """Context that switches autocast off (backward computes in the dtypes it was given)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
