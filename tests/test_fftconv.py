@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retina_raf import fftconv
 from retina_raf.config import resolve_run_config
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import RAFConv2d, RAFLinear, oja_gradient
@@ -311,3 +312,56 @@ def test_whole_network_trains_the_same_with_fft_and_direct_convolution():
     for (name, a), b in zip(nets["fft"].state_dict().items(), direct, strict=True):
         if torch.is_tensor(a) and a.is_floating_point():
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _conv_and_gradients(x, w):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = fft_conv2d(x, w)
+    out.square().sum().backward()
+    return out.detach(), x.grad, w.grad
+
+
+def test_batch_split_over_threads_changes_nothing_but_rounding(two_threads, monkeypatch):
+    """With several torch threads the transforms run one batch chunk per thread, each
+    single-threaded: output and both gradients equal the one-call results to rounding (MKL
+    may order a transform's sums differently for another batch size or thread count: 1e-12
+    relative in float64), the caller keeps its thread count, and under no_grad the workers
+    track no graph either."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, 12, 12, dtype=torch.float64)
+    w = torch.randn(6, 5, 7, 7, dtype=torch.float64)
+    monkeypatch.setattr(fftconv, "BATCH_PARALLEL", False)
+    one_call = _conv_and_gradients(x, w)
+    monkeypatch.setattr(fftconv, "BATCH_PARALLEL", True)
+    split = _conv_and_gradients(x, w)
+    assert fftconv._transform_pool is not None and fftconv._transform_pool[1] == 2
+    assert torch.get_num_threads() == 2
+    for a, b in zip(split, one_call, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item())
+    with torch.no_grad():
+        assert not fft_conv2d(x.requires_grad_(), w).requires_grad
+
+
+def test_a_forked_process_makes_its_own_thread_pool(two_threads, monkeypatch):
+    """The pool is keyed on the process id: a forked child (another pid) inherits the pool
+    object but not its threads, so it starts its own instead of waiting on threads it lacks.
+    (A real fork is not tested: torch's OpenMP hangs in a child forked after the parent ran
+    multithreaded ops, with or without the pool.)"""
+    x, w = torch.randn(4, 3, 10, 10), torch.randn(2, 3, 7, 7)
+    expected = fft_conv2d(x, w)
+    parent_pool = fftconv._transform_pool
+    monkeypatch.setattr(fftconv.os, "getpid", lambda: parent_pool[0] + 1)
+    torch.testing.assert_close(fft_conv2d(x, w), expected, rtol=1e-6, atol=1e-5)
+    child_pool = fftconv._transform_pool
+    assert child_pool[0] == parent_pool[0] + 1 and child_pool[2] is not parent_pool[2]
+    monkeypatch.undo()
+    child_pool[2].shutdown()
+    fftconv._transform_pool = parent_pool
