@@ -4,7 +4,7 @@
 trains ``bp``, ``raf-r2`` and ``raf-r32`` with a reduced network for a few epochs, maps
 the retina output's RFs by activation maximization, measures them, writes one results
 dataset and renders the ``compare_ranks`` and ``rf_atlas`` notebooks. On 2 CPU cores it
-takes about 3 minutes with the published reports. Its data and epochs are far too small for
+takes 1.5-3 minutes with the published reports. Its data and epochs are far too small for
 scientific conclusions.
 """
 
