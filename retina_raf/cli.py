@@ -726,7 +726,7 @@ def results_cmd(runs, out, layer, methods, rf_seed, seed, device):
 )
 def demo_cmd(out, reports):
     """Train bp, raf-r2 and raf-r32 briefly on the embedded sample, map and measure the
-    retina RFs, and render the compare_ranks and rf_atlas reports (about 3 min on 2 cores).
+    retina RFs, and render the compare_ranks and rf_atlas reports (1.5-3 min on 2 cores).
 
     Far too little data and training for scientific conclusions: it shows the pipeline. Next
     to them it renders the published findings committed under reports/ (the pilot's RFs
