@@ -39,6 +39,8 @@ sample: install
 bench: install
 	$(PY) benchmarks/feedback_step.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/dense_layout.py
+	$(PY) benchmarks/batch_split.py
 	$(PY) benchmarks/rf_extraction.py
 	$(PY) benchmarks/rmsprop_step.py
 	$(PY) benchmarks/metrics_speed.py

@@ -1,4 +1,4 @@
-"""What every benchmark prints with its figures: the hardware and software it ran on.
+"""What every benchmark shares: the hardware line it prints, and the interleaved timing loop.
 
 Benchmarks run as scripts (``python benchmarks/<name>.py``), so this folder is on their
 import path and they import this module as ``common``.
@@ -7,6 +7,7 @@ import path and they import this module as ``common``.
 from __future__ import annotations
 
 import platform
+import statistics
 
 import torch
 
@@ -29,3 +30,16 @@ def hardware() -> str:
     if torch.cuda.is_available():
         line += f"; GPU {torch.cuda.get_device_name(0)}"
     return line
+
+
+def interleaved(variants: dict, repeats: int, warmup: int, clock) -> dict[str, float]:
+    """Median seconds of each variant's step (``{name: callable}``), the variants run in turn
+    ``warmup + repeats`` times so that they share the machine's state (its speed drifts)."""
+    times = {name: [] for name in variants}
+    for i in range(warmup + repeats):
+        for name, step in variants.items():
+            start = clock()
+            step()
+            if i >= warmup:
+                times[name].append(clock() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -18,7 +18,6 @@ column-major / row-major time: fc_1 0.83-0.93 and a bp step 0.88-0.93 on 2 threa
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import retina_raf  # noqa: F401  (before torch: huge pages for large tensors, as in training)
@@ -26,7 +25,7 @@ import retina_raf  # noqa: F401  (before torch: huge pages for large tensors, as
 # isort: split
 import torch
 import torch.nn.functional as F
-from common import hardware
+from common import hardware, interleaved
 
 from retina_raf.config import resolve_run_config
 from retina_raf.dense import ColumnMajorLinear
@@ -38,19 +37,6 @@ def row_major_copy(layer: ColumnMajorLinear) -> torch.nn.Linear:
     plain = torch.nn.Linear(layer.in_features, layer.out_features)
     plain.load_state_dict(layer.state_dict())
     return plain
-
-
-def interleaved(variants: dict, repeats: int, warmup: int, clock) -> dict[str, float]:
-    """Median seconds of each variant's step, the variants run in turn ``warmup + repeats``
-    times."""
-    times = {name: [] for name in variants}
-    for i in range(warmup + repeats):
-        for name, step in variants.items():
-            start = clock()
-            step()
-            if i >= warmup:
-                times[name].append(clock() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def fc1_steps(batch_size: int) -> dict:

@@ -155,10 +155,10 @@ def spectrum_to_maps(
 # one process and 31 ms in another, against 11-14 ms on one thread. The maps are independent,
 # so the batch is split instead: each of torch's threads transforms its share single-threaded,
 # into its slice of one output (6.5-7 ms; the inverse 5-7.5 ms against 7-8). A whole bp
-# training step on 2 threads: 0.93-0.96x the one-call time in four of five processes, 1.11x in
-# one; raf-r2 0.87x. Each map gets the same transform; MKL may order its sums differently for
-# another batch size (1e-12 relative in float64, tests). With one thread, under torch.compile
-# and on a GPU a transform runs in one call.
+# training step on 2 threads (benchmarks/batch_split.py): 0.93-1.03x the one-call time in 7 of
+# 8 processes, 1.11x in one; raf-r2 0.87-1.02x. Each map gets the same transform; MKL may order
+# its sums differently for another batch size (1e-12 relative in float64, tests). With one
+# thread, under torch.compile and on a GPU a transform runs in one call.
 BATCH_PARALLEL = True  # False: every transform in one call (benchmarks compare the two)
 _transform_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
