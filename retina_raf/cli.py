@@ -684,8 +684,17 @@ def findings_cmd(results, epoch, method):
 )
 @click.option("--seed", default=None, type=click.IntRange(0), hidden=True,
               help="Deprecated name of --rf-seed.")  # fmt: skip
+@click.option(
+    "--base",
+    default="zeros",
+    show_default=True,
+    type=click.Choice(["zeros", "gray"]),
+    help="Base image of the RF maps (gray: for runs trained on unstandardized images, at "
+    "--gray-level, e.g. 0.4734, grayscale CIFAR-10's mean pixel in [0, 1]).",
+)
+@click.option("--gray-level", default=0.5, show_default=True, type=float)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
-def results_cmd(runs, out, layer, methods, rf_seed, seed, device):
+def results_cmd(runs, out, layer, methods, rf_seed, seed, base, gray_level, device):
     """Combine run folders (or folders of runs) into one results dataset (NetCDF).
 
     Maps the RFs of LAYER in every finished run (with DONE), measures them, reads each
@@ -701,7 +710,8 @@ def results_cmd(runs, out, layer, methods, rf_seed, seed, device):
     run_dirs = [run for root in runs for run in find_runs(root)]
     if not run_dirs:
         raise click.ClickException(f"no finished run folders (with DONE) under {runs[0]}")
-    ds = combine_methods(run_dirs, layer, methods, seed=seed, device=device)
+    rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {}
+    ds = combine_methods(run_dirs, layer, methods, seed=seed, device=device, **rf_options)
     path = write_results(ds, out)
     click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {', '.join(methods)}")
     for name in [v for v in ds.data_vars if "_vs_" in str(v)]:

@@ -220,3 +220,21 @@ def test_rf_maps_are_stored_to_12_significand_bits_and_nothing_else_changes(tmp_
         assert not np.array_equal(stored[finite], rf[finite])  # rounded, not copied
         assert np.array_equal(back["osi"].values, ds["osi"].values)
         assert back["rf"].attrs["significand_bits"] == 12
+
+
+def test_results_command_maps_rfs_around_a_gray_base(run_dirs, tmp_path, run_cli):
+    """`retina-raf results --base gray --gray-level L` (as `sweep --collect` has it): the RFs
+    are mapped around the gray image, recorded in the file's attributes, and differ from the
+    black base's."""
+    files = {}
+    for base in ("zeros", "gray"):
+        files[base] = tmp_path / f"{base}.nc"
+        code, _, err = run_cli("results", run_dirs[1], "--out", files[base], "--method",
+                               "gradient", "--base", base, "--gray-level", "0.4734")  # fmt: skip
+        assert code == 0, err
+    with open_results(files["gray"]) as gray, open_results(files["zeros"]) as zeros:
+        assert gray.attrs["rf_base"] == "gray" and gray.attrs["rf_gray_level"] == 0.4734
+        assert zeros.attrs["rf_base"] == "zeros"
+        assert not np.allclose(gray["rf"].values, zeros["rf"].values)
+    code, _, err = run_cli("results", run_dirs[1], "--out", tmp_path / "x.nc", "--base", "white")
+    assert code == 2 and "white" in err
