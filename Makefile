@@ -58,6 +58,9 @@ gpu-data: install
 # missing_runs attribute), the README's findings table, the executed
 # compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4 (issue 15):
 #   make publish EXPERIMENT=cpu_fig4 RUNS=/scratch/runs/cpu_fig4
+# TRAJECTORY=1 adds the RFs at every retina snapshot of every finished run (runs trained with
+# train.retina_snapshots; about 5 minutes per run on 2 cores) in trajectories.nc and the
+# rf_trajectory report, e.g. make publish EXPERIMENT=cpu_fig4_long TRAJECTORY=1 RUNS=...
 EXPERIMENT ?= cpu_fig4
 RUNS ?= runs/$(EXPERIMENT)
 # RFs around the mean gray image: cpu_fig4 trains on unstandardized images in [0, 1], whose
@@ -77,6 +80,13 @@ publish: install
 	$(VENV)/bin/retina-raf report notebooks/training.ipynb -p results $(PUBLISHED)/results.nc \
 		--out $(PUBLISHED)
 	$(VENV)/bin/retina-raf figures $(PUBLISHED)/results.nc --out $(PUBLISHED)/figures
+ifneq ($(TRAJECTORY),)
+	$(VENV)/bin/retina-raf trajectory $$($(VENV)/bin/retina-raf sweep \
+		experiments/$(EXPERIMENT).yaml --out $(RUNS) --dry-run | awk '$$2 == "done" {print $$3}') \
+		--method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
+	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
+		-p trajectories $(PUBLISHED)/trajectories.nc --out $(PUBLISHED)
+endif
 
 # Fig. 3a and the offline Fig. 3c for the MLP at CPU scale: the test accuracies of every
 # finished run, the table the README quotes, and the executed notebook with its panels.
