@@ -392,7 +392,8 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     "--seeds",
     default=None,
     metavar="N|LIST",
-    help="Seeds to run in place of the file's: N (0..N-1) or a comma list (0,3,4).",
+    help="Seeds to run in place of the file's: N (0..N-1) or a comma list (0,3,4; "
+    "'0,' for seed 0 alone).",
 )
 @click.option(
     "--layer", default="retina_2", show_default=True, help="--collect: RFs of this layer."

@@ -373,7 +373,10 @@ def update_experiment(
             raise ConfigError(f"--seeds expects N or a list like 0,3,4; got {seeds!r}") from None
         if len(values) == 1 and "," not in str(seeds):
             if values[0] < 1:
-                raise ConfigError(f"--seeds: {values[0]} must be >= 1")
+                raise ConfigError(
+                    f"--seeds {values[0]}: a count N (seeds 0..N-1) must be >= 1;"
+                    " for seed 0 alone give --seeds 0,"
+                )
             values = list(range(values[0]))
         exp.seeds = values
     if sets:

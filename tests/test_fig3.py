@@ -344,6 +344,12 @@ def test_dry_run_of_a_fig3_file(run_cli, tmp_path):
     code, out, err = run_cli("sweep", EXPERIMENTS / "fig3a_mlp_layer_rank.yaml", "--dry-run",
                              "--seeds", "1,1", "--out", tmp_path)  # fmt: skip
     assert code == 2 and "listed twice" in err
+    code, out, err = run_cli("sweep", EXPERIMENTS / "fig3a_mlp_layer_rank.yaml", "--dry-run",
+                             "--seeds", "0", "--out", tmp_path)  # fmt: skip
+    assert code == 2 and "--seeds 0," in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("sweep", EXPERIMENTS / "fig3a_mlp_layer_rank.yaml", "--dry-run",
+                             "--seeds", "0,", "--out", tmp_path)  # fmt: skip
+    assert code == 0 and "-s0-" in out and "-s1-" not in out
 
 
 # ------------------------------------------------------------------- results, notebook
