@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,19 +69,20 @@ def assert_accounts_for_every_run(ds, experiment, readme: str) -> None:
     assert f"{len(present)} of the {len(planned)} runs" in readme
 
 
-def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
-    """The published CPU Fig. 4 (reports/cpu_fig4/results.nc, issue 15): it opens with
-    analysis.results and holds retina_2 RFs by actmax, by gradient and by STA; its runs and the ones
-    it lists as not finished yet are every run of experiments/cpu_fig4.yaml (the README says
-    how many are in); every run trained the experiment's epochs on all 50,000 images of the
-    full grayscale CIFAR-10; the file is small; the README's table is what `retina-raf
-    findings` computes from it."""
+@pytest.mark.parametrize("experiment_name", ["cpu_fig4", "cpu_fig4_long"])
+def test_readme_cpu_fig4_findings_are_what_the_published_file_says(experiment_name):
+    """The published CPU Fig. 4 (reports/cpu_fig4/results.nc, issue 15) and its 12-epoch
+    continuation (reports/cpu_fig4_long/): each opens with analysis.results and holds
+    retina_2 RFs by actmax, by gradient and by STA; its runs and the ones it lists as not
+    finished yet are every run of its experiment file (the README says how many are in); every
+    run trained the experiment's epochs on all 50,000 images of the full grayscale CIFAR-10;
+    the file is small; the README's table is what `retina-raf findings` computes from it."""
     from analysis.results import load_results, open_results
     from analysis.stats import findings_markdown
     from retina_raf.sweep import load_experiment
 
-    path = ROOT / "reports" / "cpu_fig4" / "results.nc"
-    experiment = load_experiment(ROOT / "experiments" / "cpu_fig4.yaml")
+    path = ROOT / "reports" / experiment_name / "results.nc"
+    experiment = load_experiment(ROOT / "experiments" / f"{experiment_name}.yaml")
     assert path.stat().st_size < 10e6
     with open_results(path) as ds:
         assert list(ds["method"].values) == ["actmax", "gradient", "sta"]
@@ -96,6 +98,23 @@ def test_readme_cpu_fig4_findings_are_what_the_published_file_says():
         history = ds["train_images"].isel(run=run).dropna("epoch")
         assert list(history["epoch"].values) == list(range(1, epochs + 1))
         assert (history == 50000).all()
+
+
+def test_readme_cpu_fig4_long_trajectories_are_what_the_published_file_says():
+    """reports/cpu_fig4_long/trajectories.nc (make publish TRAJECTORY=1): the RFs at every
+    epoch 0-12 of the same runs as its results.nc, and the README's per-run table at the
+    last epoch is what `retina-raf findings` computes from it."""
+    from analysis.results import open_results
+    from analysis.trajectory import findings_table
+
+    published = ROOT / "reports" / "cpu_fig4_long"
+    with open_results(published / "trajectories.nc") as ds:
+        ds = ds.load()
+    with open_results(published / "results.nc") as results:
+        assert sorted(map(str, ds["run_id"].values)) == sorted(map(str, results["run_id"].values))
+    assert findings_table(ds) in (ROOT / "README.md").read_text()
+    assert list(ds["epoch"].values) == list(range(13))
+    assert ds["test_acc"].sel(epoch=12).notnull().all()  # every run reached epoch 12
 
 
 def test_readme_fig3_mlp_findings_are_what_the_published_file_says():
