@@ -58,9 +58,13 @@ def cpu_side_by_side(
 ) -> None:
     """Images/s of one training step per variant, interleaved, with ratios to the plain copy
     and to bp. Variants: the plain copy, then each preset (``name`` or ``name:conv_impl``)."""
-    models, optimizers = {}, {}
+    models, optimizers, autocast = {}, {}, {}
     for variant in presets:
-        name, _, others = variant.partition("@")  # raf-r2@bp: the other layers backprop
+        spec, _, precision = variant.partition("+")  # bp+bf16: the step under CPU bf16 autocast
+        if precision not in ("", "bf16"):
+            raise SystemExit(f"unknown precision {precision!r} in {variant!r} (only +bf16)")
+        autocast[variant] = precision == "bf16"
+        name, _, others = spec.partition("@")  # raf-r2@bp: the other layers backprop
         preset, _, impl = name.partition(":")
         others = others or "raf"
         sets = [f"model.conv_impl={impl}"] if impl else []
@@ -70,6 +74,7 @@ def cpu_side_by_side(
         optimizers[variant] = make_optimizer(models[variant], cfg)
     plain = plain_copy(build_model("bp", seed=0))
     models = {"plain": plain, **models}
+    autocast["plain"] = False
     cfg = resolve_run_config("bp")
     optimizers["plain"] = torch.optim.RMSprop(plain.parameters(), lr=cfg.train.lr,
                                               weight_decay=cfg.train.weight_decay)  # fmt: skip
@@ -82,7 +87,8 @@ def cpu_side_by_side(
         for name, model in models.items():
             optimizer = optimizers[name]
             start = clock()
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast[name]):
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -91,33 +97,35 @@ def cpu_side_by_side(
     print(f"hardware: {hardware()}")
     what = "CPU time" if clock is time.process_time else "wall time"
     print(f"full model, batch {batch_size}, median {what} of {repeats} interleaved steps")
-    print(f"{'variant':<16} {'s/step':>8} {'images/s':>9} {'x plain':>8} {'step/bp':>8}")
+    print(f"{'variant':<24} {'s/step':>8} {'images/s':>9} {'x plain':>8} {'step/bp':>8}")
     plain_step = statistics.median(times["plain"])
     bp_step = statistics.median(times["bp"]) if "bp" in times else float("nan")
     for name in models:
         step = statistics.median(times[name])
-        print(f"{name:<16} {step:8.3f} {batch_size / step:9.1f} {plain_step / step:8.2f} "
+        print(f"{name:<24} {step:8.3f} {batch_size / step:9.1f} {plain_step / step:8.2f} "
               f"{step / bp_step:8.2f}")  # fmt: skip
 
 
-def epoch_check(preset: str = "bp") -> None:
-    """One epoch on the embedded sample with conv_impl fft and with direct, from the same
-    init, data order and dropout masks, next to a float-noise reference: direct again with
-    every initial weight moved by about one ulp (relative 2^-23). Training amplifies any
-    rounding difference, so the FFT is "equal within float noise" when its distance from
-    direct is of the size of that reference's."""
+def epoch_check(preset: str = "bp", others: str = "raf") -> None:
+    """One epoch on the embedded sample with conv_impl fft, with direct under CPU bf16
+    autocast and with direct in float32, from the same init, data order and dropout masks,
+    next to a float-noise reference: direct again with every initial weight moved by about one
+    ulp (relative 2^-23). Training amplifies any rounding difference, so a variant is "equal
+    within float noise" when its distance from float32 direct is of the size of that
+    reference's."""
     from retina_raf.data import Augmenter, DeviceData, load_cifar10
 
     print(f"hardware: {hardware()}")
-    cfg = resolve_run_config(preset)
+    cfg = resolve_run_config(preset, 0, others=others)
     sample = load_cifar10(None)
     mean = float(sample.x_train.mean() / 255.0)
     std = float((sample.x_train / 255.0).std())
     data = DeviceData(sample.x_train, sample.y_train, torch.device("cpu"), mean, std)
     losses = {}
-    for variant in ("direct", "fft", "direct, init + 1 ulp"):
+    variants = ("direct", "fft", "direct, bf16 autocast", "direct, init + 1 ulp")
+    for variant in variants:
         impl = variant.split(",")[0]
-        model = build_model(preset, seed=0, conv_impl=impl).train()
+        model = build_model(preset, seed=0, others=others, conv_impl=impl).train()
         if "ulp" in variant:
             with torch.no_grad():
                 noise = torch.Generator().manual_seed(1)
@@ -130,17 +138,18 @@ def epoch_check(preset: str = "bp") -> None:
         torch.manual_seed(2)  # the same dropout masks in every variant
         losses[variant] = []
         for x, y in data.batches(cfg.train.batch_size, shuffle, augmenter, drop_last=True):
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast("cpu", torch.bfloat16, enabled="bf16" in variant):
+                loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses[variant].append(loss.item())
     steps = len(losses["direct"])
-    print(f"{preset}, one epoch of the embedded sample ({steps} steps of {cfg.train.batch_size}), "
-          "float32: |loss - direct's loss|")  # fmt: skip
+    print(f"{preset} (other layers {others}), one epoch of the embedded sample ({steps} steps "
+          f"of {cfg.train.batch_size}): |loss - float32 direct's loss|")  # fmt: skip
     print(f"{'variant':<22} {'step 1':>9} {'step 10':>9} {'max':>9} {'epoch mean':>11}")
     reference = torch.tensor(losses["direct"])
-    for variant in ("fft", "direct, init + 1 ulp"):
+    for variant in variants[1:]:
         diff = (torch.tensor(losses[variant]) - reference).abs()
         epoch = abs(sum(losses[variant]) - sum(losses["direct"])) / steps
         print(f"{variant:<22} {diff[0]:9.2e} {diff[9]:9.2e} {diff.max():9.2e} {epoch:11.2e}")
@@ -177,7 +186,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+",
                         default=["bp", "bp:direct", "raf-r2", "raf-r32", "raf-r2@bp"],
                         help="CPU: presets to time, as preset[:conv_impl][@unconstrained rule], "
-                        "e.g. bp:direct or raf-r2@bp")  # fmt: skip
+                        "e.g. bp:direct or raf-r2@bp; a +bf16 suffix times the step under CPU bf16 "
+                        "autocast, e.g. raf-r2:direct@bp+bf16")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this process's CPU time (robust to other load "
@@ -187,13 +197,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="GPU: epochs per preset")
     parser.add_argument("--data", default=None, help="GPU: full CIFAR-10 (npz or folder)")
     parser.add_argument("--amp", action="store_true", help="GPU: bf16 autocast")
-    parser.add_argument("--epoch-check", action="store_true",
-                        help="bp, one epoch of the sample: fft vs direct losses")  # fmt: skip
+    parser.add_argument("--epoch-check", metavar="PRESET[@OTHERS]", nargs="?", const="bp",
+                        help="one epoch of the sample: fft and bf16 autocast vs float32 direct "
+                        "losses (default preset bp)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.epoch_check:
-        epoch_check()
+        preset, _, others = args.epoch_check.partition("@")
+        epoch_check(preset, others or "raf")
     elif args.device == "cpu":
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         cpu_side_by_side(args.presets, args.batch_size, args.repeats, args.warmup, clock)

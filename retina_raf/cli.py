@@ -117,7 +117,7 @@ def data_sample(
     type=click.Choice(["auto", "cpu", "cuda"]),
     help="Default: cuda when available.",
 )
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA (a CPU warns and ignores it).")
+@click.option("--amp", is_flag=True, help="bf16 autocast (CUDA or CPU).")
 @click.option(
     "--unconstrained-rule",
     default=None,

@@ -155,7 +155,11 @@ class TrainConfig:
     )
     rmsprop_eps: float = spec(1e-8, low=0.0, high=1.0, doc="RMSprop's epsilon (Keras: 1e-7)")
     device: str = spec("auto", choices=("auto", "cpu", "cuda"))
-    amp: bool = spec(False, doc="bf16 autocast on CUDA")
+    amp: bool = spec(
+        False,
+        doc="bf16 autocast (CUDA, or a CPU: weights, optimizer state and the feedback layers' "
+        "Gram matrices stay float32; with conv_impl auto a CPU then convolves directly)",
+    )
     channels_last: bool = spec(True, doc="channels_last memory format on CUDA")
     deterministic: bool = spec(True, doc="deterministic algorithms on the CPU")
     num_threads: int = spec(0, low=0, high=1024, doc="torch CPU threads (0: torch's default)")

@@ -347,7 +347,8 @@ class FFTConv2d(nn.Conv2d):
         self.conv_impl = check_conv_impl(conv_impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if choose_conv_impl(self.conv_impl, self.weight.shape, x.shape[-2:], x.device) == "fft":
+        impl = choose_conv_impl(self.conv_impl, self.weight.shape, x.shape[-2:], x.device, x.dtype)
+        if impl == "fft":
             return FFTConv2dFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
 
@@ -362,7 +363,7 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-def choose_conv_impl(impl: str, weight_shape, image_size, device) -> str:
+def choose_conv_impl(impl: str, weight_shape, image_size, device, dtype=None) -> str:
     """Resolve a conv_impl setting for one layer and input: "direct" or "fft".
 
     Args:
@@ -370,6 +371,8 @@ def choose_conv_impl(impl: str, weight_shape, image_size, device) -> str:
         weight_shape: (m, n, k_y, k_x) of the layer's kernel.
         image_size: (H, W) of its input maps.
         device: where the input lives.
+        dtype: the dtype the convolution computes in, where it is not the autocast dtype
+            (a backward pass of bf16 tensors runs with autocast off).
 
     The ``auto`` rule, measured with ``benchmarks/conv_impl.py`` (forward + both gradients,
     batch 64, 32 x 32 images, AMD EPYC, 2 CPU threads, direct / fft time): on a CPU the FFT
@@ -377,11 +380,16 @@ def choose_conv_impl(impl: str, weight_shape, image_size, device) -> str:
     32 -> 1 3x, 4 -> 32 1.9x; 7 x 7, 32 -> 32 1.1x) and loses for 5 x 5 (0.7x), 3 x 3 (0.3x)
     and one input channel (retina_1, 9 x 9: 0.45x; two input channels break even). On CUDA,
     cuDNN chooses among its own algorithms (FFT ones included) under ``cudnn.benchmark``, so
-    ``auto`` keeps the direct path there.
+    ``auto`` keeps the direct path there. Under CPU bf16 autocast ``auto`` convolves directly:
+    CPU FFTs have no bf16 and stay float32, while oneDNN's bf16 convolutions run on the bf16
+    units (``benchmarks/train_throughput.py``, a whole ``raf-r2@bp`` step, 1 thread, Intel Xeon
+    with AMX: bf16 direct 0.52x the float32 ``auto`` step, bf16 with the FFT 1.02x).
     """
     if impl != "auto":
         return impl
-    if torch.device(device).type != "cpu":
+    device_type = torch.device(device).type
+    half = dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(device_type)
+    if device_type != "cpu" or half:
         return "direct"
     _, n_in, ky, kx = weight_shape
     large = min(ky, kx) >= 7 and min(image_size) >= 8

@@ -571,7 +571,7 @@ def training_provenance(device, amp: bool) -> dict:
         "torch_version": str(torch.__version__),
         "cuda_version": str(torch.version.cuda) if cuda else "none",
         "device": name,
-        "amp": int(bool(amp and cuda)),
+        "amp": int(bool(amp)),
         "tf32": int(bool(tf32)),
         "deterministic": int(torch.are_deterministic_algorithms_enabled()),
         "hostname": socket.gethostname(),

@@ -162,7 +162,7 @@ def train_epoch(
         RunError: when the loss becomes NaN or infinite (divergence).
     """
     model.train()
-    amp = cfg.train.amp and device.type == "cuda"
+    amp = cfg.train.amp
     channels_last = cfg.train.channels_last and device.type == "cuda"
     # the last short batch is dropped: every step has the same shapes (compiled graphs and
     # cudnn.benchmark keep one plan); shuffling drops different images each epoch
@@ -279,7 +279,7 @@ def evaluate(
     model.eval()
     total_loss, correct = 0.0, 0
     for x, y in data.batches(max(batch_size, 256)):
-        with _autocast(device, amp and device.type == "cuda"):
+        with _autocast(device, amp):
             logits = model(x).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -463,8 +463,6 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(dump_yaml(cfg), run_dir / runs.CONFIG_FILE)
     log = runs.RunLog(run_dir, echo)
-    if cfg.train.amp and device.type != "cuda":
-        log(f"warning: train.amp (bf16 autocast) needs CUDA; on {device} training is float32")
     provenance = runs.training_provenance(device, cfg.train.amp)
 
     model = model_from_config(cfg.model, seed=cfg.seed).to(device)

@@ -287,6 +287,13 @@ def test_conv_impl_is_a_validated_setting_and_auto_picks_per_layer(run_cli):
     assert choose_conv_impl("auto", (1, 32, 9, 9), (32, 32), "cpu") == "fft"  # N_bn = 1
     assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cuda") == "direct"
     assert choose_conv_impl("direct", (32, 32, 9, 9), (32, 32), "cpu") == "direct"
+    # CPU FFTs have no bf16: under bf16 autocast, or for bf16 tensors, auto convolves directly
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cpu") == "direct"
+        assert choose_conv_impl("fft", (32, 32, 9, 9), (32, 32), "cpu") == "fft"
+    bf16 = torch.bfloat16
+    assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cpu", bf16) == "direct"
+    assert choose_conv_impl("auto", (32, 32, 9, 9), (32, 32), "cpu", torch.float32) == "fft"
 
 
 def test_whole_network_trains_the_same_with_fft_and_direct_convolution():

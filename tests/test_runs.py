@@ -353,12 +353,30 @@ def test_train_log_and_history_provenance(tmp_path):
     assert attrs["amp"] == 0 and attrs["tf32"] == 0
 
 
-def test_amp_on_a_cpu_warns(tmp_path, run_cli):
-    """`--amp` on a CPU trains in float32 and says so (instead of ignoring it silently)."""
-    code, _, err = run_cli("train", "--preset", "raf-r2", "--epochs", "1", "--out", tmp_path,
-                           "--device", "cpu", "--amp", *cli_sets())  # fmt: skip
+def test_amp_on_a_cpu_trains_in_bf16_and_keeps_the_state_float32(tmp_path, run_cli):
+    """`--amp` on a CPU trains under bf16 autocast (the weights differ from a float32 run's
+    and history.nc records amp = 1), while the weights, the optimizer state and the feedback
+    layers' error covariances (their Gram matrices) stay float32."""
+    args = ["train", "--preset", "raf-r2", "--epochs", "1", "--device", "cpu", *cli_sets()]
+    code, _, err = run_cli(*args, "--out", tmp_path, "--name", "bf16", "--amp")
     assert code == 0, err
-    assert "warning: train.amp (bf16 autocast) needs CUDA" in err
+    code, _, err = run_cli(*args, "--out", tmp_path, "--name", "fp32")
+    assert code == 0, err
+    bf16_run, fp32_run = tmp_path / "bf16", tmp_path / "fp32"
+    assert history(bf16_run).attrs["amp"] == 1 and history(fp32_run).attrs["amp"] == 0
+    state = torch.load(bf16_run / "checkpoint.pt", weights_only=False)
+    floats = {k: v for k, v in state["model"].items()
+              if torch.is_tensor(v) and v.is_floating_point()}  # fmt: skip
+    assert any(k.endswith(".q") for k in floats) and any(k.endswith(".p") for k in floats)
+    assert any("error_covariance" in k for k in floats)
+    assert all(v.dtype == torch.float32 for v in floats.values()), {
+        k: v.dtype for k, v in floats.items() if v.dtype != torch.float32
+    }
+    moments = [v for s in state["optimizer"]["state"].values() for v in s.values()
+               if torch.is_tensor(v) and v.is_floating_point()]  # fmt: skip
+    assert moments and all(v.dtype == torch.float32 for v in moments)
+    fp32 = weights(fp32_run)
+    assert any(not torch.equal(v, fp32[k]) for k, v in weights(bf16_run).items())
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -282,7 +282,7 @@ class RAFConv2d(FeedbackMixin, nn.Conv2d):
         impl = "direct"
         if self._fft_geometry:
             impl = fftconv.choose_conv_impl(
-                self.conv_impl, self.weight.shape, x.shape[-2:], x.device
+                self.conv_impl, self.weight.shape, x.shape[-2:], x.device, x.dtype
             )
         if not torch.is_grad_enabled():  # no backward: the plain convolution of either impl
             if impl == "fft":

@@ -145,7 +145,9 @@ class _InjectFunction(torch.autograd.Function):
             p_delta = delta if feedback.p_rule == "identity" else project_channels(p, delta)
             q = feedback.q.to(a.dtype)
             if feedback.spatial and (need_a or need_q):
-                impl = fftconv.choose_conv_impl(feedback.conv_impl, q.shape, a.shape[-2:], a.device)
+                impl = fftconv.choose_conv_impl(
+                    feedback.conv_impl, q.shape, a.shape[-2:], a.device, a.dtype
+                )
                 if impl == "fft":
                     grad_a, grad_q = _spatial_feedback_by_fft(a, q, p_delta, need_a, need_q)
                 else:
