@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format sample bench gpu-data publish publish-fig3 clean
+.PHONY: install demo test lint format sample bench gpu-data publish publish-trajectories publish-fig3 clean
 
 install: $(STAMP)
 
@@ -30,8 +30,9 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Rebuild the embedded sample from the full data set (DESIGN.md 6).
-CIFAR ?= ../shared/data/cifar10/cifar10_uint8.npz
+# Rebuild the embedded sample from the full data set: the data set cifar10 of the data root
+# (RETINA_RAF_DATA, else data/; `retina-raf data fetch cifar10`), or CIFAR=PATH.
+CIFAR ?= cifar10
 sample: install
 	$(VENV)/bin/retina-raf data sample --source $(CIFAR) --out data/cifar10_gray_sample.npz \
 		--train-per-class 400 --test-per-class 100
@@ -50,7 +51,7 @@ bench: install
 # What benchmarks/gpu_check.sh needs on the device machine (carry data/full and benchmarks/wheels).
 gpu-data: install
 	mkdir -p data/full benchmarks/wheels
-	cp $(dir $(CIFAR))cifar10_gray_uint8.npz data/full/
+	cp $${RETINA_RAF_DATA:-data}/cifar10_gray_uint8.npz data/full/
 	$(PY) -m pip download --quiet --no-deps --dest benchmarks/wheels h5netcdf
 
 # Publish an experiment's finished runs under reports/$(EXPERIMENT)/ (DESIGN.md 12): the results
@@ -87,6 +88,24 @@ ifneq ($(TRAJECTORY),)
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc --out $(PUBLISHED)
 endif
+
+# Publish a long experiment as it trains (runs finished or still in flight): the RFs of every
+# started run at each of its retina snapshots (trajectories.nc, with accuracy and the feedback
+# alignment per epoch; the runs not started are listed in it), the findings table at each run's
+# last epoch and at each milestone epoch, and the executed rf_trajectory report with montages at
+# the milestones. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero image,
+# which is the mean image):
+#   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros"
+MILESTONES ?= 0 10 30 60 120
+publish-trajectories: install
+	$(VENV)/bin/retina-raf trajectory --experiment experiments/$(EXPERIMENT).yaml \
+		--runs-dir $(RUNS) --method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
+	$(VENV)/bin/retina-raf findings $(PUBLISHED)/trajectories.nc $(MILESTONES:%=--epoch %) \
+		> $(PUBLISHED)/.findings.md.tmp
+	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
+	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
+		-p trajectories $(PUBLISHED)/trajectories.nc \
+		-p montage_epochs "[$(shell echo $(MILESTONES) | tr ' ' ',')]" --out $(PUBLISHED)
 
 # Fig. 3a and the offline Fig. 3c for the MLP at CPU scale: the test accuracies of every
 # finished run, the table the README quotes, and the executed notebook with its panels.

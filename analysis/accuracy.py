@@ -265,8 +265,8 @@ def findings_markdown(
     points = f"{100 * tolerance:g} pp"
     lines = [
         f"| d |{' width |' if show_width else ''} rule | feedback at rank r | r "
-        f"| accuracy at r (%) | BP (%) | RAF - BP (pp) | Welch p | smallest r within {points} "
-        "of BP |",
+        f"| accuracy at r (%) | BP (%) | RAF - BP (pp) | Welch p | rank from which every higher "
+        f"rank is within {points} of BP |",
         "|---|" + "---|" * (8 + show_width),
     ]
     for row in gaps.itertuples(index=False):

@@ -233,8 +233,10 @@ def run_report(
         the HTML page; the executed notebook is next to it.
 
     Raises:
-        DataError / ConfigError on bad input (nothing written); RunError if a cell fails, after
-        writing the partial report and ``FAILED`` (which names the cell and the exception).
+        DataError: bad input (nothing written).
+        ConfigError: bad input (nothing written).
+        RunError: a cell failed, after the partial report and ``FAILED`` (which names the cell
+            and the exception) were written.
     """
     import nbformat
     import papermill

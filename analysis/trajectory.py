@@ -9,10 +9,18 @@ A run trained with ``train.retina_snapshots: true`` keeps the weights of ``retin
     vars    rf (epoch, channel, y, x), responsive, activation (epoch, channel),
             metrics (epoch, channel): osi, symmetry, rf_class, dog_r2 ...
             history (epoch): test_acc, train_loss ... (NaN at epoch 0)
+            feedback diagnostics (epoch, layer), per feedback layer: alignment_deg (B vs
+            W^T), principal_angle_max_rad (P vs the error's top subspace),
+            error_variance_captured (P's share of the top-r error variance) ...
     attrs   run folder, preset, seed, layer, RF method and options
 
+:func:`experiment_trajectories` does that for every run of an experiment that has begun
+training (finished or not), and lists the runs not started yet, so that a long experiment
+can be published as it goes.
+
 :func:`trajectory_summary` reduces it to one value per epoch (responsive units only): mean
-symmetry and OSI, the fraction center-surround and oriented, and the number responsive.
+symmetry and OSI, the fraction center-surround and oriented, the number responsive, and the
+alignment of the feedback into the retina (layer ``vvs_1``).
 :func:`plot_trajectories` draws those curves for several runs side by side.
 """
 
@@ -34,7 +42,11 @@ SUMMARY_METRICS = {
     "fraction_oriented": "Fraction oriented",
     "n_responsive": "Responsive units",
     "test_acc": "Test accuracy",
+    "alignment_deg": "B vs W$^T$ at vvs_1 (\u00b0)",
+    "principal_angle_deg": "P vs top-r error subspace (\u00b0)",
+    "error_variance_captured": "P's share of top-r error variance",
 }
+ALIGNMENT_LAYER = "vvs_1"  # the layer whose feedback reaches the retina
 
 
 def rf_trajectory(
@@ -139,7 +151,8 @@ def _history(run_dir: Path) -> xr.Dataset | None:
     history = runs.load_history(run_dir)
     if history is None:
         return None
-    keep = [v for v in history.data_vars if history[v].dims == ("epoch",)]
+    # per epoch, and per epoch and feedback layer (the diagnostics of the learning rules)
+    keep = [v for v in history.data_vars if history[v].dims in (("epoch",), ("epoch", "layer"))]
     return history[keep].drop_attrs(deep=False) if keep else None
 
 
@@ -173,7 +186,8 @@ def combine_trajectories(
     """:func:`rf_trajectory` of several runs stacked along ``run`` (a results-style dataset).
 
     Run coordinates as in :mod:`analysis.results` (run_id, preset, rank, n_bn, seed, rule),
-    and ``config`` (run): each run's resolved config as YAML;
+    ``finished`` (the run has its ``DONE``: a run still training has only the epochs it
+    reached) and ``epochs_planned``, and ``config`` (run): each run's resolved config as YAML;
     runs with fewer channels (bottlenecks) or epochs are padded: ``present`` (run, channel)
     is False there, numbers NaN and ``rf_class`` "". ``agreement``: also the correlations
     of the gradient, actmax and STA RFs at each run's last epoch (``gradient_vs_actmax``
@@ -194,7 +208,9 @@ def combine_trajectories(
             ds = ds.merge(check.drop_attrs(), compat="override")
             ds.attrs["agreement_epoch"] = check.attrs["agreement_epoch"]
         cfg = runs.load_config(run_dir)
-        identity = {"run_id": Path(run_dir).name, **runs.run_identity(cfg)}
+        identity = {"run_id": Path(run_dir).name, **runs.run_identity(cfg),
+                    "finished": runs.is_finished(run_dir),
+                    "epochs_planned": cfg.train.epochs}  # fmt: skip
         ds = ds.expand_dims("run").assign_coords({k: ("run", [v]) for k, v in identity.items()})
         ds["config"] = ("run", [dump_yaml(cfg)])  # the run's whole recipe, data set included
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
@@ -215,6 +231,42 @@ def combine_trajectories(
     return out
 
 
+def experiment_trajectories(
+    experiment: str | Path,
+    runs_dir: str | Path,
+    layer: str = "retina_2",
+    method: str = "gradient",
+    **kwargs,
+) -> xr.Dataset:
+    """:func:`combine_trajectories` of every run of an experiment file that has begun
+    training (its folder under ``runs_dir`` has retina snapshots), finished or not.
+
+    The runs not started yet are listed (run ids) in the ``missing_runs`` attribute, and the
+    experiment's name in ``experiment``, so that the file accounts for every planned run.
+    Runs in flight are read as they stand: each snapshot is written whole after its epoch.
+
+    Raises:
+        RunError: no run of the experiment has a snapshot in ``runs_dir``.
+    """
+    from retina_raf import runs
+    from retina_raf.sweep import expand, load_experiment, run_dir
+
+    exp = load_experiment(experiment)
+    planned = expand(exp)
+    started = [run for run in planned if runs.retina_snapshots(run_dir(Path(runs_dir), run))]
+    if not started:
+        raise RunError(f"no run of {exp.name} in {runs_dir} has retina snapshots yet")
+    ds = combine_trajectories([run_dir(Path(runs_dir), run) for run in started], layer, method,
+                              **kwargs)  # fmt: skip
+    # what the experiment asks for, not what a run's folder was last started with
+    ds = ds.assign_coords(epochs_planned=("run", [run.config().train.epochs for run in started]))
+    ds.attrs.update(
+        experiment=exp.name,
+        missing_runs=" ".join(run.run_id for run in planned if run not in started),
+    )
+    return ds
+
+
 def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
     """Per-epoch summary of a :func:`rf_trajectory` (or of :func:`combine_trajectories`, then
     per run) over the responsive units.
@@ -222,7 +274,9 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
     Returns a Dataset over ``epoch`` (and ``run``) with ``symmetry`` and ``osi`` (means over
     responsive units), ``fraction_center_surround`` and ``fraction_oriented`` (of responsive
     units), ``n_responsive``, ``n_mapped`` (channels with an RF at that epoch; 0 for epochs a
-    run has not reached) and, where the run's history has it, ``test_acc``.
+    run has not reached) and, where the run's history has them, ``test_acc`` and the
+    diagnostics of the feedback into the retina (layer ``vvs_1``): ``alignment_deg``,
+    ``principal_angle_deg`` and ``error_variance_captured``.
     """
     # padding (rf_class "") of bottlenecked runs in a combined file is not a unit
     responsive = (trajectory["rf_class"] != "unresponsive") & (trajectory["rf_class"] != "")
@@ -242,56 +296,120 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
     )
     if "test_acc" in trajectory:
         out["test_acc"] = trajectory["test_acc"]
+    has_layer = "layer" in trajectory.dims and ALIGNMENT_LAYER in trajectory["layer"].values
+    if has_layer:
+        at = trajectory.sel(layer=ALIGNMENT_LAYER)
+        for name in ("alignment_deg", "error_variance_captured"):
+            if name in at:
+                out[name] = at[name].drop_vars("layer")
+        if "principal_angle_max_rad" in at:
+            out["principal_angle_deg"] = np.degrees(at["principal_angle_max_rad"]).drop_vars(
+                "layer"
+            )
     out.attrs = {k: trajectory.attrs[k] for k in ("preset", "seed", "run_dir")
                  if k in trajectory.attrs}  # fmt: skip
     return out
 
 
+def run_status(trajectories: xr.Dataset, run: int, epoch: int) -> str:
+    """``finished``, or ``training`` with the epoch reached of the epochs planned, for one run
+    of :func:`combine_trajectories`."""
+    if "finished" not in trajectories.coords or bool(trajectories["finished"].values[run]):
+        return "finished"
+    return f"training ({epoch} of {int(trajectories['epochs_planned'].values[run])})"
+
+
+def missing_runs(trajectories: xr.Dataset) -> list[tuple[str, str, int | None]]:
+    """(run id, preset, seed) of the runs of the experiment not in the file (not started),
+    from its ``missing_runs`` attribute (:func:`experiment_trajectories`)."""
+    from retina_raf.runs import parse_run_id
+
+    ids = str(trajectories.attrs.get("missing_runs", "")).split()
+    return [(run_id, *parse_run_id(run_id)) for run_id in ids]
+
+
 def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
     """A Markdown table of the RFs of every run at one epoch (default: each run's last).
 
-    Columns: condition, seed, epoch, test accuracy, responsive units (of the run's channels),
-    mean symmetry and OSI over them, fractions center-surround and oriented. The README's
-    findings quote this table; ``retina-raf findings FILE`` prints it.
+    Columns: condition, seed, status (finished; training, with the epoch reached of those
+    planned), epoch, test accuracy, responsive units (of the run's channels), mean symmetry
+    and OSI over them, fractions center-surround and oriented, and, where any run has them,
+    the feedback into the retina at that epoch: the angle between B and W^T at ``vvs_1``
+    and P's share of the top-r error variance ("\u2013" for backprop, whose feedback is W^T).
+    A run that has not reached ``epoch`` is shown at its last; the runs of the experiment
+    not started yet (``missing_runs``) close the table, so that it accounts for every run.
+    The findings pages quote this table; ``retina-raf findings FILE`` prints it.
     """
     summary = trajectory_summary(trajectories)
-    lines = [
-        "| condition | seed | epoch | test acc. | responsive units | symmetry | OSI | "
-        "center-surround | oriented |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    alignment = [m for m in ("alignment_deg", "error_variance_captured") if m in summary]
+    header = ["condition", "seed", "status", "epoch", "test acc.", "responsive units",
+              "symmetry", "OSI", "center-surround", "oriented"]  # fmt: skip
+    header += [{"alignment_deg": f"B vs W^T ({ALIGNMENT_LAYER}, \u00b0)",
+                "error_variance_captured": "P's share of top-r variance"}[m]
+               for m in alignment]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in range(trajectories.sizes["run"]):
         row = summary.isel(run=run)
         reached = row["epoch"].values[row["n_mapped"].values > 0]
-        at = int(epoch if epoch is not None else reached.max())
+        at = int(reached.max() if epoch is None or epoch not in reached else epoch)
         row = row.sel(epoch=at)
         channels = int(trajectories["present"].isel(run=run).sum())
         acc = float(row["test_acc"]) if "test_acc" in row else float("nan")
-        lines.append(
-            f"| {trajectories['preset'].values[run]} | {int(trajectories['seed'].values[run])} "
-            f"| {at} | {acc:.3f} | {int(row['n_responsive'])} of {channels} "
-            f"| {float(row['symmetry']):.2f} | {float(row['osi']):.2f} "
-            f"| {float(row['fraction_center_surround']):.2f} "
-            f"| {float(row['fraction_oriented']):.2f} |"
-        )
+        cells = [
+            str(trajectories["preset"].values[run]),
+            str(int(trajectories["seed"].values[run])),
+            run_status(trajectories, run, int(reached.max())),
+            str(at),
+            f"{acc:.3f}",
+            f"{int(row['n_responsive'])} of {channels}",
+            f"{float(row['symmetry']):.2f}",
+            f"{float(row['osi']):.2f}",
+            f"{float(row['fraction_center_surround']):.2f}",
+            f"{float(row['fraction_oriented']):.2f}",
+        ]
+        for metric in alignment:
+            value = float(row[metric])
+            digits = 1 if metric == "alignment_deg" else 2
+            cells.append(f"{value:.{digits}f}" if np.isfinite(value) else "\u2013")
+        lines.append("| " + " | ".join(cells) + " |")
+    for _, preset, seed in missing_runs(trajectories):
+        blank = ["\u2013"] * (len(header) - 3)
+        lines.append("| " + " | ".join([preset, str(seed), "not started", *blank]) + " |")
     return "\n".join(lines)
+
+
+def milestone_tables(trajectories: xr.Dataset, epochs: Sequence[int]) -> str:
+    """:func:`findings_table` at each run's last epoch, then at each of ``epochs`` that some
+    run has reached (a run short of it is shown at its last), each under a heading."""
+    reached = trajectory_summary(trajectories)["n_mapped"].max("run") > 0
+    reached = {int(e) for e in reached["epoch"].values[reached.values]}
+    parts = ["At each run's last epoch:", "", findings_table(trajectories)]
+    for epoch in sorted(set(epochs) & reached):
+        parts += ["", f"At epoch {epoch} (a run that has not reached it: at its last):", ""]
+        parts.append(findings_table(trajectories, epoch))
+    return "\n".join(parts)
 
 
 def plot_trajectories(
     summaries: dict[str, xr.Dataset],
-    metrics: Sequence[str] = tuple(SUMMARY_METRICS),
+    metrics: Sequence[str] | None = None,
     width: str | float = "double",
 ):
     """One panel per metric, one line per run: how the RFs change with training.
 
     Args:
         summaries: label -> :func:`trajectory_summary` of a run.
-        metrics: keys of ``SUMMARY_METRICS`` to draw.
+        metrics: keys of ``SUMMARY_METRICS`` to draw (default: those any run has; the
+            alignment panels only where a run has feedback diagnostics).
         width: journal width of the figure.
 
     Returns the figure.
     """
     from analysis.figures import condition_color, new_figure
+
+    if metrics is None:
+        metrics = [m for m in SUMMARY_METRICS
+                   if any(m in s and s[m].notnull().any() for s in summaries.values())]  # fmt: skip
 
     unknown = [m for m in metrics if m not in SUMMARY_METRICS]
     if unknown or not summaries:
@@ -316,8 +434,14 @@ def plot_trajectories(
         ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)  # every panel on one epoch axis
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(SUMMARY_METRICS[metric])
-        if metric.startswith("fraction") or metric in ("symmetry", "osi"):
+        if metric.startswith("fraction") or metric in (
+            "symmetry",
+            "osi",
+            "error_variance_captured",
+        ):
             ax.set_ylim(-0.02, 1.02)
+        elif metric.endswith("_deg"):
+            ax.set_ylim(0, 92)  # 90 degrees: orthogonal, no alignment at all
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     axes.flat[0].legend(frameon=False, fontsize="small")

@@ -32,19 +32,19 @@ import torch.nn.functional as F
 from common import hardware
 
 from retina_raf.config import resolve_run_config
-from retina_raf.data import DeviceData, load_cifar10
+from retina_raf.data import DeviceData, load_cifar10, resolve_data
 from retina_raf.models import model_from_config
 from retina_raf.train import make_optimizer, train_epoch
 
-SHARED_RGB = Path(__file__).resolve().parents[2] / "shared/data/cifar10/cifar10_uint8.npz"
 RECIPE = {"optimizer": "adam", "amsgrad": True, "lr": 6e-4, "weight_decay": 4e-4,
           "batch_size": 32, "progress": False, "deterministic": False}  # fmt: skip
 VARIANTS = {"bp": ("bp", {}), "raf": ("raf", {}), "raf-r10": ("raf", {"rank": 10})}
 
 
 def images(n: int, data: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """n RGB training images and labels: the shared CIFAR-10 when present, else noise."""
-    path = Path(data) if data else SHARED_RGB
+    """n RGB training images and labels: CIFAR-10 (``data``, else the data set ``cifar10``
+    of the data root) when present, else noise."""
+    path = Path(data) if data else resolve_data("cifar10", must_exist=False)
     if path.exists():
         ds = load_cifar10(path, rgb=True)
         return ds.x_train[:n], ds.y_train[:n], f"CIFAR-10 ({path.name})"
@@ -87,7 +87,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this process's CPU time (robust to other load "
                         "with --threads 1)")  # fmt: skip
-    parser.add_argument("--data", default=None, help="RGB CIFAR-10 .npz (default: ../shared)")
+    parser.add_argument("--data", default=None,
+                        help="RGB CIFAR-10 .npz (default: cifar10 in the data root)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,6 +9,7 @@ checkpoint) prints one line and exits with status 143
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -31,9 +32,77 @@ def cli() -> None:
 
 
 # ----------------------------------------------------------------------------- data
+DATA_ROOT_HELP = (
+    "Folder where data set names (cifar10-gray, cifar10) resolve [default: $RETINA_RAF_DATA, "
+    "else data/ of the repository]."
+)
+
+
+def _export_data_root(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--data-root`` of train and sweep: set RETINA_RAF_DATA while the command runs, so
+    that the worker processes and SLURM jobs it starts resolve data set names in the same
+    folder; run configs keep the name, never the folder."""
+    if value is None:
+        return
+    import os
+    from pathlib import Path
+
+    from retina_raf.data import DATA_ROOT_ENV
+
+    previous = os.environ.get(DATA_ROOT_ENV)
+    os.environ[DATA_ROOT_ENV] = str(Path(value).expanduser().resolve())
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(DATA_ROOT_ENV, None)
+        else:
+            os.environ[DATA_ROOT_ENV] = previous
+
+    ctx.call_on_close(restore)
+
+
+def data_root_option(command):
+    """The ``--data-root DIR`` option of a command that trains on a data set."""
+    return click.option(
+        "--data-root",
+        default=None,
+        type=click.Path(file_okay=False, path_type=str),
+        expose_value=False,
+        callback=_export_data_root,
+        help=DATA_ROOT_HELP,
+    )(command)
+
+
 @cli.group()
 def data() -> None:
-    """Inspect CIFAR-10 files and build the embedded sample."""
+    """Fetch CIFAR-10, inspect data files and build the embedded sample."""
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["cifar10"]))
+@click.option(
+    "--data-root",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder to write into [default: $RETINA_RAF_DATA, else data/ of the repository].",
+)
+@click.option(
+    "--from",
+    "source",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Copy from an existing RGB cifar10_uint8.npz or cifar-10-batches-py folder instead "
+    "of downloading (no internet needed).",
+)
+def data_fetch(name: str, data_root: str | None, source: str | None) -> None:
+    """Put CIFAR-10 into the data root: cifar10_uint8.npz (RGB, the data set `cifar10`) and
+    cifar10_gray_uint8.npz (mean of R, G and B, the data set `cifar10-gray`).
+
+    Downloads it with torchvision (needs internet) unless --from names a copy; files already
+    there are kept, so running it again does nothing."""
+    from retina_raf.data import fetch_cifar10
+
+    fetch_cifar10(data_root, source, log=click.echo)
 
 
 @data.command("info")
@@ -45,11 +114,14 @@ def data() -> None:
     show_default=True,
     help="Grayscale conversion for RGB sources.",
 )
-def data_info(path: str, gray: str) -> None:
-    """Counts, per-class counts, image shape, mean and std of a data set (npz or folder)."""
-    from retina_raf.data import describe, load_cifar10
+@click.option("--data-root", default=None, type=click.Path(file_okay=False, path_type=str),
+              help=DATA_ROOT_HELP)  # fmt: skip
+def data_info(path: str, gray: str, data_root: str | None) -> None:
+    """Counts, per-class counts, image shape, mean and std of a data set (a name such as
+    cifar10-gray, an npz or a folder)."""
+    from retina_raf.data import describe, load_cifar10, resolve_data
 
-    click.echo(describe(load_cifar10(path, gray=gray)))
+    click.echo(describe(load_cifar10(resolve_data(path, data_root), gray=gray)))
 
 
 @data.command("sample")
@@ -57,20 +129,31 @@ def data_info(path: str, gray: str) -> None:
     "--source",
     required=True,
     type=click.Path(path_type=str),
-    help="Full CIFAR-10: an .npz or a cifar-10-batches-py folder.",
+    help="Full CIFAR-10: a data set name (cifar10), an .npz or a cifar-10-batches-py folder.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=str), help="Output .npz file.")
 @click.option("--train-per-class", default=400, show_default=True, type=click.IntRange(1, 5000))
 @click.option("--test-per-class", default=100, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--gray", type=click.Choice(["mean", "luma"]), default="mean", show_default=True)
+@click.option("--data-root", default=None, type=click.Path(file_okay=False, path_type=str),
+              help=DATA_ROOT_HELP)  # fmt: skip
 def data_sample(
-    source: str, out: str, train_per_class: int, test_per_class: int, gray: str
+    source: str,
+    out: str,
+    train_per_class: int,
+    test_per_class: int,
+    gray: str,
+    data_root: str | None,
 ) -> None:
     """Build a deterministic class-balanced grayscale sample of CIFAR-10."""
-    from retina_raf.data import describe, load_cifar10, make_sample
+    from retina_raf.data import describe, load_cifar10, make_sample, resolve_data
 
     path = make_sample(
-        source, out, train_per_class=train_per_class, test_per_class=test_per_class, gray=gray
+        resolve_data(source, data_root),
+        out,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        gray=gray,
     )
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     click.echo(describe(load_cifar10(path)))
@@ -97,8 +180,10 @@ def data_sample(
     "--data",
     default=None,
     type=click.Path(path_type=str),
-    help="CIFAR-10 .npz or cifar-10-batches-py folder (default: the embedded sample).",
+    help="Data set name (cifar10-gray, cifar10; see --data-root), CIFAR-10 .npz or "
+    "cifar-10-batches-py folder (default: the embedded sample).",
 )
+@data_root_option
 @click.option(
     "--out",
     default="runs",
@@ -362,8 +447,10 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
     "--data",
     default=None,
     type=click.Path(path_type=str),
-    help="Image data set of every run (not part of run ids).",
+    help="Image data set of every run: a name (cifar10-gray, cifar10; see --data-root) or a "
+    "path (not part of run ids).",
 )
+@data_root_option
 @click.option(
     "--set",
     "sets",
@@ -562,8 +649,21 @@ def metrics_command(rfs_file: str, out: str) -> None:
 
 # ----------------------------------------------------------------------- trajectory
 @cli.command("trajectory")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("runs", nargs=-1, type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(path_type=str), help="Output .nc file.")
+@click.option(
+    "--experiment",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Instead of RUNS: every run of this experiment file that has begun training "
+    "(finished or not) under --runs-dir; the runs not started are listed in the file.",
+)
+@click.option(
+    "--runs-dir",
+    default=None,
+    type=click.Path(path_type=str),
+    help="With --experiment: the sweep's --out folder.",
+)
 @click.option(
     "--layer", default="retina_2", show_default=True, type=click.Choice(["retina_1", "retina_2"])
 )
@@ -587,19 +687,31 @@ def metrics_command(rfs_file: str, out: str) -> None:
     default=False,
     help="Also correlate the gradient, actmax and STA RFs at each run's last epoch.",
 )
-def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
+def trajectory_cmd(runs, out, experiment, runs_dir, layer, method, base, gray_level, agreement):
     """RFs through training: map and measure the RFs of LAYER at every retina snapshot
-    (runs trained with train.retina_snapshots=true) of each RUN folder, into one NetCDF.
+    (runs trained with train.retina_snapshots=true) of each RUN folder, or of every started
+    run of an --experiment, into one NetCDF.
 
     Prints, per run and epoch, the responsive units, mean symmetry and OSI and the fraction
     center-surround.
     """
     from analysis.results import write_results
-    from analysis.trajectory import combine_trajectories, trajectory_summary
+    from analysis.trajectory import (
+        combine_trajectories,
+        experiment_trajectories,
+        trajectory_summary,
+    )
 
+    if bool(runs) == bool(experiment):
+        raise click.UsageError("give RUN folders or --experiment FILE --runs-dir DIR, not both")
+    if experiment and not runs_dir:
+        raise click.UsageError("--experiment needs --runs-dir (the sweep's --out folder)")
     _netcdf_path(out)
-    ds = combine_trajectories(list(runs), layer, method, agreement=agreement, base=base,
-                              gray_level=gray_level)  # fmt: skip
+    options = dict(agreement=agreement, base=base, gray_level=gray_level)
+    if experiment:
+        ds = experiment_trajectories(experiment, runs_dir, layer, method, **options)
+    else:
+        ds = combine_trajectories(list(runs), layer, method, **options)
     write_results(ds, out)
     summary = trajectory_summary(ds)
     for run in range(ds.sizes["run"]):
@@ -618,10 +730,41 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
     click.echo(f"wrote {out}")
 
 
+@cli.command("kp-decay")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--layer", default="vvs_1", show_default=True, help="The RAF layer whose Q to read.")
+def kp_decay_cmd(runs, layer):
+    """Can weight decay align Kolen-Pollack's feedback? For each RUN (finished or in flight,
+    RMSprop), from its checkpoint: the decay of Q - P W per step (lr * lambda / sqrt(v) at
+    the median sqrt(v) of Q), its e-folding time in epochs, the share of Q - P W that decay
+    can still remove in the run's epochs and in any number of epochs, and the angle between
+    B = QP and W^T now. A Markdown table."""
+    from analysis.alignment import weight_decay_alignment
+
+    header = ["run", "epoch", "lr", "median sqrt(v)", "decay per step", "e-folding (epochs)",
+              "removable in the run", "removable ever", "norm(Q - PW) / norm(PW)",
+              "B vs W^T"]  # fmt: skip
+    click.echo("| " + " | ".join(header) + " |")
+    click.echo("|" + "---|" * len(header))
+    for run in runs:
+        r = weight_decay_alignment(run, layer)
+        cells = [os.path.basename(os.path.normpath(run)), str(int(r["epoch"])), f"{r['lr']:.3g}",
+                 f"{r['median_sqrt_v']:.3g}", f"{r['decay_per_step']:.3g}",
+                 f"{r['efolding_epochs']:.3g}", f"{r['shrink_remaining']:.2%}",
+                 f"{r['shrink_bound']:.2%}", f"{r['d_relative']:.3g}",
+                 f"{r['alignment_deg']:.1f}\u00b0"]  # fmt: skip
+        click.echo("| " + " | ".join(cells) + " |")
+
+
 @cli.command("findings")
 @click.argument("results", metavar="RESULTS.nc", type=click.Path(path_type=str))
 @click.option(
-    "--epoch", default=None, type=click.IntRange(0), help="Trajectories: default each run's last."
+    "--epoch",
+    "epochs",
+    multiple=True,
+    type=click.IntRange(0),
+    help="Trajectories: the epoch of the table (default each run's last); repeated, a table "
+    "per epoch that some run has reached, each under a heading.",
 )
 @click.option(
     "--method",
@@ -629,7 +772,7 @@ def trajectory_cmd(runs, out, layer, method, base, gray_level, agreement):
     type=click.Choice(["actmax", "gradient", "sta"]),
     help="Results: the RF method of a file that holds several [default: its first].",
 )
-def findings_cmd(results, epoch, method):
+def findings_cmd(results, epochs, method):
     """Print the Markdown findings the README quotes: for a results file (`retina-raf
     results`), per condition the mean and s.d. over seeds and the tests between ranks and
     bottlenecks; for a trajectories file (`retina-raf trajectory`), the RFs at one epoch
@@ -642,7 +785,7 @@ def findings_cmd(results, epoch, method):
     if "symmetry" not in ds and "constrain" in ds.coords and "test_acc" in ds:
         from analysis.accuracy import findings_markdown as accuracy_findings
 
-        if epoch is not None or method is not None:
+        if epochs or method is not None:
             raise click.UsageError("--epoch and --method apply to RF results, not accuracies")
         click.echo(accuracy_findings(ds))
         return
@@ -651,13 +794,16 @@ def findings_cmd(results, epoch, method):
 
         raise DataError(f"{results} holds no RF metrics")
     if "epoch" in ds["symmetry"].dims:
-        from analysis.trajectory import findings_table
+        from analysis.trajectory import findings_table, milestone_tables
 
-        click.echo(findings_table(ds, epoch))
+        if len(epochs) > 1:
+            click.echo(milestone_tables(ds, epochs))
+        else:
+            click.echo(findings_table(ds, epochs[0] if epochs else None))
         return
     from analysis.stats import findings_markdown
 
-    if epoch is not None:
+    if epochs:
         raise click.UsageError("--epoch applies to trajectories; this is a results file")
     click.echo(findings_markdown(select_method(ds, method)))
 
@@ -782,7 +928,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except RunInterrupted as exc:
         click.echo(f"retina-raf: {' '.join(str(exc).split())}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(128 + int(exc.signum) if exc.signum else EXIT_INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -189,7 +189,11 @@ class TrainConfig:
 class DataConfig:
     """Which images, and how they are presented."""
 
-    path: str | None = spec(None, doc="npz or cifar-10-batches-py folder (None: embedded sample)")
+    path: str | None = spec(
+        None,
+        doc="data set name (cifar10-gray, cifar10: a file of the data root), npz or "
+        "cifar-10-batches-py folder (None: embedded sample)",
+    )
     gray: str = spec("mean", choices=("mean", "luma"))
     standardize: bool = spec(True, doc="subtract the training mean, divide by the training std")
     augment: bool = spec(True)

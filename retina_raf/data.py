@@ -11,16 +11,24 @@ stand-in for the paper's CIFAR-100 subsets of Fig. 3c).
 
 Sources accepted by :func:`load_cifar10`:
 
+- a data set name, ``cifar10-gray`` or ``cifar10`` (:data:`DATA_SETS`): its file in the data
+  root (:func:`data_root`: ``--data-root``, else ``$RETINA_RAF_DATA``, else ``data/``), which
+  ``retina-raf data fetch cifar10`` (:func:`fetch_cifar10`) writes;
 - an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8; RGB ``N x 32 x 32 x 3`` or
   gray ``N x 32 x 32``);
 - a torchvision ``cifar-10-batches-py`` folder (or the folder that contains it);
 - ``None``: the embedded sample shipped in ``data/``.
+
+:func:`resolve_data` is the one place where a name becomes a file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shlex
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +47,13 @@ GRAY_CONVERSIONS = ("mean", "luma")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_SAMPLE = REPO_ROOT / "data" / "cifar10_gray_sample.npz"
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# Named data sets: name -> file in the data root. The file names are those of the shared
+# copies (cifar10_uint8.npz, cifar10_gray_uint8.npz), so a folder holding them is a data root.
+DATA_SETS = {"cifar10": "cifar10_uint8.npz", "cifar10-gray": "cifar10_gray_uint8.npz"}
+# What `retina-raf data fetch NAME` writes: the data sets of each fetchable name.
+FETCHES = {"cifar10": ("cifar10", "cifar10-gray")}
+DATA_ROOT_ENV = "RETINA_RAF_DATA"
+DEFAULT_DATA_ROOT = REPO_ROOT / "data"
 # ITU-R 601-2 luma, the weights of torchvision's Grayscale / PIL's "L" mode.
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -95,6 +110,75 @@ class GrayCifar10:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
+# --------------------------------------------------------------------- named data sets
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder where data set names resolve: ``root`` (a command's ``--data-root``), else
+    the environment variable ``RETINA_RAF_DATA``, else ``data/`` of the repository (the
+    folder of the embedded sample, where ``retina-raf data fetch`` writes by default)."""
+    if root is not None and str(root).strip():
+        return Path(root).expanduser()
+    from_env = os.environ.get(DATA_ROOT_ENV, "").strip()
+    return Path(from_env).expanduser() if from_env else DEFAULT_DATA_ROOT
+
+
+def is_data_path(source: str | os.PathLike) -> bool:
+    """Whether a data source is a path rather than a data set name: a ``Path``, or text that
+    contains a ``/``, ends in ``.npz`` or names an existing folder."""
+    if not isinstance(source, str):
+        return True
+    return "/" in source or os.sep in source or source.endswith(".npz") or Path(source).is_dir()
+
+
+def fetch_command(name: str, root: str | os.PathLike | None = None) -> str:
+    """The command that writes the file of data set ``name`` into the data root ``root``."""
+    fetched_by = next(key for key, names in FETCHES.items() if name in names)
+    root = data_root(root)
+    if root.resolve() == DEFAULT_DATA_ROOT.resolve():
+        return f"retina-raf data fetch {fetched_by}"
+    return f"retina-raf data fetch {fetched_by} --data-root {shlex.quote(str(root))}"
+
+
+def resolve_data(
+    source: str | os.PathLike | None,
+    root: str | os.PathLike | None = None,
+    must_exist: bool = True,
+) -> Path | None:
+    """The file or folder that a data source (``data.path`` of a run, ``data:`` of an
+    experiment file, ``--data``) stands for.
+
+    - ``None`` stays ``None``: the embedded sample (:func:`load_cifar10` reads it);
+    - a path (:func:`is_data_path`) is returned as given; a relative one stays relative to
+      the current folder;
+    - a data set name of :data:`DATA_SETS` becomes its file in the data root
+      (:func:`data_root` of ``root``): ``cifar10-gray`` -> ``<root>/cifar10_gray_uint8.npz``,
+      ``cifar10`` -> ``<root>/cifar10_uint8.npz``.
+
+    Run configs keep the source as written (the name, or the path as given), never what it
+    resolves to, so a run's ``config.yaml`` means the same data on every machine.
+
+    Raises:
+        DataError: an unknown name (the message lists the known ones); with ``must_exist``,
+            a named data set whose file is missing (the message gives the command that
+            fetches it).
+    """
+    if source is None:
+        return None
+    if is_data_path(source):
+        return Path(source)
+    if source not in DATA_SETS:
+        known = ", ".join(sorted(DATA_SETS))
+        raise DataError(
+            f"unknown data set {source!r} (known: {known}; or a path to an .npz file or a "
+            "cifar-10-batches-py folder)"
+        )
+    path = data_root(root) / DATA_SETS[source]
+    if must_exist and not path.exists():
+        raise DataError(
+            f"data set {source}: {path} not found; fetch it with `{fetch_command(source, root)}`"
+        )
+    return path
+
+
 # ---------------------------------------------------------------------------- loading
 def to_gray(x_rgb: np.ndarray, method: str = "mean") -> np.ndarray:
     """Convert uint8 RGB images ``(N, H, W, 3)`` to uint8 gray ``(N, H, W)``.
@@ -135,6 +219,8 @@ def load_cifar10(
         if download:
             raise DataError("download=True needs a folder to download into")
         path = EMBEDDED_SAMPLE
+    elif not download:
+        path = resolve_data(path)
     path = Path(path)
     if download:
         _download(path)
@@ -347,7 +433,7 @@ def make_sample(
         index = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
         picked[f"x_{split}"], picked[f"y_{split}"] = x[index], y[index].astype(np.uint8)
     meta = {
-        "source": Path(source).name,
+        "source": Path(full.source).name,  # the file a data set name stands for
         "gray": full.gray,
         "train_per_class": train_per_class,
         "test_per_class": test_per_class,
@@ -365,6 +451,127 @@ def make_sample(
                 meta=np.array(json.dumps(meta, sort_keys=True)),
             )
     return out
+
+
+# --------------------------------------------------------------------- fetching CIFAR-10
+def fetch_cifar10(
+    root: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    log=print,
+) -> list[Path]:
+    """Write full CIFAR-10 into the data root as the files the names ``cifar10`` and
+    ``cifar10-gray`` resolve to: ``cifar10_uint8.npz`` (RGB) and ``cifar10_gray_uint8.npz``.
+
+    Both hold ``x_train, y_train, x_test, y_test, classes`` in the original order with uint8
+    labels, as the shared copies do; the gray images are :func:`to_gray`'s ``mean`` of R, G
+    and B, the conversion :func:`load_cifar10` applies, so a run reads the same pixels from
+    either file. Each file is written atomically (a temporary file, then a rename).
+
+    Args:
+        root: the data root (:func:`data_root`).
+        source: where to read RGB CIFAR-10 from instead of downloading it: a
+            ``cifar10_uint8.npz`` or a torchvision ``cifar-10-batches-py`` folder (or its
+            parent). Without it the RGB file already in the root is used, else torchvision
+            downloads CIFAR-10 (needs internet) into a temporary folder of the root.
+        log: called with each progress message.
+
+    Returns:
+        The files written; none when both were there already.
+
+    Raises:
+        DataError: no internet (nor ``source``), or a source that is not RGB CIFAR-10.
+    """
+    root = data_root(root)
+    targets = {name: root / DATA_SETS[name] for name in FETCHES["cifar10"]}
+    missing = {name: path for name, path in targets.items() if not path.exists()}
+    if not missing:
+        names = " and ".join(path.name for path in targets.values())
+        log(f"cifar10: {names} already in {root}; nothing to do")
+        return []
+    if source is not None:
+        log(f"reading CIFAR-10 from {source}")
+        arrays = _read_rgb_cifar10(Path(source))
+    elif "cifar10" not in missing:
+        log(f"making the gray copy of {targets['cifar10']}")
+        arrays = _read_rgb_cifar10(targets["cifar10"])
+    else:
+        arrays = _download_rgb_cifar10(root, log)
+    written = []
+    for name, path in missing.items():
+        images = arrays if name == "cifar10" else _gray_arrays(arrays)
+        log(f"writing {path} ({len(images['x_train'])} + {len(images['x_test'])} images)")
+        written.append(_write_cifar10_npz(images, path))
+        log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return written
+
+
+def _read_rgb_cifar10(path: Path) -> dict[str, np.ndarray]:
+    """RGB CIFAR-10 from an ``.npz`` or a ``cifar-10-batches-py`` folder, validated."""
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path}")
+    arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
+    if arrays["x_train"].ndim != 4:
+        raise DataError(
+            f"{path} holds gray images; CIFAR-10 is made from the RGB ones (a "
+            "cifar10_uint8.npz or a cifar-10-batches-py folder)"
+        )
+    return _rgb_arrays(arrays, str(path))
+
+
+def _rgb_arrays(arrays: dict, source: str) -> dict[str, np.ndarray]:
+    ds = _validate(arrays, source=source, gray="mean", rgb=True)
+    return {name: getattr(ds, name) for name in _ARRAYS}
+
+
+def _download_rgb_cifar10(root: Path, log) -> dict[str, np.ndarray]:
+    """Download CIFAR-10 with torchvision into a temporary folder of ``root``, read it, and
+    remove the folder (the .npz files are what the project reads)."""
+    import torchvision
+
+    folder = root / ".cifar10-download"
+    log(f"downloading CIFAR-10 (about 170 MB) with torchvision into {folder}")
+    try:
+        train, test = (
+            torchvision.datasets.CIFAR10(root=str(folder), train=split, download=True)
+            for split in (True, False)
+        )
+        arrays = {"x_train": np.asarray(train.data), "y_train": np.asarray(train.targets),
+                  "x_test": np.asarray(test.data), "y_test": np.asarray(test.targets)}  # fmt: skip
+    except Exception as exc:  # network errors come in many types
+        reason = " ".join(str(getattr(exc, "reason", exc) or type(exc).__name__).split())
+        raise DataError(
+            f"could not download CIFAR-10 ({reason}); without internet, read an existing copy "
+            "with `retina-raf data fetch cifar10 --from PATH` (a cifar10_uint8.npz or a "
+            "cifar-10-batches-py folder)"
+        ) from exc
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return _rgb_arrays(arrays, "torchvision's CIFAR-10")
+
+
+def _gray_arrays(rgb: dict[str, np.ndarray], chunk: int = 5000) -> dict[str, np.ndarray]:
+    """The gray copy, converted in chunks: a float copy of all 60,000 RGB images at once
+    would take 1.5 GB."""
+    gray = dict(rgb)
+    for split in ("x_train", "x_test"):
+        x = rgb[split]
+        gray[split] = np.concatenate([to_gray(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+    return gray
+
+
+def _write_cifar10_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    """The layout of the shared copies: uint8 images and labels, then the class names."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                x_train=arrays["x_train"],
+                y_train=arrays["y_train"].astype(np.uint8),
+                x_test=arrays["x_test"],
+                y_test=arrays["y_test"].astype(np.uint8),
+                classes=np.array(CLASSES),
+            )
+    return path
 
 
 # ----------------------------------------------------------------------- tensors on device

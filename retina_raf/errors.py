@@ -6,7 +6,8 @@ bug and keeps its traceback.
 """
 
 # 128 + SIGTERM (15): the status a shell reports for a process that SIGTERM ended. Training
-# that stops on SIGTERM exits with it after writing its checkpoint.
+# that stops on a signal exits with 128 + that signal's number after writing its checkpoint
+# (this for SIGTERM, 130 for SIGINT).
 EXIT_INTERRUPTED = 143
 
 
@@ -27,8 +28,8 @@ class RunError(RetinaRafError):
 
 
 class RunInterrupted(BaseException):
-    """Training stopped on a signal (SIGTERM) at a batch boundary, after writing a checkpoint
-    from which running the same command again resumes.
+    """Training stopped on a signal (SIGTERM, SIGINT) at a batch boundary, after writing a
+    checkpoint from which running the same command again resumes.
 
     A ``BaseException``, like ``KeyboardInterrupt``: a sweep that is told to stop stops,
     instead of counting the run as failed and going on to the next one.

@@ -111,6 +111,18 @@ def run_id(cfg: RunConfig, rank: int | None = None, point: dict | None = None) -
     return "-".join(labels)
 
 
+_RUN_ID = re.compile(r"(?P<head>.+)-s(?P<seed>[0-9]+)(?:-[0-9a-f]{8})?")
+
+
+def parse_run_id(run_id: str) -> tuple[str, int | None]:
+    """(preset, seed) of a run id written by :func:`run_id`; the part before ``-s<seed>`` is
+    the preset with any rank and grid labels. An id of another form: (the id, None)."""
+    match = _RUN_ID.fullmatch(run_id)
+    if match is None:
+        return run_id, None
+    return match["head"], int(match["seed"])
+
+
 def identity_settings(cfg: RunConfig) -> dict:
     """Flat ``{dotted key: value}`` of the settings that differ from the preset's defaults,
     leaving out :data:`RESUMABLE_KEYS`."""

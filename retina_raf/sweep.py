@@ -115,7 +115,11 @@ class ExperimentConfig:
     seeds: list = spec([0], doc="seeds; an integer n in the file means 0..n-1")
     overrides: dict = spec({}, doc="settings of every run: train.epochs: 3, or nested mappings")
     grid: dict = spec({}, doc="setting -> list of values; every combination is a run")
-    data: str | None = spec(None, doc="image data set of every run (not part of run ids)")
+    data: str | None = spec(
+        None,
+        doc="image data set of every run: a name (cifar10-gray, cifar10) in the data root, "
+        "or a path (not part of run ids)",
+    )
     out: str | None = spec(None, doc="output folder (default: runs/<name>)")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     conditions: list = spec(
@@ -894,9 +898,14 @@ def run_sweep(
 
 
 def _check_data(runs: list[Run]) -> None:
-    """Fail before training or submitting anything when a run's data set is missing."""
-    for path in {run.config().data.path for run in runs} - {None}:
-        if not Path(path).exists():
+    """Fail before training or submitting anything when a run's data set is missing: an
+    unknown or unfetched data set name (the error names the fetch command), or a path that
+    is not there."""
+    from retina_raf.data import resolve_data
+
+    for source in {run.config().data.path for run in runs} - {None}:
+        path = resolve_data(source)
+        if not path.exists():
             raise DataError(f"data set not found: {path} (set `data:` in the file or --data)")
 
 

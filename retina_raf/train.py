@@ -7,12 +7,12 @@ extends it. Every file is written atomically, so a run killed at any moment (kil
 resumes from its latest checkpoint, written every ``train.checkpoint_every`` epochs and
 after the last one.
 
-**SIGTERM** (what SLURM sends before a time limit, a preemption or a requeue) stops the run
-at the next batch boundary: it writes a checkpoint of the partial epoch and raises
-:class:`~retina_raf.errors.RunInterrupted`, and ``retina-raf train`` exits with status 143
-(:data:`~retina_raf.errors.EXIT_INTERRUPTED`). Started again (a requeued job runs the same
-command), the run resumes inside that epoch. A signal handler that was installed before
-(submitit's, for its time-limit signal) runs once the checkpoint is written.
+**SIGTERM** (what SLURM sends before a time limit, a preemption or a requeue) and **SIGINT**
+(Ctrl-C) stop the run at the next batch boundary: it writes a checkpoint of the partial epoch
+and raises :class:`~retina_raf.errors.RunInterrupted`, and ``retina-raf train`` exits with
+status 128 + the signal's number (143 for SIGTERM, 130 for SIGINT). Started again (a requeued
+job runs the same command), the run resumes inside that epoch. A signal handler that was
+installed before (submitit's, for its time-limit signal) runs once the checkpoint is written.
 
 On the CPU with ``train.deterministic`` a resumed run ends with bitwise the same weights
 (and history) as an uninterrupted one, wherever it stopped: the shuffling, augmentation and
@@ -553,7 +553,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
 
 
 class _StopOnSignal:
-    """While active, SIGTERM asks training to stop at the next batch boundary.
+    """While active, SIGTERM and SIGINT ask training to stop at the next batch boundary.
 
     So does SIGUSR2 when a Python handler already listens to it (submitit's signal that a
     job nears its time limit). :meth:`finish` is called once the checkpoint is written: it
@@ -574,9 +574,11 @@ class _StopOnSignal:
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is not threading.main_thread():
             return self
-        for signum in (signal.SIGTERM, signal.SIGUSR2):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             current = signal.getsignal(signum)
-            if signum == signal.SIGTERM or callable(current):
+            # SIGINT's default handler raises KeyboardInterrupt mid-batch: it is not run after
+            # the checkpoint (the run stops by RunInterrupted, as on SIGTERM)
+            if signum != signal.SIGUSR2 or callable(current):
                 self.previous[signum] = current
                 signal.signal(signum, self._request)
         return self
@@ -598,7 +600,7 @@ class _StopOnSignal:
         message += "; checkpoint written, run the same command again to resume"
         log.write(message)  # the exception carries it to the caller's output
         previous = self.previous.get(self.signum)
-        if callable(previous):
+        if callable(previous) and previous is not signal.default_int_handler:
             previous(self.signum, None)
         raise RunInterrupted(message, self.signum)
 

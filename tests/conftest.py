@@ -9,26 +9,24 @@ import pytest
 import torch
 
 from retina_raf.cli import main
+from retina_raf.data import DATA_ROOT_ENV, fetch_command, resolve_data
 
-# the full CIFAR-10 lies in ../shared next to the checkout (development machines and CI)
-SHARED_CIFAR = Path(
-    os.environ.get(
-        "RETINA_RAF_CIFAR_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10",
-    )
-)
 IN_CI = bool(os.environ.get("CI"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def shared_file(name: str) -> Path:
-    """A file of the full CIFAR-10 in ../shared; skipped outside CI when absent, fails in CI."""
-    path = SHARED_CIFAR / name
+def full_data(name: str) -> Path:
+    """The file of a full data set (``cifar10-gray``, ``cifar10``) in the data root
+    (RETINA_RAF_DATA, else data/); skipped when absent, except in CI (.ci/run sets the root)."""
+    path = resolve_data(name, must_exist=False)
     if not path.exists():
         if IN_CI:
-            pytest.fail(f"{path} must exist in CI")
-        pytest.skip(f"{path} not present on this machine")
+            pytest.fail(f"{path} must exist in CI ({DATA_ROOT_ENV} names the data root)")
+        pytest.skip(
+            f"full CIFAR-10 absent ({path}): `{fetch_command(name)}`, or set {DATA_ROOT_ENV} "
+            "to a folder that holds it"
+        )
     return path
 
 

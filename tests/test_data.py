@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import shared_file
+from conftest import full_data
 
 from retina_raf.data import (
     EMBEDDED_SAMPLE,
@@ -25,12 +25,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.fixture(scope="module")
 def full_gray():
-    return load_cifar10(shared_file("cifar10_gray_uint8.npz"))
+    return load_cifar10(full_data("cifar10-gray"))
 
 
 @pytest.fixture(scope="module")
 def full_rgb():
-    return load_cifar10(shared_file("cifar10_uint8.npz"))
+    return load_cifar10(full_data("cifar10"))
 
 
 def test_full_set_counts_and_mean(full_gray):
@@ -99,7 +99,7 @@ def test_embedded_sample_is_balanced_and_small():
 def test_embedded_sample_rebuilds_identically(tmp_path, run_cli):
     """`retina-raf data sample` on the full set rebuilds the committed sample byte-for-byte
     in its arrays (deterministic selection)."""
-    source = shared_file("cifar10_uint8.npz")
+    source = full_data("cifar10")
     out = tmp_path / "sample.npz"
     code, _, err = run_cli("data", "sample", "--source", source, "--out", out,
                            "--train-per-class", 400, "--test-per-class", 100)  # fmt: skip

@@ -273,7 +273,7 @@ def test_rank_plot_uses_runs_without_feedforward_bottleneck(results):
     assert [t.get_text() for t in ax.texts] == ["RAF"]  # rule header over the RAF ranks
     points = [c for c in ax.collections if isinstance(c, PathCollection)]  # the scatter dots
     assert sum(len(c.get_offsets()) for c in points) == 4 * 2  # 4 groups x 2 seeds
-    assert ax.get_title() == "n = 2 seeds per condition"
+    assert ax.get_title() == "n = 2 seeds per condition\nbars: mean \u00b1 s.d."
     assert "of responsive units" in ax.get_ylabel()
     low, high = ax.get_ylim()  # the unit interval, with margins for values at 0 and 1
     assert -0.1 < low < 0.0 and 1.0 < high < 1.1 and ax.spines["left"].get_bounds() == (0.0, 1.0)
@@ -299,7 +299,7 @@ def test_unequal_seed_counts_show_n_under_each_tick(results):
     ]
     assert ticks == ["2\n(1)", "4\n(2)", "32\n(2)", "BP\n(2)"]
     assert figures.plot_metric_vs_rank(fewer, "osi").axes[0].get_title() == (
-        "(n) = seeds per condition"
+        "(n) = seeds per condition\nbars: mean \u00b1 s.d."
     )
 
 
@@ -585,3 +585,22 @@ def test_subspace_angle_panel_shows_only_low_rank_raf_runs(results, tmp_path):
     assert "subspace_angle" in dict(figures.paper_panels(with_angle))
     with pytest.raises(DataError, match="principal_angle_max_rad"):
         figures.plot_subspace_angle(results)
+
+
+def test_a_fractions_bar_stops_at_1_and_the_panel_says_what_its_bars_are(results):
+    """Fractions of units cannot pass 0 or 1: a condition whose seeds are 0, 1 and 1 has mean
+    0.67 and s.d. 0.58; its bar is cut at 1, and the title says mean +- s.d., cut at [0, 1]."""
+    import matplotlib
+
+    fig = figures.plot_fraction_center_surround(results)
+    for ax in fig.axes:
+        bars = [line for line in ax.lines
+                if isinstance(line, matplotlib.lines.Line2D) and line.get_marker() in
+                (None, "None", "", " ") and len(line.get_ydata()) == 2]  # fmt: skip
+        for line in bars:
+            low, high = sorted(np.asarray(line.get_ydata(), float))
+            assert 0.0 <= low and high <= 1.0
+    assert "cut at [0, 1]" in fig.axes[0].get_title()
+    interval = figures.panels._sd_within(0.0, 1.0)
+    low, high = interval([0.0, 1.0, 1.0])
+    assert low == pytest.approx(2 / 3 - np.std([0, 1, 1], ddof=1)) and high == 1.0

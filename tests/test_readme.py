@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from retina_raf.data import DATA_SETS, resolve_data
+
 ROOT = Path(__file__).resolve().parents[1]
+# runs name the full gray set (cifar10-gray) or give a path to its file
+GRAY_FILE = DATA_SETS["cifar10-gray"]
 
 
 def test_readme_convert_example_runs_as_written():
@@ -52,7 +56,7 @@ def test_readme_pilot_findings_are_what_the_published_file_says():
     for run in range(ds.sizes["run"]):
         config = yaml.safe_load(str(ds["config"].values[run]))
         assert config["data"]["train_limit"] is None  # every training image
-        assert config["data"]["path"].endswith("cifar10_gray_uint8.npz")
+        assert resolve_data(config["data"]["path"], must_exist=False).name == GRAY_FILE
         assert config["train"]["retina_snapshots"]
         epochs = ds["test_acc"].isel(run=run).dropna("epoch")["epoch"].values
         assert list(epochs) == list(range(1, int(epochs.max()) + 1))  # every epoch recorded
@@ -94,7 +98,7 @@ def test_readme_cpu_fig4_findings_are_what_the_published_file_says(experiment_na
     for run in range(ds.sizes["run"]):
         config = yaml.safe_load(str(ds["config"].values[run]))
         assert config["data"]["train_limit"] is None
-        assert config["data"]["path"].endswith("cifar10_gray_uint8.npz")
+        assert resolve_data(config["data"]["path"], must_exist=False).name == GRAY_FILE
         history = ds["train_images"].isel(run=run).dropna("epoch")
         assert list(history["epoch"].values) == list(range(1, epochs + 1))
         assert (history == 50000).all()

@@ -245,19 +245,24 @@ def test_a_checkpoint_past_the_epochs_asked_for_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ SIGTERM
-def test_sigterm_mid_epoch_checkpoints_the_partial_epoch_and_resumes_bitwise(tmp_path, monkeypatch):
-    """SIGTERM in the middle of a batch: the batch finishes, training stops at the boundary
-    with a checkpoint of the partial epoch (2 of its 4 batches), and the resumed run ends
-    with bitwise the weights and history of an uninterrupted run."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_epoch_checkpoints_the_partial_epoch_and_resumes_bitwise(
+    signum, tmp_path, monkeypatch
+):
+    """SIGTERM (a scheduler) or SIGINT (Ctrl-C) in the middle of a batch: the batch
+    finishes, training stops at the boundary with a checkpoint of the partial epoch (2 of
+    its 4 batches), and the resumed run ends with bitwise the weights and history of an
+    uninterrupted run."""
     cfg = tiny_config(epochs=3, extra=["train.checkpoint_every=5"])
     whole = train(cfg, tmp_path / "whole", log=quiet)
-    handler = signal.getsignal(signal.SIGTERM)
-    signal_at_call(monkeypatch, signal.SIGTERM, call=7)
+    handler = signal.getsignal(signum)
+    signal_at_call(monkeypatch, signum, call=7)
     with pytest.raises(RunInterrupted) as stopped:
         train(cfg, tmp_path / "split", log=quiet)
-    assert stopped.value.signum == signal.SIGTERM
-    assert "stopped by SIGTERM in epoch 2 after batch 2" in str(stopped.value)
-    assert signal.getsignal(signal.SIGTERM) == handler  # the handler is put back
+    assert stopped.value.signum == signum
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} in epoch 2 after batch 2" in str(stopped.value)
+    assert signal.getsignal(signum) == handler  # the handler is put back
     monkeypatch.undo()
     split = tmp_path / "split" / whole.name
     state = torch.load(split / "checkpoint.pt", weights_only=False)

@@ -161,3 +161,63 @@ def test_trajectory_maps_each_snapshot_once(snapshot_runs, monkeypatch):
     monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: pytest.fail("recomputed"))
     again = rf_trajectory(snapshot_runs[1], **options)
     assert again["rf"].equals(first["rf"]) and again["rf_class"].equals(first["rf_class"])
+
+
+def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(tmp_path, run_cli):
+    """experiment_trajectories takes the finished and the running runs of an experiment (a
+    run in flight at the epochs it reached) and lists those not started; the findings table
+    says which is which, and gives the alignment of the feedback into the retina for the RAF
+    run (per epoch, from its history) and none for backprop."""
+    from analysis.trajectory import experiment_trajectories, findings_table
+    from retina_raf.sweep import expand, load_experiment, run_dir
+
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        "name: inflight\npresets: [raf-r2, bp, bp-bottleneck-1]\nunconstrained_rule: bp\n"
+        "seeds: [0]\noverrides:\n  model: {retina_channels: 4, vvs_channels: 4, vvs_layers: 1,"
+        " kernel_size: 5, fc_units: 16}\n  train: {epochs: 2, batch_size: 50, progress: false,"
+        " num_threads: 1, retina_snapshots: true, checkpoint_every: 1}\n"
+        "  data: {train_limit: 200, test_limit: 100}\n"
+    )
+    out = tmp_path / "runs"
+    raf, bp, not_started = expand(load_experiment(experiment))
+    train(raf.config(), out, name=raf.run_id, log=lambda m: None)
+    # bp stopped after its first of two epochs: no DONE, snapshots 0 and 1
+    cfg = bp.config()
+    cfg.train.epochs = 1
+    train(cfg, out, name=bp.run_id, log=lambda m: None)
+    runs.mark_unfinished(run_dir(out, bp))
+
+    ds = experiment_trajectories(experiment, out, **RF_OPTIONS)
+    assert list(ds["run_id"].values) == [raf.run_id, bp.run_id]
+    assert list(ds["finished"].values) == [True, False]
+    assert list(ds["epochs_planned"].values) == [2, 2]
+    assert ds.attrs["missing_runs"] == not_started.run_id
+    summary = trajectory_summary(ds)
+    angle = summary["alignment_deg"].sel(run=0)
+    assert angle.sel(epoch=0).isnull() and angle.sel(epoch=[1, 2]).notnull().all()
+    assert summary["alignment_deg"].sel(run=1).isnull().all()  # backprop: no feedback layer
+    captured = summary["error_variance_captured"].sel(run=0, epoch=2)
+    assert 0 <= float(captured) <= 1
+
+    table = findings_table(ds).splitlines()
+    assert len(table) == 2 + 3  # header, rule, one row per planned run
+    assert table[2].startswith("| raf-r2 | 0 | finished | 2 |")
+    assert table[3].startswith("| bp | 0 | training (1 of 2) | 1 |") and table[3].endswith(
+        "| \u2013 | \u2013 |"
+    )
+    assert table[4].startswith("| bp-bottleneck-1 | 0 | not started |")
+
+    path = tmp_path / "trajectories.nc"
+    code, _, err = run_cli("trajectory", "--experiment", experiment, "--runs-dir", out,
+                           "--out", path, "--base", "gray", "--gray-level", "0.5")  # fmt: skip
+    assert code == 0, err
+    code, printed, err = run_cli("findings", path)
+    assert code == 0, err
+    assert printed.strip().splitlines() == table
+    code, printed, err = run_cli("findings", path, "--epoch", "0", "--epoch", "1", "--epoch", "9")
+    assert code == 0, err
+    assert "At epoch 0 " in printed and "At epoch 1 " in printed  # milestones some run reached
+    assert "At epoch 9" not in printed and printed.count("| bp | 0 | training (1 of 2) |") == 3
+    code, _, err = run_cli("trajectory", raf.run_id, "--experiment", experiment, "--out", path)
+    assert code == 2 and "not both" in err

@@ -9,7 +9,8 @@ A metric against a condition (feedback rank, bottleneck N_bn) is drawn by seabor
 tidy per-run table of :mod:`analysis.per_run`: every seed is a point (its mean over the
 run's responsive units, a swarm so that seeds never hide each other), and the black tick
 and bar beside the points are the mean and standard deviation over seeds
-(``sns.pointplot``, ``errorbar="sd"``). Each panel says n, the number of seeds. Conditions
+(``sns.pointplot``, ``errorbar="sd"``), cut at 0 and 1 for a fraction, which cannot pass them.
+Each panel says n, the number of seeds, and what its bars are. Conditions
 are in the order of :func:`analysis.per_run.condition_order`, the order of the tables too.
 """
 
@@ -115,9 +116,25 @@ def axis_table(
     return ordered.reset_index(drop=True), list(dict.fromkeys(ordered["group"]))
 
 
-def _strip_panel(ax, table: pd.DataFrame, order: list[str]) -> None:
-    """Seeds as a swarm colored by condition, mean and s.d. over seeds beside each swarm,
-    rule headers above the axes, n (seeds) in the title or under each tick."""
+def _sd_within(low: float, high: float):
+    """seaborn's ``errorbar`` for mean +- s.d. cut at the bounds of the metric."""
+
+    def interval(values) -> tuple[float, float]:
+        values = np.asarray(values, dtype=float)
+        mean = values.mean()
+        sd = values.std(ddof=1) if len(values) > 1 else 0.0
+        return max(low, mean - sd), min(high, mean + sd)
+
+    return interval
+
+
+def _strip_panel(ax, table: pd.DataFrame, order: list[str], metric: str = "") -> None:
+    """Seeds as a swarm colored by condition, mean and s.d. over seeds beside each swarm (the
+    bar cut at [0, 1] for a fraction), rule headers above the axes, n (seeds) and what the
+    bars are in the title, or n under each tick."""
+    fraction = metric.startswith("fraction")
+    errorbar = _sd_within(0.0, 1.0) if fraction else "sd"
+    bars = "bars: mean \u00b1 s.d." + (", cut at [0, 1]" if fraction else "")
     palette = {preset: condition_color(preset) for preset in table["preset"].unique()}
     sns.swarmplot(data=table, x="group", y="value", hue="preset", order=order, palette=palette,
                   size=3.6, edgecolor="white", linewidth=0.3, legend=False, clip_on=False,
@@ -125,7 +142,7 @@ def _strip_panel(ax, table: pd.DataFrame, order: list[str]) -> None:
     before = set(ax.lines) | set(ax.collections)
     with warnings.catch_warnings():  # one seed: no s.d., seaborn draws the mean alone
         warnings.simplefilter("ignore", category=RuntimeWarning)
-        sns.pointplot(data=table, x="group", y="value", order=order, errorbar="sd",
+        sns.pointplot(data=table, x="group", y="value", order=order, errorbar=errorbar,
                       color="0.15", markers="_", markersize=7, markeredgewidth=1.4,
                       linestyle="none", err_kws={"linewidth": 0.9}, ax=ax)  # fmt: skip
     shift = matplotlib.transforms.Affine2D().translate(MEAN_OFFSET, 0) + ax.transData
@@ -142,12 +159,12 @@ def _strip_panel(ax, table: pd.DataFrame, order: list[str]) -> None:
     two_lines = any("\n" in text for _, _, text in headers)
     if counts.nunique() == 1:
         n = int(counts.iloc[0])
-        ax.set_title(f"n = {n} seed{'s' if n != 1 else ''} per condition", fontsize=6.5,
+        ax.set_title(f"n = {n} seed{'s' if n != 1 else ''} per condition\n{bars}", fontsize=6.5,
                      color="0.3", pad=19.5 if two_lines else 12.5)  # fmt: skip
         labels = list(ticks)
     else:
         # "(n)" under each tick: "n=1" labels run into each other on a crowded axis
-        ax.set_title("(n) = seeds per condition", fontsize=6.5, color="0.3",
+        ax.set_title(f"(n) = seeds per condition\n{bars}", fontsize=6.5, color="0.3",
                      pad=19.5 if two_lines else 12.5)  # fmt: skip
         labels = [f"{tick}\n({n})" for tick, n in zip(ticks, counts, strict=True)]
     ax.set_xticks(range(len(order)), labels)
@@ -227,7 +244,7 @@ def plot_metric_vs_rank(results: xr.Dataset, metric: str, ax=None, full_width: i
             raise DataError(
                 f"no run with n_bn == {full_width} and a finite {metric!r} to plot against rank"
             )
-        _strip_panel(ax, table, order)
+        _strip_panel(ax, table, order, metric)
         ax.set_xlabel(RANK_AXIS_LABEL)
         _metric_axis(ax, metric, table["value"].to_numpy(float))
     return fig
@@ -246,7 +263,7 @@ def plot_metric_vs_nbn(results: xr.Dataset, metric: str, ax=None, compare_draf: 
         if table.empty:
             plt.close(fig)
             raise DataError(f"no BP run with a finite {metric!r} to plot against N_bn")
-        _strip_panel(ax, table, order)
+        _strip_panel(ax, table, order, metric)
         ax.set_xlabel(NBN_AXIS_LABEL)
         _metric_axis(ax, metric, table["value"].to_numpy(float))
     return fig
@@ -278,7 +295,7 @@ def plot_fraction_center_surround(results: xr.Dataset, full_width: int = FULL_WI
             gridspec_kw={"width_ratios": [len(order) + 0.6 for _, order, _ in axes_spec]},
         )
         for index, (ax, (table, order, label)) in enumerate(zip(axes[0], axes_spec, strict=True)):
-            _strip_panel(ax, table, order)
+            _strip_panel(ax, table, order, metric)
             # two lines: the labels of two side-by-side panels must fit a single column
             ax.set_xlabel(label.replace(" into", "\ninto").replace(" channels", "\nchannels"))
             _metric_axis(ax, metric, values, label=index == 0)

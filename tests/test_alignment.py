@@ -1,0 +1,78 @@
+"""Whether weight decay can align Kolen-Pollack's feedback (analysis.alignment).
+
+Claims: under RMSprop, weight decay shrinks each element of Q by lr * lambda / (sqrt(v) + eps)
+per step (the number weight_decay_alignment reports, at the median sqrt(v)); the learning
+rate's geometric decay bounds what decay can ever remove; a layer without a learned Q is
+refused in one line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_train import tiny_config
+
+from analysis.alignment import weight_decay_alignment
+from retina_raf import runs
+from retina_raf.errors import DataError
+from retina_raf.models import model_from_config
+from retina_raf.train import make_optimizer, train
+
+
+@pytest.fixture(scope="module")
+def raf_run(tmp_path_factory):
+    cfg = tiny_config("raf-r2", epochs=2, extra=("train.weight_decay=0.001",))
+    return train(cfg, tmp_path_factory.mktemp("runs"), log=lambda m: None)
+
+
+def test_the_reported_rate_is_what_a_decay_only_step_of_the_runs_optimizer_does(raf_run):
+    """Restore the run's model and RMSprop state, give every parameter a zero loss gradient
+    and step: Q's median relative shrink is the reported lr * lambda / sqrt(v), up to the
+    step's own update of v (v -> alpha v, so sqrt(v) by sqrt(alpha))."""
+    found = weight_decay_alignment(raf_run, "vvs_1")
+    cfg = runs.load_config(raf_run)
+    state = torch.load(raf_run / "checkpoint.pt", weights_only=False)
+    model = model_from_config(cfg.model)
+    model.load_state_dict(state["model"])
+    optimizer = make_optimizer(model, cfg)
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = found["lr"]
+    q = model.layers["vvs_1"].conv.q
+    before = q.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    shrink = ((before - q.detach()) / before).median().item()
+    expected = found["decay_per_step"] / math.sqrt(cfg.train.rmsprop_alpha)
+    assert shrink == pytest.approx(expected, rel=0.05)
+    assert found["epoch"] == 2 and found["weight_decay"] == 0.001
+
+
+def test_the_learning_rates_decay_bounds_what_weight_decay_can_ever_remove(raf_run):
+    """shrink_bound = 1 - exp(-rate * steps / (1 - gamma)) >= shrink_remaining, and the
+    e-folding time is 1 / (rate * steps)."""
+    found = weight_decay_alignment(raf_run)
+    cfg = runs.load_config(raf_run)
+    steps = cfg.data.train_limit // cfg.train.batch_size
+    gamma = cfg.train.lr_decay
+    rate = found["decay_per_step"] * steps
+    assert found["shrink_bound"] == pytest.approx(-math.expm1(-rate / (1 - gamma)))
+    assert found["shrink_bound"] >= found["shrink_remaining"]
+    assert found["efolding_epochs"] == pytest.approx(1 / rate)
+    assert 0 < found["alignment_deg"] < 180 and found["d_relative"] > 0
+
+
+def test_a_layer_without_learned_feedback_is_refused(tmp_path):
+    run_dir = train(tiny_config("bp", epochs=1), tmp_path, log=lambda m: None)
+    with pytest.raises(DataError, match="not a RAF layer"):
+        weight_decay_alignment(run_dir, "vvs_1")
+
+
+def test_the_command_prints_one_row_per_run(raf_run, run_cli):
+    code, printed, err = run_cli("kp-decay", raf_run, raf_run)
+    assert code == 0, err
+    lines = printed.strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith(f"| {raf_run.name} | 2 |")
