@@ -92,7 +92,8 @@ endif
 # Publish a long experiment as it trains (runs finished or still in flight): the RFs of every
 # started run at each of its retina snapshots (trajectories.nc, with accuracy and the feedback
 # alignment per epoch; the runs not started are listed in it), the findings table at each run's
-# last epoch and at each milestone epoch, and the executed rf_trajectory report with montages at
+# last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
+# the runs that learn it (kp_decay.md), and the executed rf_trajectory report with montages at
 # the milestones. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero image,
 # which is the mean image):
 #   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros"
@@ -103,6 +104,9 @@ publish-trajectories: install
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/trajectories.nc $(MILESTONES:%=--epoch %) \
 		> $(PUBLISHED)/.findings.md.tmp
 	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
+	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \
+		> $(PUBLISHED)/.kp_decay.md.tmp
+	mv $(PUBLISHED)/.kp_decay.md.tmp $(PUBLISHED)/kp_decay.md
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \
 		-p montage_epochs "[$(shell echo $(MILESTONES) | tr ' ' ',')]" --out $(PUBLISHED)

@@ -2,9 +2,9 @@
 
 Kolen-Pollack (KP) learns the feedback Q of a RAF layer with the same local gradient that W
 gets, projected by P: for a convolution ``Q.grad = einsum('rm,mnyx->rnyx', P, W.grad)``
-(DESIGN 4.2). Write ``D = Q - P W`` for the part of Q that is not backprop's projected
-feedback (``P W`` is that einsum applied to W itself; the feedback B = Q P equals W^T's
-projection when D = 0).
+(docs/design.md#learning-rules-conv2d). Write ``D = Q - P W`` for the part of Q that is not
+backprop's projected feedback (``P W`` is that einsum applied to W itself; the feedback
+B = Q P equals W^T's projection when D = 0).
 
 - Under SGD with weight decay lambda on W and Q, the learning terms of Q and P W cancel in D
   (for fixed P) and ``D <- (1 - lr lambda) D`` every step: D shrinks by ``lr lambda`` per
@@ -19,7 +19,8 @@ still bring, from epoch e on, is ``S (lr_e lambda / (sqrt(v) + eps)) (1 - gamma^
 epochs' worth to any length: a bound that no amount of training raises.
 
 :func:`weight_decay_alignment` reads a run's checkpoint (weights, optimizer state, scheduler)
-and returns those numbers for one RAF layer, at the median ``sqrt(v)`` of its Q.
+and returns those numbers for one RAF layer, at the median ``sqrt(v)`` of its Q;
+:func:`experiment_runs_with_learned_feedback` finds the runs of an experiment it applies to.
 """
 
 from __future__ import annotations
@@ -103,3 +104,24 @@ def weight_decay_alignment(run_dir: str | Path, layer: str = "vvs_1") -> dict:
         "d_relative": d_relative,
         "alignment_deg": alignment_angle(module),
     }
+
+
+LEARNED_Q_RULES = ("raf", "raf_pca", "kp")  # rules whose Q Kolen-Pollack learns
+
+
+def experiment_runs_with_learned_feedback(
+    experiment: str | Path, runs_dir: str | Path, layer: str = "vvs_1"
+) -> list[Path]:
+    """Run folders of an experiment whose ``layer`` learns its Q by Kolen-Pollack (by the
+    run's config, before any checkpoint is read) and that have a checkpoint, in the
+    experiment's order."""
+    from retina_raf.sweep import expand, load_experiment, run_dir
+
+    found = []
+    for run in expand(load_experiment(experiment)):
+        model = run.config().model
+        folder = run_dir(Path(runs_dir), run)
+        rule = model.layer_rule.get(layer, model.rule)
+        if rule in LEARNED_Q_RULES and (folder / "checkpoint.pt").is_file():
+            found.append(folder)
+    return found

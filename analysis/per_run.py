@@ -20,7 +20,7 @@ import xarray as xr
 
 from retina_raf.errors import DataError
 
-FULL_WIDTH = 32  # retina channels without bottleneck = full feedback rank (DESIGN.md section 5)
+FULL_WIDTH = 32  # retina channels without bottleneck = full feedback rank (docs/design.md#model)
 RUN_COLUMNS = ["run_id", "preset", "rule", "rank", "n_bn", "seed"]
 RULE_LABELS = {
     "bp": "BP",

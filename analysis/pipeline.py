@@ -70,7 +70,8 @@ def run_demo(
         for seed in seeds:
             cfg = resolve_run_config(preset, seed, overrides)
             run_dirs.append(train(cfg, out / "runs", log=log))
-    log(f"mapping the retina RFs of {len(run_dirs)} runs and measuring them")
+    runs_text = f"{len(run_dirs)} run{'s' if len(run_dirs) != 1 else ''}"
+    log(f"mapping the retina RFs of {runs_text} and measuring them")
     options = DEMO_RF_OPTIONS if rf_options is None else rf_options
     results = combine_runs(run_dirs, "retina_2", "actmax", **options)
     paths = {"results": write_results(results, out / "results.nc")}

@@ -1,4 +1,4 @@
-"""Execute parameterized notebooks into reports (DESIGN.md section 12).
+"""Execute parameterized notebooks into reports (docs/design.md#reports).
 
 ``run_report("notebooks/compare_ranks.ipynb", {"results": "results/sweep.nc"})`` runs the
 notebook with papermill (its cell tagged ``parameters`` overridden) in this environment's

@@ -1,4 +1,4 @@
-"""Results as xarray (DESIGN.md 11): many run folders -> one labelled dataset.
+"""Results as xarray (docs/results.md): many run folders -> one labelled dataset.
 
 ``combine_runs(run_dirs)`` maps the RFs of one layer of every run (:mod:`analysis.rf`),
 measures them (:mod:`analysis.metrics`), reads each run's ``history.nc``, and stacks it all
@@ -218,7 +218,8 @@ def combine_runs(
     for run_dir in run_dirs:  # fail before hours of extraction, not after
         runs.check_finished(run_dir)
     parts = []
-    for run_dir in tqdm(run_dirs, desc="analyzing runs", unit="run", disable=not progress):
+    bars = None if progress else True  # None: no bar when stderr is not a terminal
+    for run_dir in tqdm(run_dirs, desc="analyzing runs", unit="run", disable=bars):
         parts.append(run_dataset(run_dir, layer, method, progress=False, **kwargs))
     attrs = parts[0].attrs
     for part in parts:  # encodings of the cached files (e.g. int dtypes) do not fit padding

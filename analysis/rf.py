@@ -1,4 +1,4 @@
-"""Receptive fields of a layer's units on the input grid (DESIGN.md section 8).
+"""Receptive fields of a layer's units on the input grid (docs/design.md#rf-extraction).
 
 For each channel of a layer, the RF of its **center unit** (spatial center ``(H//2, W//2)``
 of the layer's output map; for flat layers the unit whose index is the channel) as an
@@ -316,7 +316,7 @@ def _actmax_starts(units, channels, base, options, seed, progress):
         total=len(chunks) * options["n_steps"],
         desc="actmax",
         unit="step",
-        disable=not progress,
+        disable=None if progress else True,  # None: no bar when stderr is not a terminal
         delay=PROGRESS_DELAY_S,
     )
     images, activations, responded = [], [], []
@@ -413,7 +413,11 @@ def _sta(units, channels, base, options, seed, progress):
     batch_size = options["batch_size"] or n_samples  # None: every sample in one pass
     batch_sizes = [min(batch_size, n_samples - i) for i in range(0, n_samples, batch_size)]
     for size in tqdm(
-        batch_sizes, desc="sta", unit="batch", disable=not progress, delay=PROGRESS_DELAY_S
+        batch_sizes,
+        desc="sta",
+        unit="batch",
+        disable=None if progress else True,
+        delay=PROGRESS_DELAY_S,
     ):
         z = torch.randn(size, *units.input_shape, generator=generator)
         z = z.to(device=base.device, dtype=base.dtype)

@@ -1,4 +1,4 @@
-"""Statistics of a results dataset (DESIGN.md sections 11-12): tables and tests between ranks.
+"""Statistics of a results dataset (docs/design.md#reports): tables and tests between ranks.
 
 The unit of every comparison is the *run* (one seed of one condition), never the RF: a
 run's value is the mean of a per-unit metric over its responsive units

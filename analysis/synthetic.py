@@ -1,7 +1,7 @@
 """Synthetic receptive fields with known labels, and the calibration of ``rf_class``.
 
 The generators draw RFs on the model's input grid (32 x 32 by default) from the same
-families the metrics fit (DESIGN.md section 9), so that the classifier thresholds of
+families the metrics fit (docs/design.md#rf-metrics), so that the classifier thresholds of
 :mod:`analysis.metrics` can be chosen, and tested, on data whose true class is known:
 
 - ``dog``   -> ``center-surround``: ON/OFF concentric difference of Gaussians of varied

@@ -328,7 +328,9 @@ def missing_runs(trajectories: xr.Dataset) -> list[tuple[str, str, int | None]]:
     return [(run_id, *parse_run_id(run_id)) for run_id in ids]
 
 
-def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
+def findings_table(
+    trajectories: xr.Dataset, epoch: int | None = None, not_started: bool = True
+) -> str:
     """A Markdown table of the RFs of every run at one epoch (default: each run's last).
 
     Columns: condition, seed, status (finished; training, with the epoch reached of those
@@ -337,7 +339,9 @@ def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
     the feedback into the retina at that epoch: the angle between B and W^T at ``vvs_1``
     and P's share of the top-r error variance ("\u2013" for backprop, whose feedback is W^T).
     A run that has not reached ``epoch`` is shown at its last; the runs of the experiment
-    not started yet (``missing_runs``) close the table, so that it accounts for every run.
+    not started yet (``missing_runs``) close the table, so that it accounts for every run
+    (unless ``not_started`` is False). A value a run does not have at that epoch (test
+    accuracy of the untrained network, alignment under backprop) is "\u2013".
     The findings pages quote this table; ``retina-raf findings FILE`` prints it.
     """
     summary = trajectory_summary(trajectories)
@@ -355,12 +359,13 @@ def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
         row = row.sel(epoch=at)
         channels = int(trajectories["present"].isel(run=run).sum())
         acc = float(row["test_acc"]) if "test_acc" in row else float("nan")
+        acc_text = f"{acc:.3f}" if np.isfinite(acc) else "\u2013"  # epoch 0: not trained
         cells = [
             str(trajectories["preset"].values[run]),
             str(int(trajectories["seed"].values[run])),
             run_status(trajectories, run, int(reached.max())),
             str(at),
-            f"{acc:.3f}",
+            acc_text,
             f"{int(row['n_responsive'])} of {channels}",
             f"{float(row['symmetry']):.2f}",
             f"{float(row['osi']):.2f}",
@@ -372,21 +377,22 @@ def findings_table(trajectories: xr.Dataset, epoch: int | None = None) -> str:
             digits = 1 if metric == "alignment_deg" else 2
             cells.append(f"{value:.{digits}f}" if np.isfinite(value) else "\u2013")
         lines.append("| " + " | ".join(cells) + " |")
-    for _, preset, seed in missing_runs(trajectories):
+    for _, preset, seed in missing_runs(trajectories) if not_started else []:
         blank = ["\u2013"] * (len(header) - 3)
         lines.append("| " + " | ".join([preset, str(seed), "not started", *blank]) + " |")
     return "\n".join(lines)
 
 
 def milestone_tables(trajectories: xr.Dataset, epochs: Sequence[int]) -> str:
-    """:func:`findings_table` at each run's last epoch, then at each of ``epochs`` that some
-    run has reached (a run short of it is shown at its last), each under a heading."""
+    """:func:`findings_table` at each run's last epoch (with the runs not started), then at
+    each of ``epochs`` that some run has reached (a run short of it is shown at its last; the
+    runs not started are not repeated), each under a heading."""
     reached = trajectory_summary(trajectories)["n_mapped"].max("run") > 0
     reached = {int(e) for e in reached["epoch"].values[reached.values]}
     parts = ["At each run's last epoch:", "", findings_table(trajectories)]
     for epoch in sorted(set(epochs) & reached):
         parts += ["", f"At epoch {epoch} (a run that has not reached it: at its last):", ""]
-        parts.append(findings_table(trajectories, epoch))
+        parts.append(findings_table(trajectories, epoch, not_started=False))
     return "\n".join(parts)
 
 

@@ -6,10 +6,7 @@ the two modes are the same code path.
 
     python benchmarks/batch_split.py [bp raf-r2 ...] [--repeats 11]
 
-Measured (AMD EPYC, 2 threads, background training paused, session 8), split / one call,
-one process each: with the host in its slow state ``bp`` 0.954, 0.937, 0.962, 0.963, 0.929
-and 1.112, ``raf-r2`` 0.870; in its fast state ``bp`` 0.948, 1.034, 0.990 and ``raf-r2``
-0.899, 1.016, 0.947.
+Measurements, with their dates and hardware: docs/performance.md#parts.
 """
 
 from __future__ import annotations

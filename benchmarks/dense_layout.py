@@ -10,9 +10,7 @@ Two comparisons, the variants interleaved step by step so they share the machine
 
     python benchmarks/dense_layout.py [--threads 2] [--clock wall|cpu] [--repeats 11]
 
-Measured (AMD EPYC, 2 cores, background training paused, three runs each, session 8),
-column-major / row-major time: fc_1 0.83-0.93 and a bp step 0.88-0.93 on 2 threads; with
-``--threads 1 --clock cpu`` fc_1 0.89-0.90 and a bp step 0.94, 0.95 and 1.06.
+Measurements, with their dates and hardware: docs/performance.md#parts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Training-step time of RAF conv stacks against backprop on the CPU (DESIGN.md 4.2, 13).
+"""Training-step time of RAF conv stacks against backprop on the CPU.
+
+Why RAF can cost less than backprop: docs/design.md#learning-rules-conv2d.
 
 One step = forward + backward + RMSprop step (the paper's optimizer, with weight decay).
 Stacks: the retina model's 9x9, 32-channel convolutions on 32x32 images (three layers, the

@@ -1,5 +1,5 @@
 """DoG and Gabor fits: the batched Levenberg-Marquardt of ``analysis.metrics.fits`` against
-``scipy.optimize.least_squares`` on the same RFs, starts, bounds and models (issue 13).
+``scipy.optimize.least_squares`` on the same RFs, starts, bounds and models.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/fit_solvers.py [--n-rfs 960] [--workers 1]
 
@@ -16,7 +16,8 @@ stopping tolerance) and keeps the best start, as the LM keeps its best start. Th
 - classification: agreement of rf_class between the solvers and the balanced accuracy of
   each against the synthetic labels.
 
-The library keeps the solver that is faster at equal quality (README, departures).
+The library keeps the solver that is faster at equal quality (docs/departures.md#analysis;
+measurements in docs/performance.md#analysis).
 """
 
 from __future__ import annotations

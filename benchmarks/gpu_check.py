@@ -1,4 +1,4 @@
-"""The GPU side of the speed work, in one short run on one GPU (issue 14; about 5 minutes).
+"""The GPU side of the speed work, in one short run on one GPU (about 5 minutes).
 
 1. ``bp``, ``raf-r2`` and ``draf-bottleneck-4`` each train one epoch on the full grayscale
    CIFAR-10 through ``retina_raf.train.train`` (whole data set on the device, the default
@@ -8,7 +8,7 @@
 3. fp32 against bf16 autocast: training losses of 200 steps from the same init.
 4. Step throughput per preset with ``conv_impl`` direct and fft, and ``torch.compile``d.
 
-    python benchmarks/gpu_check.py --data data/full/cifar10_gray_uint8.npz --out /tmp/gpu
+    python benchmarks/gpu_check.py --data data/full/cifar10_gray_uint8.npz --out data/gpu_check
 
 Prints one table per part and exits 0; a part that fails prints its error and the others
 still run (the exit status is then 1).

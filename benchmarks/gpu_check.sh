@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU check of the speed work (issue 14), for the device machine (one H200, ~5 minutes).
+# The GPU check of the speed work, for a machine with one GPU (~5 minutes on an H200).
 #
 # Here, once:   make gpu-data          (copies the full grayscale set to data/full/, git-ignored,
 #                                       and the wheels the device lacks to benchmarks/wheels/)

@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/metrics_speed.py [--sweep-rfs 960] [--repeats 3
 Prints the wall time of the closed-form metrics and of the full ``rf_metrics`` (closed form
 + DoG and Gabor fits + classification), best of ``--repeats``, on synthetic RFs (a mix of
 DoGs, Gabors, edges and noise at varied noise levels), with the fits on 1 thread and on all
-cores, and the hardware it ran on. Targets (issue 6): 32 RFs' closed-form metrics well under
+cores, and the hardware it ran on. Targets: 32 RFs' closed-form metrics well under
 a second; 960 RFs' full metrics under a minute on the CPU.
 """
 

@@ -1,4 +1,6 @@
-"""RF extraction: all channels in one batched pass vs one channel at a time (DESIGN.md 13).
+"""RF extraction: all channels in one batched pass vs one channel at a time.
+
+The principle: docs/design.md#performance-principles.
 
 Times ``analysis.rf.extract_rfs`` on the full retina/VVS model (``build_model("bp")``,
 32 retina_2 channels) for each method, batched (every channel in one batch) and looped

@@ -1,4 +1,4 @@
-"""Where scikit-image replaces hand-written image code, and at what speed (issue 13).
+"""Where scikit-image replaces hand-written image code, and at what speed.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/skimage_alternatives.py [--n-rfs 960]
 

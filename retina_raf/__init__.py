@@ -8,9 +8,9 @@ import os
 
 # torch's CPU allocator backs tensors of 2 MB and more with transparent huge pages when this is
 # set before torch allocates anything: a training step allocates its gradients and spectra
-# afresh (hundreds of MB), and with 4 KB pages the page faults alone cost about a quarter of a
-# CPU step (fc_1's 134 MB weight gradient: 33 ms to fault in, 4 ms with huge pages). It only
-# takes effect when retina_raf is imported before torch (the `retina-raf` command does);
+# afresh (hundreds of MB), and with 4 KB pages the page faults alone cost a visible share of a
+# CPU step (fc_1's 134 MB weight gradient; docs/performance.md#parts). It only takes effect
+# when retina_raf is imported before torch (the `retina-raf` command does);
 # THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

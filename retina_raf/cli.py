@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -23,6 +24,32 @@ def _netcdf_path(path: str, option: str = "--out") -> str:
     if not path.lower().endswith(".nc"):
         raise click.BadParameter(f"{path!r} must end in .nc (a NetCDF file)", param_hint=option)
     return path
+
+
+def _writable(ctx: click.Context, param: click.Parameter, value):
+    """An output path (file or folder) must be writable, checked when the options are read,
+    before any computing: its nearest existing folder accepts a new file."""
+    if value is None:
+        return value
+    import tempfile
+
+    path = Path(value).expanduser().absolute()
+    hint = param.opts[0] if param.opts else None
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and path.is_file():
+        existing = path.parent  # the file is replaced: its folder must take the new one
+    if not existing.is_dir():
+        raise click.BadParameter(f"{value!r}: {existing} is a file, not a folder", param_hint=hint)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{value!r} cannot be written ({existing}: {exc.strerror or exc})", param_hint=hint
+        ) from None
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +100,7 @@ def data_root_option(command):
     )(command)
 
 
-@cli.group()
+@cli.group(short_help="Fetch CIFAR-10, inspect data files, build the sample.")
 def data() -> None:
     """Fetch CIFAR-10, inspect data files and build the embedded sample."""
 
@@ -131,7 +158,13 @@ def data_info(path: str, gray: str, data_root: str | None) -> None:
     type=click.Path(path_type=str),
     help="Full CIFAR-10: a data set name (cifar10), an .npz or a cifar-10-batches-py folder.",
 )
-@click.option("--out", required=True, type=click.Path(path_type=str), help="Output .npz file.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=str),
+    callback=_writable,
+    help="Output .npz file.",
+)
 @click.option("--train-per-class", default=400, show_default=True, type=click.IntRange(1, 5000))
 @click.option("--test-per-class", default=100, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--gray", type=click.Choice(["mean", "luma"]), default="mean", show_default=True)
@@ -160,11 +193,12 @@ def data_sample(
 
 
 # ---------------------------------------------------------------------------- train
-@cli.command("train")
+@cli.command("train", short_help="Train (or resume) one run into its folder.")
 @click.option(
     "--preset",
     default=None,
-    help="bp, bp-bottleneck-<k>, raf-r<k> or draf-bottleneck-<k> (DESIGN.md 5).",
+    help="bp, bp-bottleneck-<k>, raf-r<k>, raf-pca-r<k>, raf-aligned-r<k>, "
+    "draf-bottleneck-<k> or raf (docs/design.md#model).",
 )
 @click.option(
     "--config",
@@ -175,7 +209,7 @@ def data_sample(
     "config.yaml; its model.layer_rule / layer_rank replace the preset's; options override it.",
 )
 @click.option("--seed", default=None, type=click.IntRange(0, 2**31 - 1), help="Default: 0.")
-@click.option("--epochs", default=None, type=click.IntRange(0), help="Default: 120 (paper).")
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Default: 120 (paper).")
 @click.option(
     "--data",
     default=None,
@@ -186,6 +220,7 @@ def data_sample(
 @data_root_option
 @click.option(
     "--out",
+    callback=_writable,
     default="runs",
     show_default=True,
     type=click.Path(path_type=str),
@@ -255,7 +290,7 @@ def train_cmd(
 
 
 # --------------------------------------------------------------------------- report
-@cli.command("report")
+@cli.command("report", short_help="Execute a notebook into a report.")
 @click.argument("notebook", type=click.Path(path_type=str))
 @click.option(
     "-p",
@@ -268,6 +303,7 @@ def train_cmd(
 )
 @click.option(
     "--out",
+    callback=_writable,
     default="reports",
     show_default=True,
     type=click.Path(path_type=str),
@@ -293,6 +329,10 @@ def report(
         if key in values:
             raise click.BadParameter(f"parameter {key!r} given twice", param_hint="-p")
         values[key] = parse_parameter_value(text)
+        # an input file that is not there would fail inside the notebook, after a partial report
+        if isinstance(values[key], str) and values[key].lower().endswith(".nc"):
+            if not Path(values[key]).is_file():
+                raise click.BadParameter(f"{key}: no such file {values[key]!r}", param_hint="-p")
     try:
         html = run_report(notebook, values, out_dir=out, name=name, progress_bar=progress)
     except RunError as exc:  # the notebook itself failed: exit 1, bad input stays exit 2
@@ -303,10 +343,11 @@ def report(
 
 
 # -------------------------------------------------------------------------- figures
-@cli.command("figures")
+@cli.command("figures", short_help="Export the paper's panels from results.")
 @click.argument("results", type=click.Path(path_type=str))
 @click.option(
     "--out",
+    callback=_writable,
     default="reports/figures",
     show_default=True,
     type=click.Path(path_type=str),
@@ -355,7 +396,7 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method) ->
 
 
 # ------------------------------------------------------------------------------ rfs
-@cli.command("rfs")
+@cli.command("rfs", short_help="Map the RFs of one layer of a trained run.")
 @click.argument("run_dir", type=click.Path(path_type=str))
 @click.option("--layer", default="retina_2", show_default=True, help="Layer whose RFs to map.")
 @click.option(
@@ -363,10 +404,12 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method) ->
     default="actmax",
     show_default=True,
     type=click.Choice(["gradient", "actmax", "sta"]),
-    help="Input gradient, activation maximization, or white-noise STA (DESIGN.md 8).",
+    help="Input gradient, activation maximization, or white-noise STA "
+    "(docs/design.md#rf-extraction).",
 )
 @click.option(
     "--out",
+    callback=_writable,
     default=None,
     type=click.Path(dir_okay=False, path_type=str),
     help="NetCDF file (default: RUN_DIR/rfs_<layer>_<method>.nc); a PNG montage goes beside it.",
@@ -378,7 +421,7 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method) ->
 @click.option("--gray-level", default=None, type=float, help="Pixel value of the gray base.")
 @click.option("--n-starts", default=None, type=click.IntRange(1), help="actmax: random starts.")
 @click.option("--start", default=None, type=click.Choice(["noise", "zeros"]), help="actmax.")
-@click.option("--steps", "n_steps", default=None, type=click.IntRange(0), help="actmax: steps.")
+@click.option("--steps", "n_steps", default=None, type=click.IntRange(1), help="actmax: steps.")
 @click.option("--step-size", default=None, type=click.FloatRange(0, min_open=True), help="actmax.")
 @click.option(
     "--norm",
@@ -423,7 +466,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 
 
 # ---------------------------------------------------------------------------- sweep
-@cli.command("sweep")
+@cli.command("sweep", short_help="Train, inspect or collect an experiment.")
 @click.argument("file", type=click.Path(path_type=str))
 @click.option(
     "--executor",
@@ -439,6 +482,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 )
 @click.option(
     "--out",
+    callback=_writable,
     default=None,
     type=click.Path(path_type=str),
     help="Output folder (default: the file's `out`, else runs/<name>).",
@@ -497,6 +541,7 @@ def rfs_command(run_dir, layer, method, out, channels, seed, device, no_montage,
 @click.option(
     "--results",
     "results_path",
+    callback=_writable,
     default=None,
     type=click.Path(path_type=str),
     help="--collect: the results file [default: OUT/results_<layer>_<method>.nc].",
@@ -578,9 +623,10 @@ def sweep_command(
 
 
 # --------------------------------------------------------------------------- theory
-@cli.command("theory")
+@cli.command("theory", short_help="Fig. 2: linear theory vs simulations.")
 @click.option(
     "--out",
+    callback=_writable,
     required=True,
     type=click.Path(file_okay=False, path_type=str),
     help="Folder for fig2b..fig2g (.pdf, .png) and fig2.nc.",
@@ -616,16 +662,19 @@ def theory_command(out, steps, lr, seed, n_seeds, rank, dim, dpi):
 
 
 # -------------------------------------------------------------------------- metrics
-@cli.command("metrics")
+@cli.command("metrics", short_help="Shape metrics and classes of RFs.")
 @click.argument("rfs_file", metavar="RFS.nc", type=click.Path(path_type=str))
 @click.option(
     "--out",
+    callback=_writable,
     required=True,
     type=click.Path(dir_okay=False, path_type=str),
     help="Output NetCDF of the per-RF metrics (written atomically).",
 )
 def metrics_command(rfs_file: str, out: str) -> None:
-    """Shape metrics and rf_class of every RF in RFS.nc (its DataArray "rf"; DESIGN.md 9).
+    """Shape metrics and rf_class of every RF in RFS.nc (its DataArray "rf").
+
+    The metrics: docs/design.md#rf-metrics.
 
     Prints one line per condition (the preset, else the whole file): fraction
     center-surround and oriented, mean symmetry and mean OSI over the responsive RFs.
@@ -648,9 +697,15 @@ def metrics_command(rfs_file: str, out: str) -> None:
 
 
 # ----------------------------------------------------------------------- trajectory
-@cli.command("trajectory")
+@cli.command("trajectory", short_help="RFs at every retina snapshot of runs.")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=str))
-@click.option("--out", required=True, type=click.Path(path_type=str), help="Output .nc file.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=str),
+    callback=_writable,
+    help="Output .nc file.",
+)
 @click.option(
     "--experiment",
     default=None,
@@ -730,17 +785,36 @@ def trajectory_cmd(runs, out, experiment, runs_dir, layer, method, base, gray_le
     click.echo(f"wrote {out}")
 
 
-@cli.command("kp-decay")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
+@cli.command("kp-decay", short_help="Can weight decay align KP's feedback?")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=str))
 @click.option("--layer", default="vvs_1", show_default=True, help="The RAF layer whose Q to read.")
-def kp_decay_cmd(runs, layer):
+@click.option(
+    "--experiment",
+    default=None,
+    type=click.Path(path_type=str),
+    help="Instead of RUNS: the runs of this experiment file under --runs-dir whose LAYER "
+    "learns Q by Kolen-Pollack and that have a checkpoint.",
+)
+@click.option(
+    "--runs-dir",
+    default=None,
+    type=click.Path(path_type=str),
+    help="With --experiment: the sweep's --out folder.",
+)
+def kp_decay_cmd(runs, layer, experiment, runs_dir):
     """Can weight decay align Kolen-Pollack's feedback? For each RUN (finished or in flight,
     RMSprop), from its checkpoint: the decay of Q - P W per step (lr * lambda / sqrt(v) at
     the median sqrt(v) of Q), its e-folding time in epochs, the share of Q - P W that decay
     can still remove in the run's epochs and in any number of epochs, and the angle between
     B = QP and W^T now. A Markdown table."""
-    from analysis.alignment import weight_decay_alignment
+    from analysis.alignment import experiment_runs_with_learned_feedback, weight_decay_alignment
 
+    if bool(runs) == bool(experiment):
+        raise click.UsageError("give RUN folders or --experiment FILE --runs-dir DIR, not both")
+    if experiment:
+        if not runs_dir:
+            raise click.UsageError("--experiment needs --runs-dir (the sweep's --out folder)")
+        runs = experiment_runs_with_learned_feedback(experiment, runs_dir, layer)
     header = ["run", "epoch", "lr", "median sqrt(v)", "decay per step", "e-folding (epochs)",
               "removable in the run", "removable ever", "norm(Q - PW) / norm(PW)",
               "B vs W^T"]  # fmt: skip
@@ -756,7 +830,7 @@ def kp_decay_cmd(runs, layer):
         click.echo("| " + " | ".join(cells) + " |")
 
 
-@cli.command("findings")
+@cli.command("findings", short_help="Print the findings tables of a file.")
 @click.argument("results", metavar="RESULTS.nc", type=click.Path(path_type=str))
 @click.option(
     "--epoch",
@@ -809,9 +883,15 @@ def findings_cmd(results, epochs, method):
 
 
 # -------------------------------------------------------------------------- results
-@cli.command("results")
+@cli.command("results", short_help="Combine run folders into one results file.")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--out", required=True, type=click.Path(path_type=str), help="Output .nc file.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=str),
+    callback=_writable,
+    help="Output .nc file.",
+)
 @click.option("--layer", default="retina_2", show_default=True, help="Layer whose RFs to map.")
 @click.option(
     "--method",
@@ -860,15 +940,18 @@ def results_cmd(runs, out, layer, methods, rf_seed, seed, base, gray_level, devi
     rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {}
     ds = combine_methods(run_dirs, layer, methods, seed=seed, device=device, **rf_options)
     path = write_results(ds, out)
-    click.echo(f"wrote {path}: {ds.sizes['run']} runs, {layer} RFs by {', '.join(methods)}")
+    n_runs = ds.sizes["run"]
+    click.echo(f"wrote {path}: {n_runs} run{'s' if n_runs != 1 else ''}, {layer} RFs by "
+               f"{', '.join(methods)}")  # fmt: skip
     for name in [v for v in ds.data_vars if "_vs_" in str(v)]:
         click.echo(f"{name}: median per-unit correlation {float(ds[name].median()):.2f}")
 
 
 # ----------------------------------------------------------------------------- demo
-@cli.command("demo")
+@cli.command("demo", short_help="The whole pipeline on the embedded sample.")
 @click.option(
     "--out",
+    callback=_writable,
     default="data/demo",
     show_default=True,
     type=click.Path(path_type=str),
@@ -876,6 +959,7 @@ def results_cmd(runs, out, layer, methods, rf_seed, seed, base, gray_level, devi
 )
 @click.option(
     "--reports",
+    callback=_writable,
     default="reports/demo",
     show_default=True,
     type=click.Path(path_type=str),

@@ -25,10 +25,10 @@ from retina_raf.presets import preset_model_fields
 
 # bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
 # raf_aligned: RAF at its fixed point (P by PCA, Q = W^T P^T); kp: Kolen-Pollack;
-# fa: feedback alignment; lowrank_fa: Q trained, P fixed random (DESIGN 4.1).
+# fa: feedback alignment; lowrank_fa: Q trained, P fixed random (docs/design.md#learning-rules).
 RULES = ("bp", "raf", "raf_pca", "raf_aligned", "kp", "fa", "lowrank_fa")
-# retina: the Lindsey retina/VVS CNN (DESIGN.md 5); mlp, vgg, vit: the networks of the paper's
-# Fig. 3 (DESIGN.md 7.1, retina_raf.nets)
+# retina: the Lindsey retina/VVS CNN (docs/design.md#model); mlp, vgg, vit: the networks of the
+# paper's Fig. 3 (docs/design.md#fig3-networks, retina_raf.nets)
 ARCHS = ("retina", "mlp", "vgg", "vit")
 
 
@@ -43,8 +43,8 @@ def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
 # --------------------------------------------------------------------------- sections
 @dataclass
 class ModelConfig:
-    """The network: the Lindsey retina/VVS CNN (DESIGN.md 5) or, with ``arch``, a network of the
-    paper's Fig. 3 (DESIGN.md 7.1); and each layer's learning rule."""
+    """The network: the Lindsey retina/VVS CNN (docs/design.md#model) or, with ``arch``, a network
+    of the paper's Fig. 3 (docs/design.md#fig3-networks); and each layer's learning rule."""
 
     in_channels: int = spec(1, low=1, high=3, doc="input channels (1: grayscale)")
     image_size: int = spec(32, low=8, high=512)
@@ -141,7 +141,7 @@ class ModelConfig:
 class TrainConfig:
     """The optimization recipe (paper appendix C) and the hardware settings."""
 
-    epochs: int = spec(120, low=0, high=100000)
+    epochs: int = spec(120, low=1, high=100000)
     batch_size: int = spec(64, low=1, high=65536)
     optimizer: str = spec("rmsprop", choices=("rmsprop", "adam", "sgd"))
     lr: float = spec(1e-4, low=1e-12, high=10.0)
@@ -433,6 +433,11 @@ def check_run_config(cfg: RunConfig) -> None:
             )
     if m.kernel_size % 2 == 0:
         raise ConfigError(f"model.kernel_size: {m.kernel_size} must be odd (same padding)")
+    if "bottleneck" in (cfg.preset or "") and m.n_bn > m.retina_channels:
+        raise ConfigError(
+            f"model.n_bn: a bottleneck of {m.n_bn} channels is wider than the retina's "
+            f"{m.retina_channels} (allowed: 1 to {m.retina_channels})"
+        )
     widths = layer_out_widths(m)
     for table in ("layer_rule", "layer_rank"):
         for name, value in getattr(m, table).items():

@@ -1,13 +1,13 @@
-"""Grayscale CIFAR-10: loading, the embedded sample, and batched augmentation (DESIGN.md 6).
+"""Grayscale CIFAR-10: loading, the embedded sample, and batched augmentation (docs/design.md#data).
 
 Images are kept as uint8 grayscale arrays ``(N, 32, 32)`` (exactly what the shared
 ``cifar10_gray_uint8.npz`` holds) and become floats in [0, 1] only per batch, so the whole
 training set fits on a GPU as one uint8 tensor and augmentation runs there.
 
-The Fig. 3 networks (DESIGN.md 7.1) read the same sources in colour: ``rgb=True`` keeps
-``(N, 32, 32, 3)``; :func:`load_cifar100` reads torchvision's CIFAR-100 (fine labels), and
-:func:`select_classes` keeps a subset of the classes, relabelled 0..d-1 (the offline
-stand-in for the paper's CIFAR-100 subsets of Fig. 3c).
+The Fig. 3 networks (docs/design.md#fig3-networks) read the same sources in colour:
+``rgb=True`` keeps ``(N, 32, 32, 3)``; :func:`load_cifar100` reads torchvision's CIFAR-100
+(fine labels), and :func:`select_classes` keeps a subset of the classes, relabelled 0..d-1
+(the offline stand-in for the paper's CIFAR-100 subsets of Fig. 3c).
 
 Sources accepted by :func:`load_cifar10`:
 

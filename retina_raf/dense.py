@@ -20,10 +20,9 @@ and values unchanged):
   takes it as it is. A gradient in another layout than its parameter is copied into the
   parameter's layout by autograd (134 MB for fc_1) or slows the optimizer.
 
-Measured in one process, the two layouts interleaved (``python benchmarks/dense_layout.py``,
-AMD EPYC, batch 64, float32): a whole ``bp`` training step takes 0.88-0.93x the row-major
-layout's time on 2 threads, 0.94-1.06x on 1 (fc_1 alone 0.83-0.93x). On CUDA both layouts
-are cuBLAS calls with a transpose flag.
+``python benchmarks/dense_layout.py`` times the two layouts interleaved in one process
+(docs/performance.md#parts): column-major is the faster on a CPU. On CUDA both layouts are
+cuBLAS calls with a transpose flag.
 
 :func:`column_major` lays a weight out this way; :func:`input_gradient` and
 :func:`weight_gradient` are the two backward products, shared with

@@ -1,6 +1,6 @@
 """Convolution in the frequency domain: ``F.conv2d`` for large kernels at a fraction of the cost.
 
-What is computed (DESIGN.md 4.2, "Convolution implementation"): the 'same'-padded, stride-1,
+What is computed (docs/design.md#fft-convolution): the 'same'-padded, stride-1,
 dilation-1, groups-1 cross-correlation of nn.Conv2d, for an odd kernel k = 2p + 1,
 
     z[b, m, y, x] = sum_{n, i, j} W[m, n, i, j] h[b, n, y + i - p, x + j - p]   (h = 0 outside)
@@ -107,8 +107,8 @@ def map_spectrum(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
     def transform(start: int, stop: int) -> None:
         # Written straight into the frequency-major layout through a permuted view: the FFT's
-        # strided output costs less than a transposing copy of a (b, c, ...) spectrum (8.6 ->
-        # 7.1 ms for 64 x 32 maps on a 36 x 36 grid, 2 threads).
+        # strided output costs less than a transposing copy of a (b, c, ...) spectrum
+        # (docs/performance.md#parts).
         out = spectrum[:, :, start:stop].permute(2, 3, 0, 1)
         torch.fft.rfft2(maps[start:stop], s=grid, out=out)
 
@@ -130,8 +130,8 @@ def spectrum_to_maps(
 ) -> torch.Tensor:
     """Frequency-major (F, b, c) -> real maps (b, c, H, W): irfft2 on the grid, crop to size."""
     _, b, c = spectrum.shape
-    # Two 1-D passes instead of irfft2 (the same numbers; on a CPU its 2-D complex-to-real
-    # transform is about 1.7x slower, MKL at 36 x 36): the row pass runs on the
+    # Two 1-D passes instead of irfft2 (the same numbers; on a CPU MKL's 2-D complex-to-real
+    # transform is slower at 36 x 36, docs/performance.md#parts): the row pass runs on the
     # frequency-major layout itself (no transposed copy of the spectrum) and keeps only the
     # rows in the window, the column pass transforms those and is cropped in turn.
     frequency_major = spectrum.view(grid[0], grid[1] // 2 + 1, b, c)
@@ -151,14 +151,13 @@ def spectrum_to_maps(
 
 # ------------------------------------------------------------------ batch-parallel transforms
 # On a CPU, MKL's threading of these small batched transforms (36 x 36 points, a few thousand
-# per call) is poor and erratic: with 2 threads, one 64 x 32-map forward transform took 9 ms in
-# one process and 31 ms in another, against 11-14 ms on one thread. The maps are independent,
-# so the batch is split instead: each of torch's threads transforms its share single-threaded,
-# into its slice of one output (6.5-7 ms; the inverse 5-7.5 ms against 7-8). A whole bp
-# training step on 2 threads (benchmarks/batch_split.py): 0.93-1.03x the one-call time in 7 of
-# 8 processes, 1.11x in one; raf-r2 0.87-1.02x. Each map gets the same transform; MKL may order
-# its sums differently for another batch size (1e-12 relative in float64, tests). With one
-# thread, under torch.compile and on a GPU a transform runs in one call.
+# per call) is poor and erratic: with 2 threads the same transform can take several times
+# longer in one process than in another, and longer than on one thread. The maps are
+# independent, so the batch is split instead: each of torch's threads transforms its share
+# single-threaded, into its slice of one output (benchmarks/batch_split.py; measurements in
+# docs/performance.md#parts). Each map gets the same transform; MKL may order its sums
+# differently for another batch size (1e-12 relative in float64, tests). With one thread, under
+# torch.compile and on a GPU a transform runs in one call.
 BATCH_PARALLEL = True  # False: every transform in one call (benchmarks compare the two)
 _transform_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
@@ -374,16 +373,14 @@ def choose_conv_impl(impl: str, weight_shape, image_size, device, dtype=None) ->
         dtype: the dtype the convolution computes in, where it is not the autocast dtype
             (a backward pass of bf16 tensors runs with autocast off).
 
-    The ``auto`` rule, measured with ``benchmarks/conv_impl.py`` (forward + both gradients,
-    batch 64, 32 x 32 images, AMD EPYC, 2 CPU threads, direct / fft time): on a CPU the FFT
-    wins for kernels of 7 and more with at least 4 input channels (9 x 9: 32 -> 32 1.7-1.9x,
-    32 -> 1 3x, 4 -> 32 1.9x; 7 x 7, 32 -> 32 1.1x) and loses for 5 x 5 (0.7x), 3 x 3 (0.3x)
-    and one input channel (retina_1, 9 x 9: 0.45x; two input channels break even). On CUDA,
-    cuDNN chooses among its own algorithms (FFT ones included) under ``cudnn.benchmark``, so
-    ``auto`` keeps the direct path there. Under CPU bf16 autocast ``auto`` convolves directly:
-    CPU FFTs have no bf16 and stay float32, while oneDNN's bf16 convolutions run on the bf16
-    units (``benchmarks/train_throughput.py``, a whole ``raf-r2@bp`` step, 1 thread, Intel Xeon
-    with AMX: bf16 direct 0.52x the float32 ``auto`` step, bf16 with the FFT 1.02x).
+    The ``auto`` rule follows ``benchmarks/conv_impl.py`` (forward + both gradients, batch 64,
+    32 x 32 images; docs/performance.md#parts): on a CPU the FFT wins for kernels of 7 and more
+    with at least 4 input channels and loses for 5 x 5 and smaller kernels and for one input
+    channel (retina_1). On CUDA, cuDNN chooses among its own algorithms (FFT ones included)
+    under ``cudnn.benchmark``, so ``auto`` keeps the direct path there. Under CPU bf16 autocast
+    ``auto`` convolves directly: CPU FFTs have no bf16 and stay float32, while oneDNN's bf16
+    convolutions run on the bf16 units, which makes a whole step about twice as fast
+    (``benchmarks/train_throughput.py``; docs/performance.md#bf16-autocast-on-the-cpu).
     """
     if impl != "auto":
         return impl

@@ -1,30 +1,29 @@
 """The paper's linear-network theory (section 3, appendix A, Fig. 2).
 
+The same in prose: docs/design.md#linear-theory.
+
 Task: ``y = A x + noise`` with ``x ~ N(0, I_n)``, Gaussian output noise of standard deviation
 ``noise_std`` (paper: 1) and ``A = sum_j s_j u_j v_j^T`` of rank d, built from random
 (orthonormalised Gaussian) directions u_j (m), v_j (n). Network ``y_hat = W2 W1 x``
 (W1: k x n, W2: m x k). The error reaching the hidden layer is ``B e`` with
-``e = y - y_hat`` and feedback ``B = Q P`` (Q: k x r, P: r x m):
+``e = y - y_hat`` and feedback ``B = Q P`` (Q: k x r, P: r x m)::
 
-==================  ========  ================  ==============================
-rule                B         Q                 P
-==================  ========  ================  ==============================
-``"bp"``            ``W2^T``  --                --
-``"fa"``            ``Q P``   fixed random      fixed random
-``"lowrank_fa"``    ``Q P``   Kolen-Pollack     fixed random (Fig. 2b,c,f)
-``"raf"``           ``Q P``   Kolen-Pollack     Oja's subspace rule (Fig. 2d,e,g)
-==================  ========  ================  ==============================
+    rule          B      Q              P
+    "bp"          W2^T   --             --
+    "fa"          Q P    fixed random   fixed random
+    "lowrank_fa"  Q P    Kolen-Pollack  fixed random (Fig. 2b,c,f)
+    "raf"         Q P    Kolen-Pollack  Oja's subspace rule (Fig. 2d,e,g)
 
 ``"fa"`` takes any rank r (r = m: the classic full-rank FA; r < m: low-rank FA with Q fixed
-too). Updates (DESIGN.md section 3, paper eqs. 4, 7, 8), averaged over a minibatch of fresh
-samples, all computed from the weights before the step:
+too). Updates (paper eqs. 4, 7, 8), averaged over a minibatch of fresh samples, all computed
+from the weights before the step:
 
     dW1 = lr * Q P e x^T
     dW2 = lr * (e x^T W1^T - weight_decay * W2)
     dQ  = lr * (W1 x (P e)^T - weight_decay * Q)
     dP  = lr * (P y y^T (I - P^T P) - weight_decay * P)
 
-so DESIGN's per-step decay ``lambda`` is ``lr * weight_decay`` (torch's SGD convention) and
+so the per-step decay ``lambda`` is ``lr * weight_decay`` (torch's SGD convention) and
 ``weight_decay`` is the ``lambda`` of the continuous-time equations. With time
 ``t = lr * step`` (``tau = 1``) the mean of these updates is the ODE of paper eqs. (5), (9),
 (10) / (A49) in the basis of ``Sigma_io = A = U S V^T`` (``W1 = W1_bar V^T``, ``W2 = U W2_bar``,
@@ -213,9 +212,8 @@ def init_weights(cfg: TheoryConfig) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- products
 # OpenBLAS runs a product of M*N*K <= 4 * 65536 multiply-adds on one thread and splits larger
-# ones over threads. For products this small threads only cost: on a machine whose cores are
-# busy a 64x64 @ 64x128 product took 6-10x longer than the same product in two single-thread
-# halves (measured on the 2-core development machine). So big products go in column blocks.
+# ones over threads. For products this small threads only cost, most of all on a machine whose
+# cores are busy (docs/performance.md#linear-theory). So big products go in column blocks.
 _SINGLE_THREAD_MACS = 4 * 65536
 
 
@@ -341,7 +339,7 @@ def simulate(rule: str, rank: int | None = None, progress: bool = False, **param
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc=f"simulate {cfg.rule} r={cfg.rank}", leave=False)
+        steps = tqdm(steps, desc=f"simulate {cfg.rule} r={cfg.rank}", leave=False, disable=None)
     with _divergence_is_run_error(cfg, "lr"):
         for step in steps:
             if step in record_at:
@@ -473,7 +471,7 @@ def figure2_data(
     if progress:
         from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="Fig. 2 runs", unit="run")
+        jobs = tqdm(jobs, desc="Fig. 2 runs", unit="run", disable=None)  # None: terminals only
     results = {}
     for label, source, seed in jobs:
         rule, rank = runs[label]

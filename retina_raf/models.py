@@ -1,4 +1,6 @@
-"""The Lindsey et al. (2019) retina/VVS network with per-layer learning rules (DESIGN.md 5).
+"""The Lindsey et al. (2019) retina/VVS network with per-layer learning rules.
+
+The design: docs/design.md#model.
 
 ::
 
@@ -99,7 +101,7 @@ def _make_linear(cfg: ModelConfig, name: str, n_in: int, n_out: int) -> nn.Linea
 
 
 class RetinaNet(nn.Module):
-    """The retina/VVS CNN of DESIGN.md 5, configured by a :class:`ModelConfig`.
+    """The retina/VVS CNN (docs/design.md#model), configured by a :class:`ModelConfig`.
 
     Input: (B, in_channels, S, S) images (S = ``image_size``); output: (B, num_classes)
     logits. ``activation(x, layer)`` gives any named layer's post-nonlinearity activation.
@@ -131,7 +133,8 @@ class RetinaNet(nn.Module):
     def _glorot_init(self) -> None:
         """Keras' default (Lindsey et al.'s code): Glorot-uniform W, zero biases.
 
-        Only the forward weights change; Q and P keep their Kaiming-uniform init (DESIGN 4.1).
+        Only the forward weights change; Q and P keep their Kaiming-uniform init
+        (docs/design.md#learning-rules).
         """
         for block in self.layers.values():
             layer = block.conv if hasattr(block, "conv") else block.linear
@@ -218,7 +221,7 @@ def build_model(
     """The model of a preset (``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bottleneck-<k>``).
 
     Args:
-        preset: a condition of the paper (DESIGN.md 5).
+        preset: a condition of the paper (docs/design.md#model).
         others: rule of the layers the condition does not constrain: ``raf`` or ``bp``.
         seed: seeds the weight initialization (``None``: the current torch RNG).
         **overrides: :class:`~retina_raf.config.ModelConfig` fields, e.g. ``n_bn=4``.

@@ -2,7 +2,7 @@
 
 Each is built from plain ``nn.Linear`` / ``nn.Conv2d`` layers, then :func:`convert` gives
 every layer its learning rule and feedback rank, so the same code trains them with backprop,
-RAF or any rule of :mod:`retina_raf.feedback` (DESIGN.md 7.1)::
+RAF or any rule of :mod:`retina_raf.feedback` (docs/design.md#fig3-networks)::
 
     mlp   flatten -> fc_1 .. fc_L (hidden_units each, ReLU) -> fc_{L+1} (logits)
           paper: L = 4 hidden layers of 512 (Fig. 3a-d), and of 64 (the narrow net of 3b)

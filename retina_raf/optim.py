@@ -22,8 +22,8 @@ gradient itself (overwritten by its own value), with weight decay a scratch buff
 kernel's vectorised loop (fused multiply-adds) differs from torch's separate passes, by about
 an ulp per step (float64: 1e-14 relative after 20 steps, tests).
 
-``python benchmarks/rmsprop_step.py`` (fc_1's 33.5 M float32 weights, 2 threads, AMD EPYC,
-four runs): 9-14 ms per step, 3.0-3.6x torch's RMSprop (33-45 ms). State (``step``,
+``python benchmarks/rmsprop_step.py`` times it against torch's RMSprop on fc_1's 33.5 M
+weights (docs/performance.md#parts): several times faster on a CPU. State (``step``,
 ``square_avg``) and ``state_dict`` are torch's RMSprop's: checkpoints move freely between the
 two. What Adam's form does not cover (momentum, centered, maximize, differentiable,
 capturable, complex, sparse, overlapping or gaps in memory, a gradient in another layout than

@@ -1,4 +1,4 @@
-"""The paper's conditions (DESIGN.md section 5) as presets of the retina model.
+"""The paper's conditions (docs/design.md#model) as presets of the retina model.
 
 A preset is a function of its name that fills model fields of
 :class:`~retina_raf.config.ModelConfig`: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``,
@@ -44,7 +44,7 @@ READOUT_RULE = "bp"
 
 
 def preset_model_fields(preset: str, others: str = "raf") -> dict:
-    """The model fields a preset sets (DESIGN.md 5).
+    """The model fields a preset sets (docs/design.md#model).
 
     Args:
         preset: ``bp``, ``bp-bottleneck-<k>``, ``raf-r<k>``, ``draf-bottleneck-<k>`` or

@@ -1,4 +1,4 @@
-"""Run folders (DESIGN.md 7): the one module that knows what a run folder holds.
+"""Run folders (docs/cli.md#run-folders): the one module that knows what a run folder holds.
 
 Training (:mod:`retina_raf.train`), sweeps (:mod:`retina_raf.sweep`) and the analysis
 (:mod:`analysis.results`, :mod:`analysis.rf`) all read and write run folders through this

@@ -1,4 +1,4 @@
-"""Experiment grids and the executors that train them (DESIGN.md 10).
+"""Experiment grids and the executors that train them (docs/design.md#sweeps).
 
 An experiment file (schema: :class:`ExperimentConfig`, defined and validated here) is a grid of
 presets x ranks x grid overrides x seeds, or several such grids under one set of seeds
@@ -72,7 +72,7 @@ STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
 
 
 # ------------------------------------------------------------------- experiment files
-# An experiment file (DESIGN.md 10) is a grid: presets x ranks x seeds x grid overrides.
+# An experiment file (docs/cli.md#sweeps) is a grid: presets x ranks x seeds x grid overrides.
 # ``retina_raf.sweep`` expands it into runs; this section only reads and validates it.
 @dataclass
 class SlurmConfig:
@@ -103,7 +103,7 @@ class ExperimentConfig:
 
     name: str = spec("", doc="experiment name (default: the file's stem)")
     description: str = spec("")
-    presets: list = spec([], doc="preset names (DESIGN.md 5), at least one")
+    presets: list = spec([], doc="preset names (docs/design.md#model), at least one")
     unconstrained_rule: str = spec(
         "raf",
         choices=("raf", "bp"),
@@ -579,7 +579,10 @@ class SweepReport:
     def summary(self) -> str:
         counts = {s: list(self.states.values()).count(s) for s in STATES}
         parts = [f"{n} {s}" for s, n in counts.items() if n]
-        lines = [f"{len(self.states)} runs in {self.out}: " + ", ".join(parts)]
+        lines = [
+            f"{len(self.states)} run{'s' if len(self.states) != 1 else ''} in {self.out}: "
+            + ", ".join(parts)
+        ]
         for rid in self.failed:
             reason = self.reasons.get(rid, self.states[rid])
             logs = ", ".join(self.logs.get(rid, [])) or "no log"
@@ -880,7 +883,8 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     write_text(experiment_yaml(exp), out / "experiment.yaml")
     print(
-        f"{exp.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running or queued, "
+        f"{exp.name}: {len(runs)} run{'s' if len(runs) != 1 else ''}, "
+        f"{len(runs) - len(todo)} finished, running or queued, "
         f"{len(todo)} to train ({executor})",
         flush=True,
     )
@@ -936,7 +940,10 @@ def dry_run(exp: ExperimentConfig, out: Path) -> str:
         extra = f"  (job {queued[run.run_id]})" if state == "queued" else extra
         lines.append(f"{run.run_id:<{width}}  {state:<11}  {run_dir(out, run)}{extra}")
     counts = [f"{sum(line.split()[1] == s for line in lines)} {s}" for s in STATES]
-    lines.append(f"{len(runs)} runs: " + ", ".join(c for c in counts if not c.startswith("0 ")))
+    lines.append(
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''}: "
+        + ", ".join(c for c in counts if not c.startswith("0 "))
+    )
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Training runs (DESIGN.md 7): one (preset, seed, config) -> one run folder.
+"""Training runs (docs/design.md#training): one (preset, seed, config) -> one run folder.
 
 The folder's layout, its id, what "finished" means, the lock and every load and save
 belong to :mod:`retina_raf.runs`; this module trains. Running the same run again resumes it
@@ -82,8 +82,8 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
     RMSprop is :class:`~retina_raf.optim.FusedRMSprop`: torch's update and state, computed
     in one pass per tensor by torch's fused Adam kernel at beta1 = 0. Adam is torch's fused
     implementation (one kernel per step over all parameters, on the CPU as on a GPU): the
-    same update and state as its default loop, which does five passes per tensor and was
-    half the MLP's step.
+    same update and state as its default loop, which makes five passes over every tensor
+    (docs/performance.md#fig3).
     """
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -443,7 +443,7 @@ def _already_finished(run_dir: Path, cfg: RunConfig, log) -> bool:
     done = runs.finished_epochs(run_dir)
     if done < cfg.train.epochs:
         return False  # more epochs asked for: the run is extended from its checkpoint
-    log(f"{run_dir}: already finished ({done} epochs); not retrained")
+    log(f"{run_dir}: already finished ({done} epoch{'s' if done != 1 else ''}); not retrained")
     return True
 
 
@@ -480,7 +480,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
     rows: list[dict] = []
     partial = None
     if state is None:
-        log(f"{run_dir}: training {epochs} epochs on {device}")
+        log(f"{run_dir}: training {epochs} epoch{'s' if epochs != 1 else ''} on {device}")
     else:
         # loaded on the CPU: load_state_dict copies into the model's (and optimizer's) device
         model.load_state_dict(state["model"])
@@ -548,7 +548,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
         raise
     runs.save_model(run_dir, model.state_dict(), cfg)
     runs.mark_finished(run_dir, len(rows))
-    log(f"{run_dir}: finished {len(rows)} epochs")
+    log(f"{run_dir}: finished {len(rows)} epoch{'s' if len(rows) != 1 else ''}")
     return run_dir
 
 

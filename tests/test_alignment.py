@@ -76,3 +76,25 @@ def test_the_command_prints_one_row_per_run(raf_run, run_cli):
     assert code == 0, err
     lines = printed.strip().splitlines()
     assert len(lines) == 4 and lines[2].startswith(f"| {raf_run.name} | 2 |")
+
+
+def test_the_command_takes_the_runs_of_an_experiment_that_learn_their_feedback(tmp_path, run_cli):
+    """--experiment: the runs whose vvs_1 learns Q (raf-r2), not backprop's, not a run
+    without a checkpoint."""
+    from retina_raf.sweep import expand, load_experiment
+
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        "name: kp\npresets: [raf-r2, bp, raf-r4]\nunconstrained_rule: bp\nseeds: [0]\n"
+        "overrides:\n  model: {retina_channels: 4, vvs_channels: 4, vvs_layers: 1, "
+        "kernel_size: 5, fc_units: 16}\n  train: {epochs: 1, batch_size: 50, progress: false}\n"
+        "  data: {train_limit: 100, test_limit: 50}\n"
+    )
+    out = tmp_path / "runs"
+    raf, bp, _ = expand(load_experiment(experiment))  # raf-r4 is never trained
+    for run in (raf, bp):
+        train(run.config(), out, name=run.run_id, log=lambda m: None)
+    code, printed, err = run_cli("kp-decay", "--experiment", experiment, "--runs-dir", out)
+    assert code == 0, err
+    rows = printed.strip().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {raf.run_id}"]

@@ -1,4 +1,4 @@
-"""Data (DESIGN.md 6): the loader on the real set, the torchvision folder format, the
+"""Data (docs/design.md#data): the loader on the real set, the torchvision folder format, the
 embedded sample, batched augmentation, and one-line errors for bad input."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Named data sets (DESIGN.md 6): `data: cifar10-gray` resolves in the data root (--data-root,
-else RETINA_RAF_DATA, else data/), `retina-raf data fetch cifar10` writes the files those
-names stand for, and neither the root nor the name changes a run's id or its config."""
+"""Named data sets (docs/design.md#data): `data: cifar10-gray` resolves in the data root
+(--data-root, else RETINA_RAF_DATA, else data/), `retina-raf data fetch cifar10` writes the
+files those names stand for, and neither the root nor the name changes a run's id or its
+config."""
 
 from __future__ import annotations
 

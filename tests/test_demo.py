@@ -1,4 +1,4 @@
-"""The demo pipeline end to end (issue 7, `make demo`): train three conditions on the embedded
+"""The demo pipeline end to end (`make demo`): train three conditions on the embedded
 sample, map and measure the retina RFs, write one results dataset and render the
 compare_ranks and rf_atlas reports. Here at a tiny size; the real demo only differs in its
 settings (analysis.pipeline.DEMO_SETTINGS)."""

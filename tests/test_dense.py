@@ -4,7 +4,7 @@ Claims: ColumnMajorLinear is nn.Linear (init, forward, all three gradients, stat
 W stored column-major; its W.grad comes in W's own layout, so autograd keeps it as it is and
 the fused optimizer step takes it; RAFLinear computes the same gradients in these forms; the
 optimizer on a column-major parameter is torch's RMSprop, and resumes bit for bit from a
-row-major square_avg (a checkpoint written before the layout changed).
+row-major square_avg (a checkpoint of a row-major fc_1).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def test_fused_rmsprop_on_a_column_major_parameter_is_torch_rmsprop(weight_decay
 
 
 def test_fused_rmsprop_resumes_bit_for_bit_from_a_row_major_square_avg():
-    """A checkpoint whose square_avg is row-major (fc_1 before the layout changed) resumes a
+    """A checkpoint whose square_avg is row-major (a row-major fc_1's) resumes a
     column-major parameter exactly as if the state had been column-major all along."""
     torch.manual_seed(5)
     param = nn.Parameter(column_major(torch.randn(30, 20)))

@@ -1,4 +1,4 @@
-"""The learning rules of DESIGN.md section 4: RAF, KP, FA layers, their gradients and rules.
+"""The learning rules (docs/design.md#learning-rules): RAF, KP, FA layers, their gradients.
 
 Every test names the claim it checks. Sizes are tiny; float64 where exact identities are
 checked.
@@ -388,7 +388,7 @@ def test_kolen_pollack_with_weight_decay_aligns_feedback_with_forward_weights():
 
 def test_low_rank_kolen_pollack_update_drives_q_to_w_transpose_p_transpose():
     """With P fixed at rank r < m, Q's update plus weight decay on W and Q drives Q to W^T P^T,
-    i.e. B = Q P -> W^T P^T P (DESIGN 4.1), here for a conv layer fitting a teacher conv."""
+    i.e. B = Q P -> W^T P^T P (docs/design.md#learning-rules-linear), here for a conv layer."""
     torch.manual_seed(0)
     teacher = nn.Conv2d(3, 8, 3, padding=1)
     layer = RAFConv2d(3, 8, 3, padding=1, rank=2, p_rule="fixed")
@@ -408,7 +408,7 @@ def test_low_rank_kolen_pollack_update_drives_q_to_w_transpose_p_transpose():
 @pytest.mark.parametrize("kind", ["linear", "conv-direct", "conv-fft"])
 def test_raf_aligned_sends_backprops_error_projected_onto_the_errors_top_subspace(kind):
     """raf_aligned is RAF at its fixed point: P spans the error's top-r principal subspace
-    (PCA rule) and Q = W^T P^T, so the input receives W^T P^T P delta (DESIGN 4.1), for the W
+    (PCA rule) and Q = W^T P^T, so the input receives W^T P^T P delta (docs/design.md), for the W
     of the same forward pass, in the direct and the FFT convolution alike."""
     torch.manual_seed(0)
     if kind == "linear":

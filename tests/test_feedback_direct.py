@@ -1,4 +1,4 @@
-"""Direct restricted adaptive feedback (dRAF, DESIGN.md 4.3): taps, injections, gradients."""
+"""Direct restricted adaptive feedback (dRAF, docs/design.md#direct-feedback): taps, gradients."""
 
 from __future__ import annotations
 

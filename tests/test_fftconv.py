@@ -1,4 +1,4 @@
-"""FFT convolution (DESIGN.md 4.2) and the rest of the speed work: what is fast must be exact.
+"""FFT convolution (docs/design.md#fft-convolution) and the other speed work: fast must be exact.
 
 Claims: the frequency-domain convolution computes what ``F.conv2d`` computes (forward, input
 gradient, weight gradient) for the geometries it accepts; RAF in the frequency domain equals
@@ -144,7 +144,7 @@ def test_full_rank_raf_with_identity_p_and_copied_q_is_backprop_with_fft():
 
 @pytest.mark.parametrize("conv_impl", ["direct", "fft"])
 def test_q_grad_by_einsum_equals_the_weight_gradient_convolution_of_p_delta(conv_impl):
-    """KP's q.grad = conv2d_weight(h, Q.shape, P delta) (DESIGN 4.2), computed as
+    """KP's q.grad = conv2d_weight(h, Q.shape, P delta) (docs/design.md#learning-rules-conv2d), as
     sum_m P_rm W.grad_m, in both implementations."""
     torch.manual_seed(0)
     layer = RAFConv2d(3, 6, 5, padding=2, rank=2, conv_impl=conv_impl, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The paper's Fig. 3 beyond the networks (issue 12): RGB, CIFAR-100 and class-subset data,
+"""The paper's Fig. 3 beyond the networks: RGB, CIFAR-100 and class-subset data,
 the model.arch switch in run configs (the retina unchanged), experiments of several
 conditions, the six experiment files, the accuracy results and their notebook."""
 
@@ -153,7 +153,7 @@ def test_adam_with_amsgrad():
 
 
 def test_fused_adam_follows_torchs_default_adam_and_resumes_from_its_state():
-    """Adam runs as torch's fused kernel (issue 12: it was half the MLP's step); its
+    """Adam runs as torch's fused kernel (docs/performance.md#fig3); its
     trajectory is the default loop's (AMSGrad, weight decay) to float64 rounding, and a copy
     loaded from its state dict mid-run continues it exactly."""
     cfg = resolve_run_config("bp", 0, {**MLP_RGB, "train": {

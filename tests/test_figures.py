@@ -1,4 +1,4 @@
-"""Figure panels (DESIGN.md section 12): one style, editable vector text, journal widths,
+"""Figure panels (docs/design.md#reports): one style, editable vector text, journal widths,
 and the paper-style panels drawn from a results dataset (section 11 schema)."""
 
 from __future__ import annotations

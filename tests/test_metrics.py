@@ -1,4 +1,4 @@
-"""RF shape metrics and rf_class (DESIGN.md section 9, issue 6) on synthetic RFs."""
+"""RF shape metrics and rf_class (docs/design.md#rf-metrics) on synthetic RFs."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_batched_levenberg_marquardt_reaches_scipy_least_squares_optimum():
 
 
 def test_osi_near_zero_for_concentric_dogs_and_near_one_for_long_gratings():
-    """DESIGN 9: OSI is 0 for isotropic RFs and ~1 for a grating."""
+    """OSI is 0 for isotropic RFs and ~1 for a grating."""
     rng = np.random.default_rng(0)
     dogs = [
         syn.dog(sigma_center=s, sigma_surround=s * r, surround_strength=w,
@@ -125,7 +125,7 @@ def test_osi_near_zero_for_concentric_dogs_and_near_one_for_long_gratings():
 
 
 def test_preferred_orientation_of_gabors_recovered_within_5_degrees():
-    """Issue 6: a Gabor's preferred orientation (its bars') is recovered within 5 degrees,
+    """A Gabor's preferred orientation (its bars') is recovered within 5 degrees,
     by the spectrum, the bar bank (11.25 deg steps: within half a step) and the fit."""
     rng = np.random.default_rng(1)
     n = 24
@@ -156,7 +156,7 @@ def test_orientation_convention_horizontal_vertical_and_45_degrees():
 
 
 def test_symmetry_near_one_for_concentric_dogs_clearly_lower_for_gabors():
-    """DESIGN 9: radial symmetry ~1 for center-surround RFs, low for oriented ones."""
+    """Radial symmetry ~1 for center-surround RFs, low for oriented ones."""
     rng = np.random.default_rng(2)
     dogs = [
         syn.dog(sigma_center=s, sigma_surround=s * 2.5, surround_strength=0.8,
@@ -243,7 +243,7 @@ def test_gabor_fit_recovers_generating_parameters_of_clean_gabors():
 
 
 def test_classification_accuracy_on_held_out_synthetic_rfs(held_out, capsys):
-    """DESIGN 9: the calibrated classifier is nearly always right on labelled synthetic RFs
+    """The calibrated classifier is nearly always right on labelled synthetic RFs
     at moderate noise drawn with another seed than the calibration's (>= 95%)."""
     rfs, ds = held_out
     truth, predicted = rfs["label"].values, ds["rf_class"].values
@@ -496,7 +496,7 @@ def test_cli_metrics_refuses_to_overwrite_its_input(tmp_path, run_cli):
 
 
 def test_metrics_of_dask_backed_rfs_stay_lazy_and_match_numpy():
-    """Issue 13: rf_metrics goes through xr.apply_ufunc, so RFs opened with dask
+    """rf_metrics goes through xr.apply_ufunc, so RFs opened with dask
     (open_mfdataset) give lazy metrics, equal to the in-memory ones once computed."""
     rfs = syn.synthetic_rfs(counts=dict(dog=6, gabor=6, noise=4), seed=5)
     eager = metrics.rf_metrics(rfs)
@@ -510,7 +510,7 @@ def test_metrics_of_dask_backed_rfs_stay_lazy_and_match_numpy():
 
 
 def test_metric_units_are_udunits_strings():
-    """Issue 13: every unit is a UDUNITS string (`udunits2 -H` parses it); pixels, which
+    """Every unit is a UDUNITS string (`udunits2 -H` parses it); pixels, which
     UDUNITS lacks, are "1" and say so in the long name."""
     ds = metrics.rf_metrics(syn.synthetic_rfs(counts=dict(dog=2, gabor=2), seed=1))
     units = {name: v.attrs["units"] for name, v in ds.data_vars.items() if "units" in v.attrs}

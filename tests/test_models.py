@@ -1,4 +1,5 @@
-"""The retina/VVS model (DESIGN.md 5): presets, layer access, and what error reaches the retina."""
+"""The retina/VVS model (docs/design.md#model): presets, layer access, and what error reaches
+the retina."""
 
 from __future__ import annotations
 

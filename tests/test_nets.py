@@ -1,4 +1,4 @@
-"""The Fig. 3 networks (issue 12, DESIGN.md 7.1): the MLP, the VGG-like CNN of Table C1 and
+"""The Fig. 3 networks (docs/design.md#fig3-networks): the MLP, the VGG-like CNN of Table C1 and
 the ViT of appendix C have the paper's shapes and parameter counts, take any rule and rank
 per layer (attention projections included), dRAF from the output or the penultimate layer,
 and a tiny training lowers the loss with backprop and with low-rank RAF."""

@@ -1,4 +1,4 @@
-"""The report notebooks (DESIGN.md 12, issue 7): rf_atlas, compare_ranks and training are
+"""The report notebooks (docs/design.md#reports): rf_atlas, compare_ranks and training are
 papermill templates that run on any results dataset of the analysis.results schema, export
 the panels they show, and stop at their first cell with a clear message on a bad parameter."""
 

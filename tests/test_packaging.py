@@ -1,4 +1,4 @@
-"""Packaging (issue 11): the declared dependencies match what the code imports and calls, and
+"""Packaging: the declared dependencies match what the code imports and calls, and
 the conda environment installs the package instead of repeating its dependency list."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Notebook reports (DESIGN.md section 12): ``retina-raf report NOTEBOOK -p key value``
+"""Notebook reports (docs/design.md#reports): ``retina-raf report NOTEBOOK -p key value``
 executes a papermill template into reports/<name>/ as an executed .ipynb plus HTML."""
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def test_failure_message_counts_cells_of_the_input_notebook():
 def test_report_shows_no_absolute_path_and_keeps_panels_in_its_folder(
     tmp_path, monkeypatch, capsys
 ):
-    """Issue 13: the executed report shows paths relative to the project (the kernel's
+    """The executed report shows paths relative to the project (the kernel's
     folder), not this machine's absolute ones, and `report --out X` puts the notebook's
     panels under X/<name>/figures, not ./reports/figures."""
     project = tmp_path / "project"

@@ -1,4 +1,4 @@
-"""Results as xarray (DESIGN.md 11): run folders combine into one dataset indexed by run."""
+"""Results as xarray (docs/results.md): run folders combine into one dataset indexed by run."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ UDUNITS = {"1", "degree", "radian", "s"}
 
 
 def test_results_index_runs_and_write_cf_netcdf(tmp_path):
-    """Issue 13: run coordinates are indexes (ds.sel(preset="raf-r2") works, after a round
+    """Run coordinates are indexes (ds.sel(preset="raf-r2") works, after a round
     trip too); the file has a Conventions attribute, UDUNITS units, and rf_class as CF
     flag_values/flag_meanings, read back as class names with the padding as ""."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""RF extraction (DESIGN.md section 8, issue 5) against ground truth computed by hand.
+"""RF extraction (docs/design.md#rf-extraction) against ground truth computed by hand.
 
 A first conv layer holding planted kernels has, for its center unit, an RF equal to the
 kernel placed around the center of the input grid (PyTorch convolutions are

@@ -1,6 +1,6 @@
-"""Run folders you can trust (issue 11): one owner (retina_raf.runs), one run id, one lock,
-SIGTERM checkpoints, resumes from checkpoints written on another device, bad input refused
-before anything is created, logs and provenance, checkpoints every N epochs."""
+"""Run folders you can trust (docs/cli.md#run-folders): one owner (retina_raf.runs), one run id,
+one lock, SIGTERM checkpoints, resumes from checkpoints written on another device, bad input
+refused before anything is created, logs and provenance, checkpoints every N epochs."""
 
 from __future__ import annotations
 

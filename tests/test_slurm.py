@@ -1,4 +1,4 @@
-"""The slurm executor on a real SLURM cluster (DESIGN.md 10): the same experiment file that
+"""The slurm executor on a real SLURM cluster (docs/cli.md#sweeps): the same experiment file that
 runs on a laptop runs unchanged as SLURM job arrays.
 
 CI starts a one-node cluster on localhost with ``.ci/slurm-up.sh``; there these tests must

@@ -1,8 +1,8 @@
-"""Statistics between conditions (DESIGN.md 12): the run (seed) is the unit, a Kruskal-Wallis
-test and a Jonckheere-Terpstra trend test across feedback ranks with exact permutation
-p-values (checked against independent enumerations, scipy and a textbook example), pairwise
-Mann-Whitney U with Holm correction shown only where the seeds allow significance, "n too
-small" instead of a meaningless p-value, and the per-condition summary table."""
+"""Statistics between conditions (docs/design.md#reports): the run (seed) is the unit, a
+Kruskal-Wallis test and a Jonckheere-Terpstra trend test across feedback ranks with exact
+permutation p-values (checked against independent enumerations, scipy and a textbook example),
+pairwise Mann-Whitney U with Holm correction shown only where the seeds allow significance, "n
+too small" instead of a meaningless p-value, and the per-condition summary table."""
 
 from __future__ import annotations
 

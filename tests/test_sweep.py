@@ -1,4 +1,4 @@
-"""Sweeps (DESIGN.md 10): experiment files expand into stable runs; a sweep trains each run
+"""Sweeps (docs/design.md#sweeps): experiment files expand into stable runs; a sweep trains each run
 once, skips finished runs, resumes interrupted ones, and concurrent sweeps never collide."""
 
 from __future__ import annotations

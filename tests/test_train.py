@@ -1,4 +1,5 @@
-"""Training runs (DESIGN.md 7): run folders, resume, atomic checkpoints, divergence, CLI."""
+"""Training runs (docs/design.md#training): run folders, resume, atomic checkpoints, divergence,
+CLI."""
 
 from __future__ import annotations
 

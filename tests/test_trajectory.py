@@ -219,5 +219,6 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(tmp_p
     assert code == 0, err
     assert "At epoch 0 " in printed and "At epoch 1 " in printed  # milestones some run reached
     assert "At epoch 9" not in printed and printed.count("| bp | 0 | training (1 of 2) |") == 3
+    assert printed.count("not started") == 1  # listed once, under each run's last epoch
     code, _, err = run_cli("trajectory", raf.run_id, "--experiment", experiment, "--out", path)
     assert code == 2 and "not both" in err

@@ -1,4 +1,4 @@
-"""Figure panels for papers (DESIGN.md section 12), in one publication style.
+"""Figure panels for papers (docs/design.md#reports), in one publication style.
 
 - :mod:`analysis.figures.style`: the style, palette, labels, journal widths and
   :func:`export_panel` (PDF, SVG, PNG, written atomically);

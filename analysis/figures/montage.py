@@ -1,4 +1,4 @@
-"""RF montages: the one function that draws a grid of receptive fields (DESIGN.md section 12).
+"""RF montages: the one function that draws a grid of receptive fields (docs/design.md#reports).
 
 :func:`plot_rf_montage` is used by ``retina-raf rfs`` (:func:`save_rf_montage`), by the
 paper panels (``retina-raf figures``) and by the ``rf_atlas`` notebook

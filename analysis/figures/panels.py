@@ -1,7 +1,7 @@
-"""The paper's panels from a results dataset (DESIGN.md section 12; paper Fig. 4).
+"""The paper's panels from a results dataset (docs/design.md#reports; paper Fig. 4).
 
-The plotting functions read the results dataset of ``analysis.results`` (DESIGN.md section
-11): dims ``run, channel, y, x, epoch`` (``layer`` for alignment), coordinates ``preset,
+The plotting functions read the results dataset of ``analysis.results`` (docs/results.md):
+dims ``run, channel, y, x, epoch`` (``layer`` for alignment), coordinates ``preset,
 rank, n_bn, seed, rule`` on ``run``, per-unit metrics on ``(run, channel)`` and per-epoch
 history on ``(run, epoch)``.
 

@@ -1,4 +1,4 @@
-"""The one publication style of every panel of the project (DESIGN.md section 12).
+"""The one publication style of every panel of the project (docs/design.md#reports).
 
 :func:`paper_style` (7-8 pt sans-serif text kept editable in PDF/SVG, thin spines), one
 palette with a fixed color per condition (:func:`condition_color`) and per RF class, the

@@ -1,4 +1,4 @@
-"""RF shape metrics and the center-surround / oriented classification (DESIGN.md section 9).
+"""RF shape metrics and the center-surround / oriented classification (docs/design.md#rf-metrics).
 
 The package has three parts: :mod:`~analysis.metrics.closed_form` (centers, OSI,
 orientedness, symmetry), :mod:`~analysis.metrics.fits` (DoG and Gabor fits) and

@@ -1,5 +1,5 @@
 """Classification of RFs into center-surround, oriented, unclassified and unresponsive
-(DESIGN.md section 9), from the metrics of :mod:`analysis.metrics`.
+(docs/design.md#rf-metrics), from the metrics of :mod:`analysis.metrics`.
 
 The rule (:data:`CLASS_RULE`) and its thresholds (:data:`DEFAULT_THRESHOLDS`, calibrated on
 labelled synthetic RFs by ``analysis.synthetic.calibrate_thresholds``) are documented in the

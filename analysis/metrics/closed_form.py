@@ -1,4 +1,4 @@
-"""Closed-form RF shape metrics (DESIGN.md section 9): no fitting, one batched numpy pass.
+"""Closed-form RF shape metrics (docs/design.md#rf-metrics): no fitting, one batched numpy pass.
 
 Every function takes standardized RFs ``z`` (n, H, W) (zero mean, unit variance: see
 :func:`standardize`) and returns per-RF arrays (n,): the RF center (energy centroid), the

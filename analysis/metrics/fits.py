@@ -1,4 +1,4 @@
-"""Least-squares fits of RFs (DESIGN.md section 9): a difference of Gaussians (DoG,
+"""Least-squares fits of RFs (docs/design.md#rf-metrics): a difference of Gaussians (DoG,
 center-surround) and a Gabor (oriented), with bounds and several starts per RF.
 
 :func:`fit_rfs` fits standardized RFs (n, H, W) and returns their R^2, BIC and named
@@ -6,7 +6,7 @@ parameters; :func:`derived_metrics` turns the fits into ``polarity``, ``surround
 and ``rf_size``. The solver is a bounded Levenberg-Marquardt batched over RFs and starts
 (:func:`levenberg_marquardt`), with analytic Jacobians that the models compute in float32.
 ``benchmarks/fit_solvers.py`` compares it with ``scipy.optimize.least_squares`` on the same
-RFs; the choice of solver follows that measurement (README, departures from DESIGN.md).
+RFs; the choice of solver follows that measurement (docs/departures.md#analysis).
 """
 
 from __future__ import annotations
@@ -323,7 +323,8 @@ def fit_rfs(z: np.ndarray, valid: np.ndarray, closed: dict, progress: bool = Fal
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=2 * len(idx), desc="fitting DoG + Gabor", unit="RF")
+            # disable=None: no bar when stderr is not a terminal (logs, pipes)
+            bar = tqdm(total=2 * len(idx), desc="fitting DoG + Gabor", unit="RF", disable=None)
         dog_starts = _dog_starts(data, rows, cols, cy, cx)
         dog_p, dog_rss = _fit_multistart(dog, data, dog_starts, dog_lower, dog_upper, progress=bar)
         angle_spectral = np.deg2rad(closed["orientation"][idx])

@@ -4,7 +4,8 @@ The docstrings are written for ``help()`` and editors as much as for the site, s
 objects the reStructuredText way (``:class:`~retina_raf.feedback.RAFLinear```) and end a
 paragraph that introduces a literal block with ``::``. Markdown has neither: this extension
 shows a role as inline code (its last component when the name starts with ``~``, its title
-for ``title <target>``) and turns a closing ``::`` into ``:``. mkdocs.yml loads it.
+for ``title <target>``), turns a closing ``::`` into ``:`` and makes the docstrings' references
+to the site's pages links. mkdocs.yml loads it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const):`([^`]+)`")
 LITERAL_BLOCK = re.compile(r"(?<=\S)::[ \t]*$", re.MULTILINE)
+# a page of the site named in a docstring; the API pages live in docs/api/, one level below the
+# pages, hence the "../" of the link (tests/test_docs.py checks every such page and anchor)
+DOC_REFERENCE = re.compile(r"(?<![\w/`])docs/((?:[\w-]+/)*[\w-]+\.md(?:#[\w-]+)?)")
 
 
 def _as_code(match: re.Match) -> str:
@@ -27,8 +31,10 @@ def _as_code(match: re.Match) -> str:
 
 
 def markdown_docstring(text: str) -> str:
-    """A docstring with its Sphinx roles as code spans and ``::`` before blocks as ``:``."""
-    return LITERAL_BLOCK.sub(":", ROLE.sub(_as_code, text))
+    """A docstring with its Sphinx roles as code spans, ``::`` before blocks as ``:``, and its
+    references to the pages (``docs/design.md#learning-rules``) as links."""
+    text = LITERAL_BLOCK.sub(":", ROLE.sub(_as_code, text))
+    return DOC_REFERENCE.sub(lambda m: f"[{m.group(0)}](../{m.group(1)})", text)
 
 
 class SphinxRoles(griffe.Extension):

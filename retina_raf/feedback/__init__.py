@@ -1,4 +1,4 @@
-"""Learning rules as PyTorch building blocks (DESIGN.md section 4).
+"""Learning rules as PyTorch building blocks (docs/design.md#learning-rules).
 
 Feedback layers are drop-in nn.Linear / nn.Conv2d replacements whose forward pass is unchanged
 and whose backward pass sends ``B delta`` with ``B = Q P`` (rank r) to the layer's input,

@@ -1,4 +1,6 @@
-"""RAFConv2d: nn.Conv2d whose input gradient is carried by r error channels (DESIGN.md 4.2).
+"""RAFConv2d: nn.Conv2d whose input gradient is carried by r error channels.
+
+The maths: docs/design.md#learning-rules-conv2d and docs/design.md#fft-convolution.
 
 Input h (b, n, H, W), weight W (m, n, kh, kw), error delta (b, m, H', W'):
 

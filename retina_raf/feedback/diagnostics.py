@@ -1,4 +1,4 @@
-"""How well a feedback pathway works (DESIGN.md 4.4): cheap, on demand, plain floats.
+"""How well a feedback pathway works (docs/design.md#diagnostics): cheap, on demand, floats.
 
 - alignment: angle (degrees) between B = Q P and W^T; 0 = backprop's direction, 90 = unrelated.
   Linear: B (n, m) against W^T (n, m). Conv: B as a kernel in W's layout,

@@ -1,4 +1,4 @@
-"""Direct restricted adaptive feedback (dRAF, DESIGN.md 4.3).
+"""Direct restricted adaptive feedback (dRAF, docs/design.md#direct-feedback).
 
 Layer l's activation a_l receives ``g_l = B_l(delta_s)`` in place of the gradient coming
 from layer l+1, where delta_s = dL/dz_s is the error at a later *source* z_s:

@@ -77,7 +77,7 @@ class RAFLinearFunction(torch.autograd.Function):
 
 
 class RAFLinear(FeedbackMixin, ColumnMajorLinear):
-    """nn.Linear with restricted adaptive feedback (DESIGN.md 4.1).
+    """nn.Linear with restricted adaptive feedback (docs/design.md#learning-rules-linear).
 
     Args:
         in_features, out_features, bias: as nn.Linear (same init; the same output to rounding,

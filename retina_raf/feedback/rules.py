@@ -2,7 +2,7 @@
 
 A feedback layer sends ``B delta`` to its input instead of ``W^T delta``, with ``B = Q P``:
 P (rank x m) projects the m-dimensional error onto ``rank`` channels, Q maps them back to the
-n inputs. Two switches define a rule (DESIGN.md 4.1):
+n inputs. Two switches define a rule (docs/design.md#learning-rules):
 
 - ``train_q``: Q follows the Kolen-Pollack update (True) or stays at its random init (False);
 - ``p_rule``: ``"oja"`` (Oja's subspace rule on the error), ``"pca"`` (P set to the top
@@ -163,10 +163,11 @@ def oja_gradient(
 
     C is the error covariance over rows / pixels, trace-normalized: ``C = m delta^T delta /
     ||delta||^2`` has mean eigenvalue 1 whatever the loss reduction, batch or image size
-    (DESIGN 4.1: any positive rescaling keeps Oja's fixed points). ``P C`` is formed as
-    ``(P delta)^T delta`` (N r m operations), so the m x m matrix C is never built, unless
-    ``p_delta`` (``P delta``, the caller's if it has it) is None and the rank is over m / 2:
-    then ``P (delta^T delta)`` (N m^2 + r m^2) is cheaper than projecting first (2 N r m).
+    (any positive rescaling keeps Oja's fixed points: docs/design.md#learning-rules). ``P C``
+    is formed as ``(P delta)^T delta`` (N r m operations), so the m x m matrix C is never
+    built, unless ``p_delta`` (``P delta``, the caller's if it has it) is None and the rank is
+    over m / 2: then ``P (delta^T delta)`` (N m^2 + r m^2) is cheaper than projecting first
+    (2 N r m).
     A descent step ``P -= lr * grad`` is paper eq. (8) with ``y`` replaced by the error; the
     optimizer's weight decay supplies its ``-lambda P``.
     """
