@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format sample bench gpu-data publish publish-trajectories publish-fig3 clean
+.PHONY: install demo test lint format sample bench gpu-data publish publish-trajectories publish-fig3 docs clean
 
 install: $(STAMP)
 
@@ -54,10 +54,10 @@ gpu-data: install
 	cp $${RETINA_RAF_DATA:-data}/cifar10_gray_uint8.npz data/full/
 	$(PY) -m pip download --quiet --no-deps --dest benchmarks/wheels h5netcdf
 
-# Publish an experiment's finished runs under reports/$(EXPERIMENT)/ (DESIGN.md 12): the results
+# Publish an experiment's finished runs under reports/$(EXPERIMENT)/ (docs/design.md#reports): the results
 # file (retina_2 RFs by actmax and by gradient; runs not finished yet are listed in its
 # missing_runs attribute), the README's findings table, the executed
-# compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4 (issue 15):
+# compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4:
 #   make publish EXPERIMENT=cpu_fig4 RUNS=/scratch/runs/cpu_fig4
 # TRAJECTORY=1 adds the RFs at every retina snapshot of every finished run (runs trained with
 # train.retina_snapshots; about 5 minutes per run on 2 cores) in trajectories.nc and the
@@ -122,5 +122,10 @@ publish-fig3: install
 	$(VENV)/bin/retina-raf report notebooks/accuracy_vs_rank.ipynb \
 		-p results $(FIG3_PUBLISHED)/results.nc --out $(FIG3_PUBLISHED)
 
+# The documentation site (docs/, mkdocs.yml) into site/ (git-ignored); --strict fails on any
+# broken link, anchor or docstring reference. `make test` builds it too (tests/test_docs.py).
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

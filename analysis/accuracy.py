@@ -103,7 +103,7 @@ def collect_accuracy(run_dirs: Sequence[str | Path]) -> xr.Dataset:
     Raises:
         DataError: no run folders; RunError: a folder that is not a run.
     """
-    from analysis.results import provenance
+    from analysis.results import KIND_ACCURACY, provenance
 
     rows = [run_accuracy(run_dir) for run_dir in run_dirs]
     if not rows:
@@ -126,7 +126,7 @@ def collect_accuracy(run_dirs: Sequence[str | Path]) -> xr.Dataset:
         ds[name].attrs.update(attrs)
     for name, long_name in VAR_ATTRS.items():
         ds[name].attrs.update({"long_name": long_name, "units": "1"})
-    ds.attrs.update(provenance(results="test accuracy of Fig. 3 runs"))
+    ds.attrs.update(provenance(results="test accuracy of Fig. 3 runs", kind=KIND_ACCURACY))
     return ds
 
 

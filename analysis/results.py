@@ -55,6 +55,12 @@ from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
 
 RUN_COORDS = ("run_id", "preset", "rank", "n_bn", "seed", "rule")
+# What a results file holds, in its ``kind`` attribute (files written before it existed get it
+# from their variables when opened, in results_kind)
+KIND_RF_RESULTS = "rf_results"  # RFs and metrics of finished runs (run, channel, y, x)
+KIND_TRAJECTORIES = "trajectories"  # the same at every retina snapshot (run, epoch, ...)
+KIND_ACCURACY = "accuracy"  # test accuracies of the Fig. 3 networks (run, epoch)
+KINDS = (KIND_RF_RESULTS, KIND_TRAJECTORIES, KIND_ACCURACY)
 CONVENTIONS = "CF-1.10"
 # CF attributes of the coordinates; UDUNITS has no pixel, so pixel positions are "1"
 COORD_ATTRS = {
@@ -236,7 +242,9 @@ def combine_runs(
         for k, v in attrs.items()
         if k.startswith(("rf_", "threshold", "classification")) and k != "rf_run_dir"
     }
-    combined.attrs = provenance(**{**inherited, "rf_layer": layer, "rf_method": method})
+    combined.attrs = provenance(
+        **{**inherited, "rf_layer": layer, "rf_method": method}, kind=KIND_RF_RESULTS
+    )
     return index_run_coords(combined)
 
 
@@ -279,7 +287,7 @@ def stack_methods(parts: Sequence[xr.Dataset]) -> xr.Dataset:
                for m, part in zip(methods, parts, strict=True)}  # fmt: skip
     stacked = xr.concat(
         [part.drop_indexes([n for n in RUN_COORDS if n in part.xindexes]) for part in parts],
-        dim=xr.DataArray(methods, dims="method", name="method"),
+        dim=xr.DataArray(methods, dims="rf_method", name="rf_method"),
         data_vars=per_method,
         coords="minimal",
         compat="override",
@@ -314,15 +322,15 @@ def select_method(ds: xr.Dataset, method: str | None = None) -> xr.Dataset:
     Raises:
         DataError: the file has no RFs by ``method``.
     """
-    if "method" not in ds.dims:
+    if "rf_method" not in ds.dims:
         if method is not None and method != ds.attrs.get("rf_method", method):
             raise DataError(f"these results hold RFs by {ds.attrs['rf_method']}, not {method}")
         return ds
-    methods = [str(m) for m in ds["method"].values]
+    methods = [str(m) for m in ds["rf_method"].values]
     method = methods[0] if method is None else method
     if method not in methods:
         raise DataError(f"no RFs by {method!r} in these results; they hold {', '.join(methods)}")
-    out = ds.sel({"method": method}, drop=True)  # not sel(method=...): a keyword of sel
+    out = ds.sel(rf_method=method, drop=True)
     options = json.loads(ds.attrs["rf_options_by_method"])[method]
     kept = {k: v for k, v in ds.attrs.items() if k not in ("rf_methods", "rf_options_by_method")}
     out.attrs = {**kept, **options, "rf_method": method, "rf_methods_in_file": methods}
@@ -354,8 +362,8 @@ def write_results(ds: xr.Dataset, path: str | Path) -> Path:
 
 # The RF maps are most of a results file, and their low significand bits are noise that zlib
 # cannot compress: kept to 12 bits (relative error < 2^-13 = 1.2e-4, far below the maps' own
-# noise), a published file of 19 runs x 3 methods shrinks from 6.5 to 4.2 MB. The metrics are
-# computed before writing, from the full maps.
+# noise), a published file shrinks by about a third (docs/performance.md#analysis). The metrics
+# are computed before writing, from the full maps.
 RF_MAP_VARIABLES = ("rf", "rf_spread")
 RF_MAP_BITS = 12
 
@@ -392,7 +400,54 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
         raise DataError(f"{paths[0]} is not a results dataset (no 'run' dimension)")
     from analysis.metrics import decode_rf_class
 
-    return index_run_coords(decode_rf_class(ds))
+    return index_run_coords(decode_rf_class(upgrade_layout(ds)))
+
+
+def results_kind(ds: xr.Dataset) -> str:
+    """What a results dataset holds: its ``kind`` attribute (one of :data:`KINDS`), or, for a
+    file written before that attribute existed, what its variables say."""
+    kind = ds.attrs.get("kind")
+    if kind in KINDS:
+        return kind
+    if "symmetry" in ds:
+        return KIND_TRAJECTORIES if "epoch" in ds["symmetry"].dims else KIND_RF_RESULTS
+    if "test_acc" in ds and "constrain" in ds.coords:
+        return KIND_ACCURACY
+    raise DataError("not a results dataset of retina-raf (no RF metrics and no accuracies)")
+
+
+def upgrade_layout(ds: xr.Dataset) -> xr.Dataset:
+    """The one place where results files of an earlier layout are read as today's: the RF
+    method dimension ``method`` (whose name ``ds.sel(method=...)`` took as sel's own
+    argument) is ``rf_method``, and ``kind`` says what the file holds."""
+    if "method" in ds.dims and "rf_method" not in ds.dims:
+        ds = ds.rename({"method": "rf_method"})
+    if "kind" not in ds.attrs:
+        try:
+            ds = ds.assign_attrs(kind=results_kind(ds))
+        except DataError:  # e.g. RFs without metrics yet: nothing to say what it is
+            pass
+    return ds
+
+
+def select_runs(ds: xr.Dataset, **keys) -> xr.Dataset:
+    """The runs whose coordinates match every key, e.g. ``select_runs(ds, preset="bp",
+    seed=0)`` or ``select_runs(ds, preset=["bp", "raf-r2"], seed=[0, 1])`` (a list: any of
+    its values). ``ds.sel`` takes one run coordinate at a time; this takes any together.
+
+    Raises:
+        DataError: a key that is not a run coordinate, or no run matching.
+    """
+    mask = np.ones(ds.sizes["run"], dtype=bool)
+    for key, wanted in keys.items():
+        if key not in ds.coords or ds[key].dims != ("run",):
+            run_coords = [str(c) for c in ds.coords if ds[c].dims == ("run",)]
+            raise DataError(f"{key!r} is not a run coordinate (have: {', '.join(run_coords)})")
+        values = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+        mask &= np.isin(np.asarray(ds[key].values), list(values))
+    if not mask.any():
+        raise DataError(f"no run with {keys}")
+    return ds.isel(run=np.flatnonzero(mask))
 
 
 def load_results(

@@ -194,6 +194,7 @@ def combine_trajectories(
     ... over (run, channel); :func:`final_method_agreement`). Write it with
     :func:`analysis.results.write_results`, read it with :func:`analysis.results.open_results`.
     """
+    from analysis.results import KIND_TRAJECTORIES
     from retina_raf import runs
     from retina_raf.config import dump_yaml
 
@@ -225,6 +226,7 @@ def combine_trajectories(
     )
     out["present"] = out["present"].fillna(False).astype(bool)
     out["rf_class"] = out["rf_class"].where(out["rf_class"].notnull(), "").astype(str)
+    out.attrs["kind"] = KIND_TRAJECTORIES
     out["responsive"] = out["responsive"].fillna(False).astype(bool)
     for name in [v for v in out.data_vars if str(v).startswith("responsive_")]:
         out[name] = out[name].fillna(False).astype(bool)

@@ -852,22 +852,25 @@ def findings_cmd(results, epochs, method):
     bottlenecks; for a trajectories file (`retina-raf trajectory`), the RFs at one epoch
     of every run; for the test accuracies of a Fig. 3 experiment (`sweep --collect`),
     accuracy at rank r = d against backprop's per task and constrained layer."""
-    from analysis.results import open_results, select_method
+    from analysis.results import (
+        KIND_ACCURACY,
+        KIND_TRAJECTORIES,
+        open_results,
+        results_kind,
+        select_method,
+    )
 
     with open_results(results) as ds:
         ds = ds.load()
-    if "symmetry" not in ds and "constrain" in ds.coords and "test_acc" in ds:
+    kind = results_kind(ds)
+    if kind == KIND_ACCURACY:
         from analysis.accuracy import findings_markdown as accuracy_findings
 
         if epochs or method is not None:
             raise click.UsageError("--epoch and --method apply to RF results, not accuracies")
         click.echo(accuracy_findings(ds))
         return
-    if "symmetry" not in ds:
-        from retina_raf.errors import DataError
-
-        raise DataError(f"{results} holds no RF metrics")
-    if "epoch" in ds["symmetry"].dims:
+    if kind == KIND_TRAJECTORIES:
         from analysis.trajectory import findings_table, milestone_tables
 
         if len(epochs) > 1:

@@ -89,12 +89,12 @@ def assert_accounts_for_every_run(ds, experiment, text: str) -> None:
 
 @pytest.mark.parametrize("experiment_name", ["cpu_fig4", "cpu_fig4_long"])
 def test_cpu_fig4_findings_are_what_the_published_file_says(experiment_name):
-    """The published CPU Fig. 4 (reports/cpu_fig4/results.nc, issue 15) and its 12-epoch
+    """The published CPU Fig. 4 (reports/cpu_fig4/results.nc) and its 12-epoch
     continuation (reports/cpu_fig4_long/): each opens with analysis.results and holds
     retina_2 RFs by actmax, by gradient and by STA; its runs and the ones it lists as not
-    finished yet are every run of its experiment file (the README says how many are in); every
-    run trained the experiment's epochs on all 50,000 images of the full grayscale CIFAR-10;
-    the file is small; the README's table is what `retina-raf findings` computes from it."""
+    finished yet are every run of its experiment file (its findings page says how many are
+    in); every run trained the experiment's epochs on all 50,000 images of the full grayscale
+    CIFAR-10; the file is small; the page's table is what `retina-raf findings` computes."""
     from analysis.results import load_results, open_results
     from analysis.stats import findings_markdown
     from retina_raf.sweep import load_experiment
@@ -103,7 +103,7 @@ def test_cpu_fig4_findings_are_what_the_published_file_says(experiment_name):
     experiment = load_experiment(ROOT / "experiments" / f"{experiment_name}.yaml")
     assert path.stat().st_size < 10e6
     with open_results(path) as ds:
-        assert list(ds["method"].values) == ["actmax", "gradient", "sta"]
+        assert list(ds["rf_method"].values) == ["actmax", "gradient", "sta"]
     ds = load_results(path, metrics=["symmetry", "osi", "fraction_center_surround"])
     text = page(experiment_name)
     assert findings_markdown(ds) in text
@@ -136,9 +136,9 @@ def test_cpu_fig4_long_trajectories_are_what_the_published_file_says():
 
 
 def test_fig3_mlp_findings_are_what_the_published_file_says():
-    """The published CPU-scale Fig. 3 (reports/fig3_mlp/results.nc, issue 12): an accuracy
+    """The published CPU-scale Fig. 3 (reports/fig3_mlp/results.nc): an accuracy
     dataset whose runs and the ones it lists as not finished yet are every run of
-    experiments/fig3_mlp_cpu.yaml (the README says how many are in); every run trained the
+    experiments/fig3_mlp_cpu.yaml (its page says how many are in); every run trained the
     experiment's epochs, with a test accuracy after each; the README's table is what
     `retina-raf findings` computes from it."""
     import numpy as np

@@ -143,7 +143,7 @@ def test_damaged_history_fails_before_any_rf_is_mapped(run_dirs, tmp_path, run_c
 
 
 def test_two_rf_methods_in_one_file_read_back_as_either(run_dirs, tmp_path):
-    """actmax and gradient RFs of the same runs stack along `method`; the file is read back as
+    """actmax and gradient RFs of the same runs stack along `rf_method`; the file is read back as
     either method's single-method view (what the notebooks use), with that method's options,
     and carries the per-unit correlation of the two maps, equal to the one computed directly."""
     import numpy as np
@@ -155,12 +155,12 @@ def test_two_rf_methods_in_one_file_read_back_as_either(run_dirs, tmp_path):
     actmax = combine_runs(run_dirs[:2], method="actmax", progress=False, **RF_OPTIONS)
     gradient = combine_runs(run_dirs[:2], method="gradient", progress=False)
     stacked = stack_methods([actmax, gradient])
-    assert list(stacked["method"].values) == ["actmax", "gradient"]
-    assert stacked["rf"].dims[0] == "method" and "method" not in stacked["test_acc"].dims
+    assert list(stacked["rf_method"].values) == ["actmax", "gradient"]
+    assert stacked["rf"].dims[0] == "rf_method" and "rf_method" not in stacked["test_acc"].dims
     path = write_results(stacked, tmp_path / "both.nc")
     for method, single in (("actmax", actmax), ("gradient", gradient)):
         ds = load_results(path, metrics=["symmetry"], method=method)
-        assert ds.attrs["rf_method"] == method and "method" not in ds.dims
+        assert ds.attrs["rf_method"] == method and "rf_method" not in ds.dims
         # the file keeps the maps to 12 significand bits (write_results)
         np.testing.assert_allclose(ds["rf"].values, single["rf"].values, rtol=2.0**-13,
                                    equal_nan=True)  # fmt: skip
@@ -179,7 +179,7 @@ def test_two_rf_methods_in_one_file_read_back_as_either(run_dirs, tmp_path):
 
 
 def test_results_command_stores_each_method_it_is_given(run_dirs, tmp_path, run_cli):
-    """`retina-raf results RUNS --method gradient --method sta`: one file, a `method` dimension
+    """`retina-raf results RUNS --method gradient --method sta`: one file, an `rf_method` dimension
     in the order given, their per-unit correlation, and the median printed."""
     out = tmp_path / "both.nc"
     code, stdout, err = run_cli("results", run_dirs[0], run_dirs[1], "--out", out,
@@ -187,7 +187,7 @@ def test_results_command_stores_each_method_it_is_given(run_dirs, tmp_path, run_
     assert code == 0, err
     assert "gradient_vs_sta: median per-unit correlation" in stdout
     with open_results(out) as ds:
-        assert list(ds["method"].values) == ["gradient", "sta"] and ds.sizes["run"] == 2
+        assert list(ds["rf_method"].values) == ["gradient", "sta"] and ds.sizes["run"] == 2
         assert ds["gradient_vs_sta"].dims == ("run", "channel")
     code, stdout, err = run_cli("findings", out, "--method", "sta")
     assert code == 0, err
@@ -238,3 +238,49 @@ def test_results_command_maps_rfs_around_a_gray_base(run_dirs, tmp_path, run_cli
         assert not np.allclose(gray["rf"].values, zeros["rf"].values)
     code, _, err = run_cli("results", run_dirs[1], "--out", tmp_path / "x.nc", "--base", "white")
     assert code == 2 and "white" in err
+
+
+def test_rf_method_and_run_keys_select_as_labels_and_old_files_still_open(run_dirs, tmp_path):
+    """`ds.sel(rf_method="gradient")` selects one method (a dimension named `method` was
+    taken by sel as its own argument and silently selected nothing); `select_runs` takes
+    several run coordinates together; every file says what it holds (`kind`); a file written
+    with the dimension `method` and no `kind` opens as today's."""
+    import xarray as xr
+
+    from analysis.results import KIND_RF_RESULTS, select_runs, stack_methods
+    from retina_raf.errors import DataError
+
+    actmax = combine_runs(run_dirs[:3], method="actmax", progress=False, **RF_OPTIONS)
+    gradient = combine_runs(run_dirs[:3], method="gradient", progress=False)
+    path = write_results(stack_methods([actmax, gradient]), tmp_path / "both.nc")
+    with open_results(path) as ds:
+        assert ds.attrs["kind"] == KIND_RF_RESULTS
+        one = ds.sel(rf_method="gradient")
+        assert "rf_method" not in one["rf"].dims and one["rf"].ndim == ds["rf"].ndim - 1
+        preset, seed = str(ds["preset"].values[0]), int(ds["seed"].values[0])
+        picked = select_runs(ds, preset=preset, seed=seed)
+        assert list(picked["preset"].values) == [preset] and list(picked["seed"].values) == [seed]
+        both = select_runs(ds, preset=list(map(str, ds["preset"].values)))
+        assert both.sizes["run"] == ds.sizes["run"]
+        with pytest.raises(DataError, match="not a run coordinate"):
+            select_runs(ds, colour="red")
+        with pytest.raises(DataError, match="no run with"):
+            select_runs(ds, preset=preset, seed=seed + 100)
+        old = (
+            ds.load()
+            .rename({"rf_method": "method"})
+            .drop_indexes(
+                [
+                    c
+                    for c in ("run_id", "preset", "rank", "n_bn", "seed", "rule")
+                    if c in ds.xindexes
+                ]
+            )
+        )
+    del old.attrs["kind"]
+    old_path = tmp_path / "old.nc"
+    old.to_netcdf(old_path, engine="h5netcdf")
+    with open_results(old_path) as reopened, xr.open_dataset(old_path, engine="h5netcdf") as raw:
+        assert "method" in raw.dims and "kind" not in raw.attrs
+        assert "rf_method" in reopened.dims and reopened.attrs["kind"] == KIND_RF_RESULTS
+        assert list(reopened["rf_method"].values) == ["actmax", "gradient"]

@@ -434,7 +434,7 @@ def test_collect_two_methods_into_a_chosen_file_accounts_for_every_planned_run(t
                               "--gray-level", "0.4")  # fmt: skip
     assert code == 0, err
     with xr.open_dataset(target, engine="h5netcdf") as ds:
-        assert list(ds["method"].values) == ["actmax", "gradient"]
+        assert list(ds["rf_method"].values) == ["actmax", "gradient"]
         for options in json.loads(ds.attrs["rf_options_by_method"]).values():
             assert options["rf_base"] == "gray" and options["rf_gray_level"] == 0.4
         assert list(ds["run_id"].values) == [runs[0].run_id]
