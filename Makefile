@@ -59,7 +59,7 @@ gpu-data: install
 # missing_runs attribute), the README's findings table, the executed
 # compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4:
 #   make publish EXPERIMENT=cpu_fig4 RUNS=/scratch/runs/cpu_fig4
-# TRAJECTORY=1 adds the RFs at every retina snapshot of every finished run (runs trained with
+# TRAJECTORY=1 adds the RFs at every retina snapshot of every started run (runs trained with
 # train.retina_snapshots; about 5 minutes per run on 2 cores) in trajectories.nc and the
 # rf_trajectory report, e.g. make publish EXPERIMENT=cpu_fig4_long TRAJECTORY=1 RUNS=...
 EXPERIMENT ?= cpu_fig4
@@ -82,9 +82,8 @@ publish: install
 		--out $(PUBLISHED)
 	$(VENV)/bin/retina-raf figures $(PUBLISHED)/results.nc --out $(PUBLISHED)/figures
 ifneq ($(TRAJECTORY),)
-	$(VENV)/bin/retina-raf trajectory $$($(VENV)/bin/retina-raf sweep \
-		experiments/$(EXPERIMENT).yaml --out $(RUNS) --dry-run | awk '$$2 == "done" {print $$3}') \
-		--method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
+	$(VENV)/bin/retina-raf trajectory --experiment experiments/$(EXPERIMENT).yaml \
+		--runs-dir $(RUNS) --method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc --out $(PUBLISHED)
 endif
@@ -107,6 +106,7 @@ publish-trajectories: install
 	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \
 		> $(PUBLISHED)/.kp_decay.md.tmp
 	mv $(PUBLISHED)/.kp_decay.md.tmp $(PUBLISHED)/kp_decay.md
+	rm -rf $(PUBLISHED)/rf_trajectory/figures  # last time's "last epoch" montages
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \
 		-p montage_epochs "[$(shell echo $(MILESTONES) | tr ' ' ',')]" --out $(PUBLISHED)
