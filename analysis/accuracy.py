@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from analysis.provenance import KIND_ACCURACY, provenance
 from retina_raf import runs
 from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
@@ -103,8 +104,6 @@ def collect_accuracy(run_dirs: Sequence[str | Path]) -> xr.Dataset:
     Raises:
         DataError: no run folders; RunError: a folder that is not a run.
     """
-    from analysis.results import KIND_ACCURACY, provenance
-
     rows = [run_accuracy(run_dir) for run_dir in run_dirs]
     if not rows:
         raise DataError("no run folders to collect")

@@ -38,7 +38,6 @@ kind by the runs' ``model.arch``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from collections.abc import Sequence
@@ -49,18 +48,20 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm  # not tqdm.auto: its notebook widget needs ipywidgets
 
-import retina_raf
+# the kinds of results files and the provenance every one carries (shared with analysis.accuracy
+# and analysis.trajectory), also importable from here
+from analysis.provenance import (
+    KIND_ACCURACY,
+    KIND_RF_RESULTS,
+    KIND_TRAJECTORIES,
+    KINDS,
+    provenance,
+)
 from retina_raf import runs
 from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
 
 RUN_COORDS = ("run_id", "preset", "rank", "n_bn", "seed", "rule")
-# What a results file holds, in its ``kind`` attribute (files written before it existed get it
-# from their variables when opened, in results_kind)
-KIND_RF_RESULTS = "rf_results"  # RFs and metrics of finished runs (run, channel, y, x)
-KIND_TRAJECTORIES = "trajectories"  # the same at every retina snapshot (run, epoch, ...)
-KIND_ACCURACY = "accuracy"  # test accuracies of the Fig. 3 networks (run, epoch)
-KINDS = (KIND_RF_RESULTS, KIND_TRAJECTORIES, KIND_ACCURACY)
 CONVENTIONS = "CF-1.10"
 # CF attributes of the coordinates; UDUNITS has no pixel, so pixel positions are "1"
 COORD_ATTRS = {
@@ -154,7 +155,7 @@ def _final_variance_captured(ds: xr.Dataset, run_dir: Path) -> xr.Dataset:
     that runs whose history predates that diagnostic have it too."""
     if "layer" not in ds.coords:
         return ds
-    from retina_raf.train import model_diagnostics
+    from retina_raf.feedback import model_diagnostics
 
     model, _ = runs.load_model(run_dir)
     final = model_diagnostics(model)
@@ -168,21 +169,11 @@ def _final_variance_captured(ds: xr.Dataset, run_dir: Path) -> xr.Dataset:
     return ds
 
 
-def provenance(**extra) -> dict:
-    """Attributes every results file carries: package version, git commit, date, ..."""
-    return {
-        "retina_raf_version": retina_raf.__version__,
-        "git_commit": runs.git_commit(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **extra,
-    }
-
-
 def run_dataset(
     run_dir: str | Path, layer: str = "retina_2", method: str = "actmax", **kwargs
 ) -> xr.Dataset:
     """One run's RFs, metrics and history with its identity as ``run``-dim coordinates."""
-    from retina_raf.config import dump_yaml, to_dict
+    from retina_raf.config import to_dict
 
     run_dir = Path(run_dir)
     cfg = runs.check_finished(run_dir)  # the weights load only if not cached
@@ -195,7 +186,7 @@ def run_dataset(
     ds = ds.expand_dims("run")
     identity = {"run_id": run_dir.name, **runs.run_identity(to_dict(cfg))}
     ds = ds.assign_coords({k: ("run", [v]) for k, v in identity.items()})
-    ds["config"] = ("run", [dump_yaml(cfg)])
+    ds["config"] = ("run", [runs.published_config(cfg)])  # no machine's folders in a file
     return ds
 
 
@@ -404,8 +395,9 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
 
 
 def results_kind(ds: xr.Dataset) -> str:
-    """What a results dataset holds: its ``kind`` attribute (one of :data:`KINDS`), or, for a
-    file written before that attribute existed, what its variables say."""
+    """What a results dataset holds: its ``kind`` attribute (one of
+    :data:`analysis.provenance.KINDS`), or, for a file written before that attribute existed,
+    what its variables say."""
     kind = ds.attrs.get("kind")
     if kind in KINDS:
         return kind

@@ -38,7 +38,8 @@ with a forward hook on ``dict(model.named_modules())[layer]``; that module's out
 the post-nonlinearity activation (hook the ReLU, not the conv). The hook stops the forward
 pass once the layer has been computed. While probing, the model is in eval mode, its
 parameters take no gradients, and feedback layers (RAF, dRAF) backpropagate the exact
-gradient (:func:`exact_gradients`): an RF belongs to the function, not to the learning rule.
+gradient (:func:`retina_raf.feedback.exact_gradients`): an RF belongs to the function, not to
+the learning rule.
 
 A run folder (``retina_raf.train``) may be passed instead of a model; its identity (preset,
 rank, n_bn, seed, rule) becomes scalar coordinates.
@@ -58,6 +59,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retina_raf.errors import ConfigError, RunError
+from retina_raf.feedback import exact_gradients
 
 METHODS = ("gradient", "actmax", "sta")
 
@@ -189,42 +191,6 @@ class CenterUnits:
         if gradient is None:
             gradient = torch.zeros_like(images)
         return response.detach(), gradient
-
-
-@contextlib.contextmanager
-def exact_gradients(model: nn.Module) -> Iterator[None]:
-    """Make feedback layers (RAF, dRAF) backpropagate the true gradient while probing.
-
-    An RF is a property of the function the network computes, so the input gradient must be
-    the exact one. RAF layers send ``Q P delta`` instead of ``W^T delta`` to their input and
-    update error statistics in their backward pass, and a dRAF target discards the gradient
-    from above; here RAF layers run their plain nn.Conv2d/nn.Linear forward and dRAF
-    injections are identities (their forward values are unchanged), restored on exit.
-    """
-    from retina_raf.feedback import FeedbackMixin
-
-    patched = []
-    for module in model.modules():
-        if not isinstance(module, FeedbackMixin):
-            continue
-        if isinstance(module, nn.Conv2d):
-            module.forward = nn.Conv2d.forward.__get__(module)
-            patched.append((module, "forward"))
-        elif isinstance(module, nn.Linear):
-            module.forward = nn.Linear.forward.__get__(module)
-            patched.append((module, "forward"))
-        elif hasattr(module, "inject"):
-            module.inject = _identity
-            patched.append((module, "inject"))
-    try:
-        yield
-    finally:
-        for module, name in patched:
-            delattr(module, name)  # the class's method shows through again
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
 
 
 @contextlib.contextmanager

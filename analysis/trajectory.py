@@ -194,9 +194,8 @@ def combine_trajectories(
     ... over (run, channel); :func:`final_method_agreement`). Write it with
     :func:`analysis.results.write_results`, read it with :func:`analysis.results.open_results`.
     """
-    from analysis.results import KIND_TRAJECTORIES
+    from analysis.provenance import KIND_TRAJECTORIES
     from retina_raf import runs
-    from retina_raf.config import dump_yaml
 
     if not run_dirs:
         raise RunError("no run folders given")
@@ -213,7 +212,7 @@ def combine_trajectories(
                     "finished": runs.is_finished(run_dir),
                     "epochs_planned": cfg.train.epochs}  # fmt: skip
         ds = ds.expand_dims("run").assign_coords({k: ("run", [v]) for k, v in identity.items()})
-        ds["config"] = ("run", [dump_yaml(cfg)])  # the run's whole recipe, data set included
+        ds["config"] = ("run", [runs.published_config(cfg)])  # the recipe, data set by name
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
         per_run.append(ds)
     out = xr.concat(

@@ -1,7 +1,8 @@
 """retina-raf: low-dimensional error feedback (RAF) and retinal receptive fields.
 
 ``retina_raf`` trains (learning rules, model, data, runs, sweeps); ``analysis`` reads
-what training wrote (receptive fields, metrics, results, figures).
+what training wrote (receptive fields, metrics, results, figures); ``retina_raf_cli`` is
+the ``retina-raf`` command line over both. Each imports only the ones before it.
 """
 
 import os

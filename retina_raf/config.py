@@ -15,6 +15,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -416,14 +417,12 @@ def check_run_config(cfg: RunConfig) -> None:
     default of 10 is set to the number of classes the data have (so that a grid over
     ``data.classes`` needs no second axis); any other value must equal it. The Fig. 3
     networks (``model.arch`` mlp, vgg, vit) are checked by
-    :func:`retina_raf.nets.check_net_config`.
+    :func:`check_net_config`.
     """
     _match_data(cfg)
     m = cfg.model
     if m.arch != "retina":
-        from retina_raf.nets import check_net_config  # the Fig. 3 networks
-
-        check_net_config(cfg)
+        check_net_config(cfg)  # the Fig. 3 networks
         return
     for key in ("rank", "rank_fraction"):
         if getattr(m, key) is not None:
@@ -505,6 +504,193 @@ def layer_out_widths(m: ModelConfig) -> dict[str, int]:
     widths.update({f"vvs_{i}": m.vvs_channels for i in range(1, m.vvs_layers + 1)})
     widths.update({"fc_1": m.fc_units, "fc_2": m.num_classes})
     return widths
+
+
+# ------------------------------------------------------------------- Fig. 3 networks
+# The layout of the networks of the paper's Fig. 3 (retina_raf.nets builds them from these)
+# that their configs are checked against: layer names are module paths, rules and ranks
+# are given per layer (docs/design.md#fig3-networks).
+VGG_CHANNELS = (64, 128, 256, 512)  # Table C1: channels of blocks 1..4
+VGG_HIDDEN = 256  # Table C1: the classifier's hidden layer
+# the layer of each network that reads the image: it sends nothing anyone uses, so it stays
+# plain and takes no rule or rank
+INPUT_LAYERS = {"mlp": "fc_1", "vgg": "features.block_1.conv_1", "vit": "patch_embed"}
+
+
+def selects(name: str, pattern: str) -> bool:
+    """Whether ``pattern`` names layer ``name``: exactly, as a module that contains it
+    (``features.block_4`` selects ``features.block_4.conv_1``), or as a glob (as convert)."""
+    return name == pattern or name.startswith(pattern + ".") or fnmatchcase(name, pattern)
+
+
+def feedback_layer_widths(m: ModelConfig) -> dict[str, int]:
+    """Name -> output width (the dimension of the error its feedback carries) of every layer
+    that takes a rule, in forward order; the input layer is not among them."""
+    if m.arch == "mlp":
+        hidden = {f"fc_{i}": m.hidden_units for i in range(2, m.hidden_layers + 1)}
+        return {**hidden, f"fc_{m.hidden_layers + 1}": m.num_classes}
+    if m.arch == "vgg":
+        widths = {}
+        for b, channels in enumerate(VGG_CHANNELS, start=1):
+            for i in (1, 2):
+                widths[f"features.block_{b}.conv_{i}"] = channels
+        del widths[INPUT_LAYERS["vgg"]]
+        return {**widths, "fc_1": VGG_HIDDEN, "fc_2": m.num_classes}
+    if m.arch == "vit":
+        widths = {}
+        for b in range(1, m.vit_depth + 1):
+            for proj in ("query", "key", "value", "out"):
+                widths[f"block_{b}.attn.{proj}"] = m.vit_dim
+            widths[f"block_{b}.mlp.fc_1"] = m.vit_mlp_dim
+            widths[f"block_{b}.mlp.fc_2"] = m.vit_dim
+        return {**widths, "head": m.num_classes}
+    raise ConfigError(f"model.arch: {m.arch!r} is not a Fig. 3 network (mlp, vgg, vit)")
+
+
+def _first_match(name: str, table: dict):
+    for pattern, value in table.items():
+        if selects(name, pattern):
+            return pattern, value
+    return None, None
+
+
+def _names_hint(names: list[str]) -> str:
+    shown = ", ".join(names[:8])
+    return shown + (f", ... ({len(names)} layers)" if len(names) > 8 else "")
+
+
+def layer_plan(m: ModelConfig) -> dict[str, tuple[str, int | None]]:
+    """Layer name -> (rule, feedback rank or None for full) of every layer that takes a rule.
+
+    Raises:
+        ConfigError: a pattern that selects no layer, a rank on a backprop layer, a rank
+            above a layer's width in ``layer_rank``, the input layer named.
+    """
+    widths = feedback_layer_widths(m)
+    names = list(widths)
+    input_layer = INPUT_LAYERS[m.arch]
+    for pattern, rule in m.layer_rule.items():
+        if rule not in RULES:
+            raise ConfigError(
+                f"model.layer_rule.{pattern}: {rule!r} is not allowed (allowed: {', '.join(RULES)})"
+            )
+    for table in ("layer_rule", "layer_rank"):
+        for pattern in getattr(m, table):
+            if selects(input_layer, pattern) and not any(selects(n, pattern) for n in names):
+                raise ConfigError(
+                    f"model.{table}.{pattern}: {input_layer} reads the image, so nothing uses "
+                    "its feedback; it takes no rule or rank"
+                )
+            if not any(selects(n, pattern) for n in names):
+                raise ConfigError(
+                    f"model.{table}: {pattern!r} selects no layer of the {m.arch} "
+                    f"(layers: {_names_hint(names)})"
+                )
+    if m.constrain != "all" and not any(selects(n, m.constrain) for n in names):
+        raise ConfigError(
+            f"model.constrain: {m.constrain!r} selects no layer of the {m.arch} "
+            f"(all, or layers: {_names_hint(names)})"
+        )
+    if m.rank is not None and m.rank_fraction is not None:
+        raise ConfigError("model.rank and model.rank_fraction: give one of them")
+    plan, constrained = {}, []
+    for name, width in widths.items():
+        _, rule = _first_match(name, m.layer_rule)
+        rule = rule if rule is not None else m.rule
+        pattern, rank = _first_match(name, m.layer_rank)
+        if pattern is not None:
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= width:
+                raise ConfigError(
+                    f"model.layer_rank.{pattern}: {rank!r} is out of range for {name} "
+                    f"(allowed: 1 to {width}, the layer's output width)"
+                )
+            if rule == "bp":
+                raise ConfigError(
+                    f"model.layer_rank.{pattern}: a feedback rank needs a feedback rule, but "
+                    f"{name} uses backprop (set model.rule or model.layer_rule)"
+                )
+        elif m.rank is not None or m.rank_fraction is not None:
+            chosen = m.constrain == "all" and rule != "bp" or selects(name, m.constrain)
+            if chosen:
+                if rule == "bp":
+                    raise ConfigError(
+                        f"model.rank: a feedback rank needs a feedback rule, but {name} "
+                        "uses backprop (set model.rule, or narrow model.constrain)"
+                    )
+                if m.rank is not None:
+                    rank = min(m.rank, width)
+                else:
+                    rank = max(1, round(width * m.rank_fraction))
+                constrained.append(name)
+        plan[name] = (rule, rank)
+    if (m.rank is not None or m.rank_fraction is not None) and not constrained:
+        raise ConfigError(
+            "model.rank: no layer to constrain (every layer model.constrain selects uses "
+            "backprop; set model.rule: raf)"
+        )
+    return plan
+
+
+def direct_plan(m: ModelConfig) -> tuple[str, list[str]] | None:
+    """(source, targets) of the dRAF pathways, or None; validates the direct_* fields."""
+    used = [key for key in ("direct_target", "direct_source", "direct_rank")
+            if getattr(m, key) is not None]  # fmt: skip
+    if m.direct_target is None:
+        if used:
+            raise ConfigError(f"model.{used[0]}: needs model.direct_target (all, or a layer)")
+        return None
+    if m.arch != "mlp":
+        raise ConfigError(f"model.direct_target: dRAF is built for the mlp, not the {m.arch}")
+    names = [f"fc_{i}" for i in range(1, m.hidden_layers + 2)]
+    source = m.direct_source or names[-1]
+    if source not in names:
+        raise ConfigError(
+            f"model.direct_source: unknown layer {source!r} (allowed: {', '.join(names)})"
+        )
+    before = names[: names.index(source)]
+    if m.direct_target == "all":
+        targets = before
+    elif m.direct_target in before:
+        targets = [m.direct_target]
+    else:
+        raise ConfigError(
+            f"model.direct_target: {m.direct_target!r} must be all or a layer before "
+            f"{source} ({', '.join(before) or 'none'})"
+        )
+    if not targets:
+        raise ConfigError(f"model.direct_source: {source} has no hidden layer before it")
+    width = m.num_classes if source == names[-1] else m.hidden_units
+    if m.direct_rank is not None and m.direct_rank > width:
+        raise ConfigError(
+            f"model.direct_rank: {m.direct_rank} is out of range (allowed: 1 to {width}, "
+            f"the width of {source})"
+        )
+    return source, targets
+
+
+def check_model(m: ModelConfig) -> None:
+    """Validate the Fig. 3 fields of a ModelConfig (shapes, layer names, ranks, dRAF)."""
+    if m.arch == "vit":
+        if m.image_size % m.vit_patch_size:
+            raise ConfigError(
+                f"model.vit_patch_size: {m.vit_patch_size} must divide model.image_size "
+                f"({m.image_size})"
+            )
+        if m.vit_dim % m.vit_heads:
+            raise ConfigError(
+                f"model.vit_heads: {m.vit_heads} must divide model.vit_dim ({m.vit_dim})"
+            )
+    if m.arch == "vgg" and m.image_size % 8:
+        raise ConfigError(f"model.image_size: {m.image_size} must be a multiple of 8 (vgg)")
+    layer_plan(m)
+    direct_plan(m)
+
+
+def check_net_config(cfg: RunConfig) -> None:
+    """:func:`check_model` of a run config (called by ``config.check_run_config``)."""
+    check_model(cfg.model)
+    if cfg.train.retina_snapshots:
+        raise ConfigError(f"train.retina_snapshots: the {cfg.model.arch} has no retina")
 
 
 def flatten_dict(mapping: dict, prefix: str = "") -> dict:

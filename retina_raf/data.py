@@ -111,6 +111,17 @@ class GrayCifar10:
 
 
 # --------------------------------------------------------------------- named data sets
+def data_set_name(path: str | None) -> str | None:
+    """The name of :data:`DATA_SETS` whose file ``path`` is (by its file name, wherever it
+    lies), the name itself for a name, else None."""
+    if path is None:
+        return None
+    if path in DATA_SETS:
+        return path
+    file_name = Path(path).name
+    return next((name for name, file in DATA_SETS.items() if file == file_name), None)
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The folder where data set names resolve: ``root`` (a command's ``--data-root``), else
     the environment variable ``RETINA_RAF_DATA``, else ``data/`` of the repository (the

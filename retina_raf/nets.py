@@ -46,13 +46,27 @@ Every network takes (B, C, S, S) images and returns (B, classes) logits, has ``p
 from __future__ import annotations
 
 import math
-from fnmatch import fnmatchcase
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retina_raf.config import RULES, ModelConfig, RunConfig, from_dict
+# The Fig. 3 networks' layer plan and config checks live with the configuration (config
+# validation calls them); they stay importable from here.
+from retina_raf.config import (
+    INPUT_LAYERS,
+    VGG_CHANNELS,
+    VGG_HIDDEN,
+    ModelConfig,
+    RunConfig,
+    check_model,
+    check_net_config,
+    direct_plan,
+    feedback_layer_widths,
+    from_dict,
+    layer_plan,
+    selects,
+)
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import DirectFeedback, ErrorTap, convert
 from retina_raf.feedback.base import FeedbackMixin
@@ -64,17 +78,9 @@ NETWORKS = {
     "vgg": ("vgg", {}),
     "vit": ("vit", {}),
 }
-VGG_CHANNELS = (64, 128, 256, 512)  # Table C1: channels of blocks 1..4
-VGG_HIDDEN = 256  # Table C1: the classifier's hidden layer
 VGG_DROPOUT = 0.4  # Table C1
 VIT_DROPOUT = 0.1  # appendix C: "dropout for regularization" (its rate is not given)
 POSITION_INIT_STD = 0.02  # class token and positions: ViT's truncated-normal init
-
-
-def selects(name: str, pattern: str) -> bool:
-    """Whether ``pattern`` names layer ``name``: exactly, as a module that contains it
-    (``features.block_4`` selects ``features.block_4.conv_1``), or as a glob (as convert)."""
-    return name == pattern or name.startswith(pattern + ".") or fnmatchcase(name, pattern)
 
 
 # --------------------------------------------------------------------------- networks
@@ -117,7 +123,7 @@ class MLP(FeedbackNet):
     ``fc_{hidden_layers + 1}`` (the last is the readout).
     """
 
-    input_layer = "fc_1"
+    input_layer = INPUT_LAYERS["mlp"]
 
     def __init__(self, in_features: int, hidden_units: int, hidden_layers: int, num_classes: int):
         super().__init__()
@@ -188,7 +194,7 @@ class VGG(FeedbackNet):
     """The VGG-like CNN of Table C1: four blocks of two 3x3 convolutions with batch norm
     (64, 128, 256, 512 channels), then 512 -> 256 (ReLU, dropout) -> num_classes."""
 
-    input_layer = "features.block_1.conv_1"
+    input_layer = INPUT_LAYERS["vgg"]
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float = VGG_DROPOUT):
         super().__init__()
@@ -270,7 +276,7 @@ class ViT(FeedbackNet):
     class token and learned positions, ``depth`` pre-norm blocks, a final LayerNorm and a
     linear head on the class token."""
 
-    input_layer = "patch_embed"
+    input_layer = INPUT_LAYERS["vit"]
 
     def __init__(
         self,
@@ -316,177 +322,6 @@ class ViT(FeedbackNet):
         return self.head(self.norm(h)[:, 0])
 
 
-# ------------------------------------------------------------------ layers and rules
-def feedback_layer_widths(m: ModelConfig) -> dict[str, int]:
-    """Name -> output width (the dimension of the error its feedback carries) of every layer
-    that takes a rule, in forward order; the input layer is not among them."""
-    if m.arch == "mlp":
-        hidden = {f"fc_{i}": m.hidden_units for i in range(2, m.hidden_layers + 1)}
-        return {**hidden, f"fc_{m.hidden_layers + 1}": m.num_classes}
-    if m.arch == "vgg":
-        widths = {}
-        for b, channels in enumerate(VGG_CHANNELS, start=1):
-            for i in (1, 2):
-                widths[f"features.block_{b}.conv_{i}"] = channels
-        del widths[VGG.input_layer]
-        return {**widths, "fc_1": VGG_HIDDEN, "fc_2": m.num_classes}
-    if m.arch == "vit":
-        widths = {}
-        for b in range(1, m.vit_depth + 1):
-            for proj in ("query", "key", "value", "out"):
-                widths[f"block_{b}.attn.{proj}"] = m.vit_dim
-            widths[f"block_{b}.mlp.fc_1"] = m.vit_mlp_dim
-            widths[f"block_{b}.mlp.fc_2"] = m.vit_dim
-        return {**widths, "head": m.num_classes}
-    raise ConfigError(f"model.arch: {m.arch!r} is not a Fig. 3 network (mlp, vgg, vit)")
-
-
-def _first_match(name: str, table: dict):
-    for pattern, value in table.items():
-        if selects(name, pattern):
-            return pattern, value
-    return None, None
-
-
-def _names_hint(names: list[str]) -> str:
-    shown = ", ".join(names[:8])
-    return shown + (f", ... ({len(names)} layers)" if len(names) > 8 else "")
-
-
-def layer_plan(m: ModelConfig) -> dict[str, tuple[str, int | None]]:
-    """Layer name -> (rule, feedback rank or None for full) of every layer that takes a rule.
-
-    Raises:
-        ConfigError: a pattern that selects no layer, a rank on a backprop layer, a rank
-            above a layer's width in ``layer_rank``, the input layer named.
-    """
-    widths = feedback_layer_widths(m)
-    names = list(widths)
-    input_layer = {"mlp": MLP, "vgg": VGG, "vit": ViT}[m.arch].input_layer
-    for pattern, rule in m.layer_rule.items():
-        if rule not in RULES:
-            raise ConfigError(
-                f"model.layer_rule.{pattern}: {rule!r} is not allowed (allowed: {', '.join(RULES)})"
-            )
-    for table in ("layer_rule", "layer_rank"):
-        for pattern in getattr(m, table):
-            if selects(input_layer, pattern) and not any(selects(n, pattern) for n in names):
-                raise ConfigError(
-                    f"model.{table}.{pattern}: {input_layer} reads the image, so nothing uses "
-                    "its feedback; it takes no rule or rank"
-                )
-            if not any(selects(n, pattern) for n in names):
-                raise ConfigError(
-                    f"model.{table}: {pattern!r} selects no layer of the {m.arch} "
-                    f"(layers: {_names_hint(names)})"
-                )
-    if m.constrain != "all" and not any(selects(n, m.constrain) for n in names):
-        raise ConfigError(
-            f"model.constrain: {m.constrain!r} selects no layer of the {m.arch} "
-            f"(all, or layers: {_names_hint(names)})"
-        )
-    if m.rank is not None and m.rank_fraction is not None:
-        raise ConfigError("model.rank and model.rank_fraction: give one of them")
-    plan, constrained = {}, []
-    for name, width in widths.items():
-        _, rule = _first_match(name, m.layer_rule)
-        rule = rule if rule is not None else m.rule
-        pattern, rank = _first_match(name, m.layer_rank)
-        if pattern is not None:
-            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= width:
-                raise ConfigError(
-                    f"model.layer_rank.{pattern}: {rank!r} is out of range for {name} "
-                    f"(allowed: 1 to {width}, the layer's output width)"
-                )
-            if rule == "bp":
-                raise ConfigError(
-                    f"model.layer_rank.{pattern}: a feedback rank needs a feedback rule, but "
-                    f"{name} uses backprop (set model.rule or model.layer_rule)"
-                )
-        elif m.rank is not None or m.rank_fraction is not None:
-            chosen = m.constrain == "all" and rule != "bp" or selects(name, m.constrain)
-            if chosen:
-                if rule == "bp":
-                    raise ConfigError(
-                        f"model.rank: a feedback rank needs a feedback rule, but {name} "
-                        "uses backprop (set model.rule, or narrow model.constrain)"
-                    )
-                if m.rank is not None:
-                    rank = min(m.rank, width)
-                else:
-                    rank = max(1, round(width * m.rank_fraction))
-                constrained.append(name)
-        plan[name] = (rule, rank)
-    if (m.rank is not None or m.rank_fraction is not None) and not constrained:
-        raise ConfigError(
-            "model.rank: no layer to constrain (every layer model.constrain selects uses "
-            "backprop; set model.rule: raf)"
-        )
-    return plan
-
-
-def _direct_plan(m: ModelConfig) -> tuple[str, list[str]] | None:
-    """(source, targets) of the dRAF pathways, or None; validates the direct_* fields."""
-    used = [key for key in ("direct_target", "direct_source", "direct_rank")
-            if getattr(m, key) is not None]  # fmt: skip
-    if m.direct_target is None:
-        if used:
-            raise ConfigError(f"model.{used[0]}: needs model.direct_target (all, or a layer)")
-        return None
-    if m.arch != "mlp":
-        raise ConfigError(f"model.direct_target: dRAF is built for the mlp, not the {m.arch}")
-    names = [f"fc_{i}" for i in range(1, m.hidden_layers + 2)]
-    source = m.direct_source or names[-1]
-    if source not in names:
-        raise ConfigError(
-            f"model.direct_source: unknown layer {source!r} (allowed: {', '.join(names)})"
-        )
-    before = names[: names.index(source)]
-    if m.direct_target == "all":
-        targets = before
-    elif m.direct_target in before:
-        targets = [m.direct_target]
-    else:
-        raise ConfigError(
-            f"model.direct_target: {m.direct_target!r} must be all or a layer before "
-            f"{source} ({', '.join(before) or 'none'})"
-        )
-    if not targets:
-        raise ConfigError(f"model.direct_source: {source} has no hidden layer before it")
-    width = m.num_classes if source == names[-1] else m.hidden_units
-    if m.direct_rank is not None and m.direct_rank > width:
-        raise ConfigError(
-            f"model.direct_rank: {m.direct_rank} is out of range (allowed: 1 to {width}, "
-            f"the width of {source})"
-        )
-    return source, targets
-
-
-def check_model(m: ModelConfig) -> None:
-    """Validate the Fig. 3 fields of a ModelConfig (shapes, layer names, ranks, dRAF)."""
-    if m.arch == "vit":
-        if m.image_size % m.vit_patch_size:
-            raise ConfigError(
-                f"model.vit_patch_size: {m.vit_patch_size} must divide model.image_size "
-                f"({m.image_size})"
-            )
-        if m.vit_dim % m.vit_heads:
-            raise ConfigError(
-                f"model.vit_heads: {m.vit_heads} must divide model.vit_dim ({m.vit_dim})"
-            )
-    if m.arch == "vgg" and m.image_size % 8:
-        raise ConfigError(f"model.image_size: {m.image_size} must be a multiple of 8 (vgg)")
-    layer_plan(m)
-    _direct_plan(m)
-
-
-def check_net_config(cfg: RunConfig) -> None:
-    """:func:`check_model` of a run config (called by ``config.check_run_config``)."""
-    check_model(cfg.model)
-    if cfg.train.retina_snapshots:
-        raise ConfigError(f"train.retina_snapshots: the {cfg.model.arch} has no retina")
-
-
 # ---------------------------------------------------------------------------- building
 def _plain_net(m: ModelConfig) -> FeedbackNet:
     if m.arch == "mlp":
@@ -523,7 +358,7 @@ def net_from_config(m: ModelConfig, seed: int | None = None) -> FeedbackNet:
         if rule != "bp":
             convert(net, rule, rank=ranks, include=list(ranks),
                     track_error_covariance=m.track_error_covariance)  # fmt: skip
-    direct = _direct_plan(m)
+    direct = direct_plan(m)
     if direct is not None:
         source, targets = direct
         net.add_direct_feedback(source, targets, m.direct_rank, m.rule if m.rule != "bp" else "raf",
@@ -576,7 +411,7 @@ def run_identity(cfg: RunConfig) -> dict:
     full = max(hidden or widths.values())  # the readout's width only if it is all there is
     ranked = {name: rank for name, (_, rank) in plan.items() if rank is not None}
     rules = {rule for rule, _ in plan.values()}
-    direct = _direct_plan(m)
+    direct = direct_plan(m)
     if direct is not None:
         source = direct[0]
         source_width = m.num_classes if source == f"fc_{m.hidden_layers + 1}" else m.hidden_units

@@ -7,7 +7,8 @@ module::
     <out>/<run-id>/config.yaml     the complete resolved config (written when training starts)
     <out>/<run-id>/checkpoint.pt   the latest checkpoint only: model, optimizer, scheduler,
                                    RNG states, history, and where in an epoch it stopped
-    <out>/<run-id>/history.nc      per-epoch records with provenance (rewritten every epoch)
+    <out>/<run-id>/history.nc      per-epoch records with provenance (rewritten every epoch;
+                                   its variables: history_dataset)
     <out>/<run-id>/train.log       one timestamped line per event and epoch, every attempt
     <out>/<run-id>/model.pt        final weights + config
     <out>/<run-id>/DONE            written last: "finished <N> epochs"
@@ -52,6 +53,7 @@ from retina_raf import __version__
 from retina_raf.config import (
     RunConfig,
     check_run_config,
+    dump_yaml,
     flatten_dict,
     from_dict,
     load_run_config,
@@ -140,6 +142,22 @@ def _label(key: str, value) -> str:
     text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
     text = "".join(c if c.isalnum() or c in "._+" else "_" for c in text)
     return f"{key.rsplit('.', 1)[-1]}{text}"
+
+
+def published_config(cfg: RunConfig) -> str:
+    """A run's config as YAML for a file that is published: the data path, when it points at
+    a file of a named data set (``.../cifar10_gray_uint8.npz``), becomes that name
+    (``cifar10-gray``), which resolves under any machine's data root; no folder of the machine
+    that trained the run is kept."""
+    import copy
+
+    from retina_raf.data import data_set_name
+
+    name = data_set_name(cfg.data.path)
+    if name is not None and name != cfg.data.path:
+        cfg = copy.deepcopy(cfg)
+        cfg.data.path = name
+    return dump_yaml(cfg)
 
 
 def check_run_name(name: str) -> str:
@@ -293,6 +311,73 @@ def check_same_run(run_dir: str | Path, cfg: RunConfig) -> None:
                     f"{run_dir} holds a run with {section}.{key}={saved[section].get(key)!r}, "
                     f"not {value!r}: use another --out or --name, or delete the folder"
                 )
+
+
+# -------------------------------------------------------------------------- history
+def history_dataset(rows: list[dict], cfg: RunConfig, provenance: dict | None = None):
+    """Per-epoch records -> ``xarray.Dataset`` with dims ``epoch`` (and ``layer``).
+
+    Attributes: the run's identity, its config, and ``provenance``
+    (:func:`retina_raf.runs.training_provenance`: versions, git commit, device, amp, TF32);
+    every variable has a CF ``long_name`` and a UDUNITS ``units``. Training writes it to
+    ``history.nc`` after every epoch; :func:`load_history` reads it.
+    """
+    import numpy as np
+    import xarray as xr
+
+    attrs = {  # CF attributes of what a run records per epoch
+        "epoch": ("training epoch (1 = after the first pass over the data)", "1"),
+        "layer": ("feedback layer (its error is sent to the layer below)", None),
+        "train_loss": ("cross-entropy on the training set, mean over the epoch (nats)", "1"),
+        "train_acc": ("fraction correct on the training set over the epoch", "1"),
+        "test_loss": ("cross-entropy on the test set after the epoch (nats)", "1"),
+        "test_acc": ("fraction correct on the test set after the epoch", "1"),
+        "lr": ("learning rate during the epoch", "1"),
+        "epoch_time_s": ("wall time of the epoch", "s"),
+        "train_images": (
+            "images in the training set (the epoch's last short batch is skipped)",
+            "1",
+        ),  # fmt: skip
+        "rank": ("rank of the layer's feedback matrix B = Q P", "1"),
+        "alignment_deg": (
+            "angle between feedback B and transposed forward weights W^T",
+            "degree",
+        ),
+        "principal_angle_max_rad": (
+            "largest principal angle between P's rows and the error's top subspace",
+            "radian",
+        ),
+        "error_variance_captured": (
+            "fraction of the error's top-r variance captured by P's rows (1 = top subspace)",
+            "1",
+        ),
+        "error_effective_rank": ("participation-ratio rank of the error covariance", "1"),
+        "p_orthonormality_error": ("Frobenius norm of P P^T - I", "1"),
+    }
+    epochs = [r["epoch"] for r in rows]
+    scalars = [k for k in rows[0] if k not in ("epoch", "diagnostics")] if rows else []
+    ds = xr.Dataset(coords={"epoch": ("epoch", np.asarray(epochs, dtype=np.int64))})
+    for key in scalars:
+        ds[key] = ("epoch", np.asarray([r[key] for r in rows], dtype=np.float64))
+    layers = sorted({name for r in rows for name in r.get("diagnostics", {})})
+    if layers:
+        metrics = sorted({k for r in rows for d in r["diagnostics"].values() for k in d})
+        ds = ds.assign_coords(layer=("layer", layers))
+        for metric in metrics:
+            values = np.full((len(rows), len(layers)), np.nan)
+            for i, r in enumerate(rows):
+                for j, name in enumerate(layers):
+                    value = r.get("diagnostics", {}).get(name, {}).get(metric)
+                    if value is not None:
+                        values[i, j] = float(value)
+            ds[metric] = (("epoch", "layer"), values)
+    for name in ds.variables:
+        long_name, units = attrs.get(str(name), (str(name).replace("_", " "), None))
+        ds[name].attrs.update({"long_name": long_name, **({"units": units} if units else {})})
+    ds.attrs.update({"Conventions": "CF-1.10", **{k: str(v) for k, v in run_identity(cfg).items()},
+                     "config": dump_yaml(cfg), "retina_raf_version": __version__,
+                     **(provenance or {})})  # fmt: skip
+    return ds
 
 
 def load_history(run_dir: str | Path):

@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import xarray as xr
 from tqdm.auto import tqdm
 
-from retina_raf import __version__, runs
+from retina_raf import runs
 from retina_raf.config import (
     RunConfig,
     check_run_config,
@@ -48,7 +47,7 @@ from retina_raf.config import (
 )
 from retina_raf.data import Augmenter, DeviceData, load_cifar10, load_cifar100, select_classes
 from retina_raf.errors import ConfigError, RunError, RunInterrupted
-from retina_raf.feedback import feedback_diagnostics
+from retina_raf.feedback.diagnostics import model_diagnostics
 from retina_raf.io import write_netcdf, write_text
 from retina_raf.models import model_from_config
 from retina_raf.optim import FusedRMSprop
@@ -57,6 +56,7 @@ from retina_raf.optim import FusedRMSprop
 from retina_raf.runs import (  # noqa: F401
     RESUMABLE_KEYS,
     finished_epochs,
+    history_dataset,
     run_id,
     run_identity,
 )
@@ -284,87 +284,6 @@ def evaluate(
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return {"test_loss": total_loss / len(data), "test_acc": correct / len(data)}
-
-
-# ---------------------------------------------------------------------------- history
-def history_dataset(rows: list[dict], cfg: RunConfig, provenance: dict | None = None) -> xr.Dataset:
-    """Per-epoch records -> ``xarray.Dataset`` with dims ``epoch`` (and ``layer``).
-
-    Attributes: the run's identity, its config, and ``provenance``
-    (:func:`retina_raf.runs.training_provenance`: versions, git commit, device, amp, TF32);
-    every variable has a CF ``long_name`` and a UDUNITS ``units``.
-    """
-    attrs = {  # CF attributes of what a run records per epoch
-        "epoch": ("training epoch (1 = after the first pass over the data)", "1"),
-        "layer": ("feedback layer (its error is sent to the layer below)", None),
-        "train_loss": ("cross-entropy on the training set, mean over the epoch (nats)", "1"),
-        "train_acc": ("fraction correct on the training set over the epoch", "1"),
-        "test_loss": ("cross-entropy on the test set after the epoch (nats)", "1"),
-        "test_acc": ("fraction correct on the test set after the epoch", "1"),
-        "lr": ("learning rate during the epoch", "1"),
-        "epoch_time_s": ("wall time of the epoch", "s"),
-        "train_images": (
-            "images in the training set (the epoch's last short batch is skipped)",
-            "1",
-        ),  # fmt: skip
-        "rank": ("rank of the layer's feedback matrix B = Q P", "1"),
-        "alignment_deg": (
-            "angle between feedback B and transposed forward weights W^T",
-            "degree",
-        ),
-        "principal_angle_max_rad": (
-            "largest principal angle between P's rows and the error's top subspace",
-            "radian",
-        ),
-        "error_variance_captured": (
-            "fraction of the error's top-r variance captured by P's rows (1 = top subspace)",
-            "1",
-        ),
-        "error_effective_rank": ("participation-ratio rank of the error covariance", "1"),
-        "p_orthonormality_error": ("Frobenius norm of P P^T - I", "1"),
-    }
-    epochs = [r["epoch"] for r in rows]
-    scalars = [k for k in rows[0] if k not in ("epoch", "diagnostics")] if rows else []
-    ds = xr.Dataset(coords={"epoch": ("epoch", np.asarray(epochs, dtype=np.int64))})
-    for key in scalars:
-        ds[key] = ("epoch", np.asarray([r[key] for r in rows], dtype=np.float64))
-    layers = sorted({name for r in rows for name in r.get("diagnostics", {})})
-    if layers:
-        metrics = sorted({k for r in rows for d in r["diagnostics"].values() for k in d})
-        ds = ds.assign_coords(layer=("layer", layers))
-        for metric in metrics:
-            values = np.full((len(rows), len(layers)), np.nan)
-            for i, r in enumerate(rows):
-                for j, name in enumerate(layers):
-                    value = r.get("diagnostics", {}).get(name, {}).get(metric)
-                    if value is not None:
-                        values[i, j] = float(value)
-            ds[metric] = (("epoch", "layer"), values)
-    for name in ds.variables:
-        long_name, units = attrs.get(str(name), (str(name).replace("_", " "), None))
-        ds[name].attrs.update({"long_name": long_name, **({"units": units} if units else {})})
-    ds.attrs.update({"Conventions": "CF-1.10", **{k: str(v) for k, v in run_identity(cfg).items()},
-                     "config": dump_yaml(cfg), "retina_raf_version": __version__,
-                     **(provenance or {})})  # fmt: skip
-    return ds
-
-
-def model_diagnostics(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """Feedback diagnostics of every feedback layer by the model's own layer name (what the
-    history records per epoch; :func:`retina_raf.feedback.layer_diagnostics`)."""
-    out = {}
-    for name, values in feedback_diagnostics(model).items():
-        # "layers.vvs_1.conv" -> "vvs_1": the model's own layer names (a Fig. 3 network's
-        # are its module paths already: "fc_2", "block_1.attn.key")
-        short = name.removeprefix("layers.").removesuffix(".conv").removesuffix(".linear")
-        out[short] = {k: float(v) for k, v in values.items() if _is_number(v)}
-    return out
-
-
-def _is_number(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1
-    return isinstance(value, (int, float, np.floating, np.integer))
 
 
 # ----------------------------------------------------------------------------- a run

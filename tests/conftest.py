@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from retina_raf.cli import main
 from retina_raf.data import DATA_ROOT_ENV, fetch_command, resolve_data
+from retina_raf_cli import main
 
 IN_CI = bool(os.environ.get("CI"))
 

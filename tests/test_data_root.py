@@ -276,3 +276,18 @@ def test_run_id_and_config_do_not_depend_on_the_data_root(tmp_path, run_cli, mon
         listings.append([line.split()[0] for line in stdout.splitlines()[:-1]])
     assert listings[0] == listings[1] == listings[2]
     assert sorted(listings[0]) == ["bp-s0", "bp-s1", "raf-r4-s0", "raf-r4-s1"]
+
+
+def test_a_published_config_names_its_data_set_not_a_machines_folder():
+    """What a results or trajectories file stores of a run's config: a path to one of the
+    files `data fetch` writes becomes its data set name; any other path stays as given."""
+    from retina_raf import runs
+    from retina_raf.config import resolve_run_config
+
+    cfg = resolve_run_config("bp")
+    cfg.data.path = "/some/machine/shared/cifar10_gray_uint8.npz"
+    text = runs.published_config(cfg)
+    assert "path: cifar10-gray" in text and "/some/machine" not in text
+    assert cfg.data.path.startswith("/some/machine")  # the run's own config is untouched
+    cfg.data.path = "/elsewhere/my_images.npz"
+    assert "path: /elsewhere/my_images.npz" in runs.published_config(cfg)

@@ -23,7 +23,9 @@ from retina_raf.feedback import (
     alignment_angle,
     convert,
     effective_rank,
+    exact_gradients,
     feedback_diagnostics,
+    model_diagnostics,
     principal_angles,
 )
 
@@ -656,6 +658,60 @@ def test_convert_selects_layers_inside_named_modules_and_keeps_shared_layers_sha
     assert isinstance(model.head, RAFLinear) and model.head_again is model.head
 
 
+# ---------------------------------------------------------------- exact gradients
+def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """d(sum of squared outputs)/dx through ``model``'s own backward pass."""
+    x = x.detach().requires_grad_()
+    model(x).square().sum().backward()
+    return x.grad
+
+
+def patched_layers(model: nn.Module) -> list[str]:
+    """Modules whose forward or inject is an instance attribute (exact_gradients' patch)."""
+    return [name for name, module in model.named_modules()
+            if "forward" in vars(module) or "inject" in vars(module)]  # fmt: skip
+
+
+def test_exact_gradients_gives_a_raf_model_the_plain_networks_input_gradient():
+    """Inside exact_gradients a RAF model (conv and dense layers at rank 1) sends backprop's
+    exact input gradient, the plain network's with the same weights; outside it the low-rank
+    feedback sends another; the layers are restored on exit, also when the block raises."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6 * 5 * 5, 8), nn.ReLU(), nn.Linear(8, 4)).double()  # fmt: skip
+    model = convert(copy.deepcopy(plain), "raf", rank=1)
+    x = torch.randn(3, 2, 5, 5, **F64)
+    exact = input_gradient(plain, x)
+    with exact_gradients(model):
+        torch.testing.assert_close(input_gradient(model, x), exact)
+    assert patched_layers(model) == []
+    assert not torch.allclose(input_gradient(model, x), exact)
+    with pytest.raises(RuntimeError, match="in the block"):
+        with exact_gradients(model):
+            assert patched_layers(model) == ["0", "3", "5"]
+            raise RuntimeError("in the block")
+    assert patched_layers(model) == []
+    assert not torch.allclose(input_gradient(model, x), exact)
+
+
+def test_exact_gradients_makes_direct_feedback_injections_identities():
+    """dRAF (an MLP whose hidden layers get the readout's error directly): inside
+    exact_gradients the injections pass the gradient from above through, and the input
+    gradient is the plain MLP's; outside it is not."""
+    from retina_raf.nets import build_net
+
+    model = build_net("mlp", "raf", seed=0, in_channels=1, image_size=8, hidden_units=8,
+                      hidden_layers=2, num_classes=4, direct_target="all").double()  # fmt: skip
+    plain = convert(copy.deepcopy(model), "bp")
+    plain.direct, plain.direct_source, plain.error_tap = None, None, None
+    x = torch.randn(5, 1, 8, 8, **F64)
+    exact = input_gradient(plain, x)
+    with exact_gradients(model):
+        torch.testing.assert_close(input_gradient(model, x), exact)
+    assert patched_layers(model) == []
+    assert not torch.allclose(input_gradient(model, x), exact)
+
+
 # ---------------------------------------------------------------- diagnostics
 
 
@@ -687,6 +743,28 @@ def test_diagnostics_alignment_principal_angles_and_effective_rank():
     assert 1 <= report["0"]["error_effective_rank"] <= 6
     assert math.isnan(report["1"]["error_effective_rank"])  # not tracked
     assert 0 <= report["0"]["error_variance_captured"] <= 1
+
+
+def test_model_diagnostics_name_layers_as_the_model_does():
+    """model_diagnostics (what a run's history records per epoch) holds the diagnostics of
+    every feedback layer, as floats, under the model's own layer names (``vvs_1``, not
+    ``layers.vvs_1.conv``); training records it from here."""
+    import retina_raf.train
+    from retina_raf.models import build_model
+
+    model = build_model("raf-r2", seed=0, vvs_layers=1, fc_units=16, retina_channels=4,
+                        vvs_channels=4, n_bn=4)  # fmt: skip
+    model(torch.rand(2, 1, 32, 32)).sum().backward()
+    report = model_diagnostics(model)
+    assert list(feedback_diagnostics(model)) == [
+        "layers.retina_2.conv",
+        "layers.vvs_1.conv",
+        "layers.fc_1.linear",
+    ]
+    assert list(report) == ["retina_2", "vvs_1", "fc_1"]
+    assert report["vvs_1"]["rank"] == 2.0
+    assert all(type(value) is float for values in report.values() for value in values.values())
+    assert retina_raf.train.model_diagnostics is model_diagnostics
 
 
 def test_variance_captured_is_robust_where_the_largest_principal_angle_is_not():

@@ -413,7 +413,7 @@ def test_one_montage_function_for_cli_notebooks_and_panels(results, monkeypatch)
     import nbformat
 
     from analysis.figures import montage
-    from retina_raf import cli
+    from retina_raf_cli import rfs as rfs_commands
 
     assert not (Path(montage.__file__).parents[1] / "montage.py").exists()
     calls = []
@@ -424,7 +424,7 @@ def test_one_montage_function_for_cli_notebooks_and_panels(results, monkeypatch)
     figures.plot_run_rfs(results, 0)
     dict(figures.paper_panels(results))["rf_montage_bp"]()
     assert len(calls) == 2
-    assert "save_rf_montage" in inspect.getsource(cli.rfs_command.callback)
+    assert "save_rf_montage" in inspect.getsource(rfs_commands.rfs_command.callback)
     assert "plot_rf_montage(" in inspect.getsource(montage.save_rf_montage)
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "rf_atlas.ipynb"
     sources = " ".join(c.source for c in nbformat.read(notebook, as_version=4).cells)
@@ -517,7 +517,7 @@ def test_export_paper_panels_missing_file_is_a_clear_error(tmp_path):
 
 # --------------------------------------------------------------------------------- CLI
 def _cli(args, capsys):
-    from retina_raf.cli import main
+    from retina_raf_cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from retina_raf.cli import main
 from retina_raf.errors import ConfigError, RunError
 from retina_raf.linear_theory import (
     TheoryConfig,
@@ -20,6 +19,7 @@ from retina_raf.linear_theory import (
     make_task,
     simulate,
 )
+from retina_raf_cli import main
 
 M, D, LOW_RANK = TheoryConfig.m, TheoryConfig.d, 8
 RECOVERED = 0.95  # alignment of a mode that counts as recovered

@@ -36,11 +36,12 @@ def floor(spec: str) -> tuple[int, ...]:
 
 
 def test_every_imported_package_is_declared():
-    """Each third-party module that retina_raf or analysis imports is a declared dependency
-    (pandas was not)."""
+    """Each third-party module that retina_raf, analysis or the command line (retina_raf_cli)
+    imports is a declared dependency (pandas was not)."""
     declared = requirements()
     missing = set()
-    for package in ("retina_raf", "analysis"):
+    packages = ("retina_raf", "analysis", "retina_raf_cli")
+    for package in packages:
         for path in (REPO / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
@@ -50,7 +51,7 @@ def test_every_imported_package_is_declared():
                 else:
                     continue
                 for name in (n.split(".")[0] for n in names):
-                    if name in sys.stdlib_module_names or name in ("retina_raf", "analysis"):
+                    if name in sys.stdlib_module_names or name in packages:
                         continue
                     dist = DISTRIBUTIONS.get(name, name).lower().replace("_", "-")
                     if dist not in declared:

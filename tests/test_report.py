@@ -49,7 +49,7 @@ def greeting_notebook(tmp_path):
 
 
 def _cli(args, capsys):
-    from retina_raf.cli import main
+    from retina_raf_cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)

@@ -445,7 +445,7 @@ TINY_RUN = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> str:
     """A finished one-epoch run folder of a tiny bp network (4 retina channels, N_bn = 4)."""
-    from retina_raf.cli import main
+    from retina_raf_cli import main
 
     out = tmp_path_factory.mktemp("runs")
     sets = [arg for kv in TINY_RUN for arg in ("--set", kv)]

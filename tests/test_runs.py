@@ -75,22 +75,85 @@ def signal_at_call(monkeypatch, signum: int, call: int) -> None:
 
 
 # ------------------------------------------------------------------------- one owner
-def test_retina_raf_does_not_import_analysis():
-    """`retina_raf` trains and `analysis` reads what it wrote: no module of `retina_raf`
-    imports `analysis` (the command line excepted: it is the front of both)."""
-    offenders = []
-    for path in sorted((REPO / "retina_raf").rglob("*.py")):
-        if path.name == "cli.py":
-            continue
+PACKAGES = ("retina_raf", "analysis", "retina_raf_cli")  # each imports only those before it
+
+
+def module_imports() -> dict[str, dict[str, int]]:
+    """Module -> {module of PACKAGES it imports: first line}, over every module of PACKAGES,
+    at module level and inside functions alike (a lazy import is an import). ``from a.b
+    import c`` counts as importing ``a.b.c`` where that is a module, else ``a.b``; a
+    package's ``__init__`` is the module named after the package."""
+    paths = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in paths.items():
+        edges = {}
         for node in ast.walk(ast.parse(path.read_text())):
-            names = []
+            targets = []
             if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            if any(name.split(".")[0] == "analysis" for name in names):
-                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                source = node.module or ""
+                if node.level:  # relative: resolved against the importing module's package
+                    package = module.split(".")[: None if path.name == "__init__.py" else -1]
+                    package = package[: len(package) - node.level + 1]
+                    source = ".".join(package + ([node.module] if node.module else []))
+                targets = [f"{source}.{alias.name}" for alias in node.names]
+                targets = [name if name in paths else source for name in targets]
+            for target in map(known, targets):
+                if target and target != module:
+                    edges.setdefault(target, node.lineno)
+        graph[module] = edges
+    return graph
+
+
+def test_retina_raf_does_not_import_analysis():
+    """`retina_raf` trains, `analysis` reads what it wrote and `retina_raf_cli` is the command
+    line over both: no module of `retina_raf` imports `analysis` or the command line, and no
+    module of `analysis` imports the command line. The one exception is the entry point
+    `python -m retina_raf` (retina_raf/__main__.py), which runs the command line."""
+    offenders = []
+    for module, imported in module_imports().items():
+        level = PACKAGES.index(module.split(".")[0])
+        for target, line in imported.items():
+            if PACKAGES.index(target.split(".")[0]) <= level:
+                continue
+            if (module, target) == ("retina_raf.__main__", "retina_raf_cli"):
+                continue
+            offenders.append(f"{module}:{line} imports {target}")
     assert offenders == []
+
+
+def test_no_import_cycles_between_modules():
+    """The modules of retina_raf, analysis and retina_raf_cli import each other without a
+    cycle, counting imports inside functions: every module can be understood (and tested)
+    from the ones below it."""
+    graph = module_imports()
+    done: set[str] = set()
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(" -> ".join(path[path.index(module) :] + [module]))
+            return
+        if module in done:
+            return
+        for target in graph[module]:
+            visit(target, path + [module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])
+    assert cycles == []
 
 
 def test_train_and_a_sweep_put_a_run_in_the_same_folder(tmp_path):

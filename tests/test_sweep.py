@@ -326,7 +326,7 @@ def test_interrupted_sweep_resumes_and_finishes_only_the_remaining_runs(tmp_path
     path = write_experiment(tmp_path, presets=["bp"], seeds=3, overrides=tiny)
     out = tmp_path / "out"
     runs = expand(load_experiment(path))
-    cli = [sys.executable, "-m", "retina_raf.cli", "sweep", str(path), "--out", str(out)]
+    cli = [sys.executable, "-m", "retina_raf", "sweep", str(path), "--out", str(out)]
     proc = subprocess.Popen(cli, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None:

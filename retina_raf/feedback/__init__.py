@@ -9,6 +9,8 @@ the backward pass fills, so any torch optimizer trains them.
     DirectFeedback, ErrorTap  direct feedback from a later source (dRAF)
     convert                   swap the layers of an existing model
     feedback_diagnostics      alignment, principal angles, effective error rank per layer
+    model_diagnostics         the same by the model's own layer names (what a history records)
+    exact_gradients           backprop's exact gradients through the feedback layers (a with block)
 
 Named rules (``RULES``; ``from_rule`` / ``convert(rule=...)``):
 
@@ -30,9 +32,11 @@ from retina_raf.feedback.diagnostics import (
     effective_rank,
     feedback_diagnostics,
     layer_diagnostics,
+    model_diagnostics,
     principal_angles,
 )
 from retina_raf.feedback.direct import DirectFeedback, ErrorTap, FeedbackWiringError
+from retina_raf.feedback.exact import exact_gradients
 from retina_raf.feedback.linear import RAFLinear
 from retina_raf.feedback.rules import P_RULES, RULE_NAMES, RULES, oja_gradient, rule_options
 
@@ -50,8 +54,10 @@ __all__ = [
     "angle_degrees",
     "convert",
     "effective_rank",
+    "exact_gradients",
     "feedback_diagnostics",
     "layer_diagnostics",
+    "model_diagnostics",
     "oja_gradient",
     "principal_angles",
     "rule_options",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -114,3 +115,21 @@ def feedback_diagnostics(model: nn.Module) -> dict[str, dict[str, float]]:
         for name, module in model.named_modules()
         if isinstance(module, FeedbackMixin)
     }
+
+
+def model_diagnostics(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Feedback diagnostics of every feedback layer by the model's own layer name (what the
+    history records per epoch; :func:`layer_diagnostics`)."""
+    out = {}
+    for name, values in feedback_diagnostics(model).items():
+        # "layers.vvs_1.conv" -> "vvs_1": the model's own layer names (a Fig. 3 network's
+        # are its module paths already: "fc_2", "block_1.attn.key")
+        short = name.removeprefix("layers.").removesuffix(".conv").removesuffix(".linear")
+        out[short] = {k: float(v) for k, v in values.items() if _is_number(v)}
+    return out
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, np.floating, np.integer))
