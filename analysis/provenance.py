@@ -15,7 +15,7 @@ import retina_raf
 from retina_raf import runs
 
 # What a results file holds, in its ``kind`` attribute (files written before it existed get it
-# from their variables when opened, in analysis.results.results_kind)
+# from their variables when opened, in analysis.results.upgrade_layout)
 KIND_RF_RESULTS = "rf_results"  # RFs and metrics of finished runs (run, channel, y, x)
 KIND_TRAJECTORIES = "trajectories"  # the same at every retina snapshot (run, epoch, ...)
 KIND_ACCURACY = "accuracy"  # test accuracies of the Fig. 3 networks (run, epoch)

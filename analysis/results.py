@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
@@ -395,31 +396,70 @@ def open_results(paths: str | Path | Sequence[str | Path]) -> xr.Dataset:
 
 
 def results_kind(ds: xr.Dataset) -> str:
-    """What a results dataset holds: its ``kind`` attribute (one of
-    :data:`analysis.provenance.KINDS`), or, for a file written before that attribute existed,
-    what its variables say."""
+    """What a results dataset holds: its ``kind`` attribute, one of
+    :data:`analysis.provenance.KINDS` (a file written before that attribute existed gets its
+    kind when opened: :func:`upgrade_layout`).
+
+    Raises:
+        DataError: no known kind.
+    """
     kind = ds.attrs.get("kind")
-    if kind in KINDS:
-        return kind
-    if "symmetry" in ds:
-        return KIND_TRAJECTORIES if "epoch" in ds["symmetry"].dims else KIND_RF_RESULTS
-    if "test_acc" in ds and "constrain" in ds.coords:
-        return KIND_ACCURACY
-    raise DataError("not a results dataset of retina-raf (no RF metrics and no accuracies)")
+    if kind not in KINDS:
+        raise DataError("not a results dataset of retina-raf (no RF metrics and no accuracies)")
+    return kind
 
 
 def upgrade_layout(ds: xr.Dataset) -> xr.Dataset:
-    """The one place where results files of an earlier layout are read as today's: the RF
-    method dimension ``method`` (whose name ``ds.sel(method=...)`` took as sel's own
-    argument) is ``rf_method``, and ``kind`` says what the file holds."""
+    """The one place where results files of an earlier layout are read as today's
+    (:func:`open_results` calls it on every file):
+
+    - the RF method dimension ``method`` (whose name ``ds.sel(method=...)`` took as sel's own
+      argument) is ``rf_method``;
+    - a file without a known ``kind`` gets it from its variables: ``symmetry`` per run (RF
+      results) or per run and epoch (trajectories), ``test_acc`` with ``constrain``
+      (accuracies); nothing for e.g. RFs without metrics;
+    - a file of a retina or VVS layer's RFs without ``rf_support`` (the crop box of the RFs,
+      ``support`` of :func:`analysis.rf.extract_rfs`) gets the box its runs' configs give, when
+      they all give the same one: the center unit of the d-th k x k convolution sees
+      ``d (k - 1) + 1`` pixels around the image's center.
+    """
     if "method" in ds.dims and "rf_method" not in ds.dims:
         ds = ds.rename({"method": "rf_method"})
-    if "kind" not in ds.attrs:
-        try:
-            ds = ds.assign_attrs(kind=results_kind(ds))
-        except DataError:  # e.g. RFs without metrics yet: nothing to say what it is
-            pass
+    if ds.attrs.get("kind") not in KINDS:
+        if "symmetry" in ds:
+            trajectories = "epoch" in ds["symmetry"].dims
+            ds = ds.assign_attrs(kind=KIND_TRAJECTORIES if trajectories else KIND_RF_RESULTS)
+        elif "test_acc" in ds and "constrain" in ds.coords:
+            ds = ds.assign_attrs(kind=KIND_ACCURACY)
+    by_method = json.loads(ds.attrs.get("rf_options_by_method", "{}"))
+    if "rf_support" not in ds.attrs and not any("rf_support" in o for o in by_method.values()):
+        support = _support_from_configs(ds)
+        if support is not None:
+            ds = ds.assign_attrs(rf_support=support)
     return ds
+
+
+def _support_from_configs(ds: xr.Dataset) -> list[int] | None:
+    """:func:`upgrade_layout`'s crop box from the runs' ``config`` (None: a layer that is not a
+    retina or VVS convolution, a config without kernel and image size, or runs that differ)."""
+    import yaml
+
+    match = re.fullmatch(r"(retina|vvs)_(\d+)", str(ds.attrs.get("rf_layer", "")))
+    if "config" not in ds or not match:
+        return None
+    depth = int(match.group(2)) + (2 if match.group(1) == "vvs" else 0)  # two retina layers
+    boxes = set()
+    for text in np.asarray(ds["config"].values).ravel():
+        try:
+            model = yaml.safe_load(str(text)).get("model", {})
+        except (yaml.YAMLError, AttributeError):
+            return None
+        kernel, size = model.get("kernel_size"), model.get("image_size", ds.sizes.get("y"))
+        if not isinstance(kernel, int) or not isinstance(size, int):
+            return None
+        half, center = depth * (kernel // 2), size // 2
+        boxes.add((max(center - half, 0), min(center + half + 1, size)) * 2)
+    return list(boxes.pop()) if len(boxes) == 1 else None
 
 
 def select_runs(ds: xr.Dataset, **keys) -> xr.Dataset:

@@ -15,4 +15,6 @@ import os
 # THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+# The one version string: pyproject.toml reads it from here (tool.setuptools.dynamic) and
+# CITATION.cff repeats it (tests/test_citation.py, tests/test_packaging.py).
 __version__ = "0.1.0"

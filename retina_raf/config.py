@@ -7,7 +7,7 @@ out-of-range values raise :class:`~retina_raf.errors.ConfigError` naming the key
 allowed values.
 
 The paper's conditions are presets (:mod:`retina_raf.presets`, next to the model); the
-schema of experiment files lives with the sweeps (:mod:`retina_raf.sweep`).
+schema of experiment files lives with the sweeps (:mod:`retina_raf.sweep.experiment`).
 """
 
 import dataclasses

@@ -30,6 +30,9 @@ The contract:
 - **One lock per run** (:func:`run_lock`): an ``flock`` the OS drops when its holder exits or
   dies, so a killed run is resumable and two processes never train one run.
 - Bad or damaged folders raise :class:`~retina_raf.errors.RunError` with a one-line message.
+- **Earlier layouts are translated in one place**: what a run folder of an earlier version
+  holds differently is read as today's layout here (:func:`upgrade_done`), so that no
+  reader elsewhere branches on a file's age.
 
 torch and xarray are imported inside the functions that need them: a sweep checks the state
 of hundreds of runs without loading either.
@@ -69,6 +72,7 @@ HISTORY_FILE = "history.nc"
 LOG_FILE = "train.log"
 MODEL_FILE = "model.pt"
 DONE_FILE = "DONE"
+DONE_TEXT = re.compile(r"finished (\d+) epochs")  # what DONE says (mark_finished)
 ANALYSIS_DIR = "analysis"
 SNAPSHOT_DIR = "snapshots"  # train.retina_snapshots: the retina's weights after every epoch
 SNAPSHOT_LAYERS = ("retina_1", "retina_2")  # all that an RF of retina_2 depends on
@@ -224,15 +228,17 @@ def is_finished(run_dir: str | Path, epochs: int | None = None) -> bool:
 
 
 def finished_epochs(run_dir: str | Path) -> int:
-    """Epochs of a finished run (from ``DONE``; from ``history.nc`` for older folders), or the
-    epochs ``history.nc`` records for an unfinished one (0 when there is none)."""
+    """Epochs of a finished run (from ``DONE``), or the epochs ``history.nc`` records for an
+    unfinished one (0 when there is none)."""
     run_dir = Path(run_dir)
     try:
-        match = re.match(r"finished (\d+) epochs", (run_dir / DONE_FILE).read_text())
+        done = (run_dir / DONE_FILE).read_text()
     except OSError:  # no DONE (or it went away: the run is being extended)
-        match = None
-    if match:
-        return int(match.group(1))
+        return _history_epochs(run_dir)
+    return int(DONE_TEXT.match(upgrade_done(done, run_dir)).group(1))
+
+
+def _history_epochs(run_dir: Path) -> int:
     history = load_history(run_dir)
     return 0 if history is None else int(history.sizes.get("epoch", 0))
 
@@ -277,6 +283,16 @@ def find_runs(root: str | Path) -> list[Path]:
     if is_finished(root):
         return [root]
     return sorted(p.parent for p in root.glob(f"*/{DONE_FILE}") if p.is_file())
+
+
+# ------------------------------------------------------------------ earlier layouts
+def upgrade_done(text: str, run_dir: str | Path) -> str:
+    """The one place where a run folder of an earlier layout is read as today's: a ``DONE``
+    written before it said how many epochs the run finished (``text``, as read) becomes
+    today's ``finished <N> epochs``, N from ``history.nc`` (0 without one)."""
+    if DONE_TEXT.match(text):
+        return text
+    return f"finished {_history_epochs(Path(run_dir))} epochs\n"
 
 
 # -------------------------------------------------------------------------- loading

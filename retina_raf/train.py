@@ -7,28 +7,21 @@ extends it. Every file is written atomically, so a run killed at any moment (kil
 resumes from its latest checkpoint, written every ``train.checkpoint_every`` epochs and
 after the last one.
 
-**SIGTERM** (what SLURM sends before a time limit, a preemption or a requeue) and **SIGINT**
-(Ctrl-C) stop the run at the next batch boundary: it writes a checkpoint of the partial epoch
-and raises :class:`~retina_raf.errors.RunInterrupted`, and ``retina-raf train`` exits with
-status 128 + the signal's number (143 for SIGTERM, 130 for SIGINT). Started again (a requeued
-job runs the same command), the run resumes inside that epoch. A signal handler that was
-installed before (submitit's, for its time-limit signal) runs once the checkpoint is written.
+SIGTERM and SIGINT stop a run at the next batch boundary with a checkpoint of the partial
+epoch, and the run resumes inside it; on the CPU with ``train.deterministic`` a resumed run
+ends bitwise equal to an uninterrupted one. The machinery (checkpoint and restore, RNG
+states, partial epochs, signals) is :mod:`retina_raf.resume`.
 
-On the CPU with ``train.deterministic`` a resumed run ends with bitwise the same weights
-(and history) as an uninterrupted one, wherever it stopped: the shuffling, augmentation and
-dropout/noise generators are checkpointed with the model, and a partial epoch redraws its
-permutation and continues its sums.
+Read top to bottom: set-up (device, optimizer, data), one epoch (:func:`train_epoch`,
+:func:`evaluate`), then a run (:func:`train`, its loop in ``_train_locked``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +36,21 @@ from retina_raf.config import (
     dump_yaml,
     from_dict,
     resolve_run_config,
-    to_dict,
 )
 from retina_raf.data import Augmenter, DeviceData, load_cifar10, load_cifar100, select_classes
-from retina_raf.errors import ConfigError, RunError, RunInterrupted
+from retina_raf.errors import ConfigError, RunError
 from retina_raf.feedback.diagnostics import model_diagnostics
 from retina_raf.io import write_netcdf, write_text
 from retina_raf.models import model_from_config
 from retina_raf.optim import FusedRMSprop
+from retina_raf.resume import (
+    EpochBatches,
+    PartialEpoch,
+    StopOnSignal,
+    restore_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 
 # The run folder's owner provides these; they stay importable from here.
 from retina_raf.runs import (  # noqa: F401
@@ -172,10 +172,10 @@ def train_epoch(
     total_loss = torch.tensor(done.loss_sum, device=device)  # float32, as the sums it continues
     correct = torch.tensor(done.correct, device=device, dtype=torch.long)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    batches = _EpochBatches(
+    batches = EpochBatches(
         data.batches(cfg.train.batch_size, shuffle, augmenter, drop_last=True),
         done,
-        lambda rng: _set_rng_state(rng, shuffle, augmenter),
+        lambda rng: set_rng_state(rng, shuffle, augmenter),
         stop,
     )
     bar = tqdm(batches, total=n_batches, initial=done.batches, desc=desc, leave=False,
@@ -205,66 +205,6 @@ def train_epoch(
     return {"train_loss": total_loss.item() / n_seen, "train_acc": correct.item() / n_seen}
 
 
-@dataclass
-class PartialEpoch:
-    """How far an epoch got before it stopped at a batch boundary (SIGTERM).
-
-    Attributes:
-        batches: batches done.
-        loss_sum: sum of the per-image losses so far (the value of the float32 accumulator).
-        correct: correctly classified training images so far.
-        rng: RNG states at the stop (:func:`_rng_state`), restored once the done batches have
-            been skipped; their augmentation is redrawn and discarded on the way.
-    """
-
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    rng: dict | None = None
-
-    def record(self, shuffle_start: torch.Tensor) -> dict:
-        """What a checkpoint keeps (its ``partial`` entry), with the shuffle generator's state
-        at the start of the epoch, from which the epoch's permutation is drawn again."""
-        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct,
-                "shuffle_start": shuffle_start}  # fmt: skip
-
-    @classmethod
-    def from_record(cls, record: dict, rng: dict) -> PartialEpoch:
-        """The inverse of :meth:`record`; ``rng``: the checkpoint's RNG states (at the stop)."""
-        return cls(record["batches"], record["loss_sum"], record["correct"], rng=rng)
-
-
-class _EpochBatches:
-    """An epoch's batches from ``start.batches`` on; ends early at a batch boundary when
-    ``stop()`` says so (``stopped_at`` is then the number of batches done).
-
-    The first batch is drawn only after ``stop()`` was asked, so a stopped epoch has drawn
-    no random numbers for batches it did not train.
-    """
-
-    def __init__(self, batches, start: PartialEpoch, restore_rng, stop=None):
-        self.batches, self.start, self.restore_rng, self.stop = batches, start, restore_rng, stop
-        self.stopped_at: int | None = None
-
-    def __iter__(self):
-        batches = iter(self.batches)
-        for _ in range(self.start.batches):  # the same permutation: the epoch's shuffle state
-            next(batches)
-        if self.start.batches and self.start.rng is not None:
-            self.restore_rng(self.start.rng)
-        index = self.start.batches
-        while True:
-            if self.stop is not None and self.stop():
-                self.stopped_at = index
-                return
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            yield batch
-            index += 1
-
-
 def _show_bars(cfg: RunConfig) -> bool:
     """Progress bars only on a terminal: in a log file (SLURM, ``make demo``) their control
     codes are noise, and the per-epoch log line says the same."""
@@ -287,26 +227,6 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- a run
-def _rng_state(shuffle: torch.Generator, augmenter: Augmenter | None) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if augmenter is not None:
-        state["augment"] = augmenter.generator.get_state()
-    return state
-
-
-def _set_rng_state(state: dict, shuffle: torch.Generator, augmenter: Augmenter | None) -> None:
-    """Restore :func:`_rng_state`. Every generator, CUDA ones included, takes its state as a
-    CPU ByteTensor: checkpoints are loaded to the CPU for this reason."""
-    torch.set_rng_state(state["torch"].cpu())
-    shuffle.set_state(state["shuffle"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    if augmenter is not None and "augment" in state:
-        augmenter.generator.set_state(state["augment"].cpu())
-
-
 def train(
     cfg: RunConfig | dict,
     out_dir: str | Path = DEFAULT_OUT,
@@ -401,25 +321,16 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
     if state is None:
         log(f"{run_dir}: training {epochs} epoch{'s' if epochs != 1 else ''} on {device}")
     else:
-        # loaded on the CPU: load_state_dict copies into the model's (and optimizer's) device
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], shuffle, augmenter)
-        rows = state["history"]
-        if state.get("partial"):
-            partial = PartialEpoch.from_record(state["partial"], rng=state["rng"])
-            shuffle.set_state(state["partial"]["shuffle_start"])  # the epoch's permutation
+        rows, partial = restore_checkpoint(state, model, optimizer, scheduler, shuffle, augmenter)
+        if partial is not None:
             log(f"{run_dir}: resuming epoch {len(rows) + 1} of {epochs} "
                 f"after batch {partial.batches}")  # fmt: skip
         else:
             log(f"{run_dir}: resuming after epoch {len(rows)} of {epochs}")
 
     def checkpoint(partial_epoch: dict | None = None) -> None:
-        runs.save_checkpoint(run_dir, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": _rng_state(shuffle, augmenter),
-            "history": rows, "config": to_dict(cfg), "partial": partial_epoch})  # fmt: skip
+        save_checkpoint(run_dir, model, optimizer, scheduler, shuffle, augmenter, rows, cfg,
+                        partial_epoch)  # fmt: skip
 
     if cfg.train.retina_snapshots and not rows and partial is None:
         runs.save_retina_snapshot(run_dir, model.state_dict(), 0)  # where the RFs start
@@ -429,7 +340,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
     bar = tqdm(range(len(rows) + 1, epochs + 1), desc=run_dir.name, unit="epoch",
                disable=not _show_bars(cfg), initial=len(rows), total=epochs)  # fmt: skip
     try:
-        with _StopOnSignal() as stop:
+        with StopOnSignal() as stop:
             for epoch in bar:
                 start = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
@@ -471,59 +382,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
     return run_dir
 
 
-class _StopOnSignal:
-    """While active, SIGTERM and SIGINT ask training to stop at the next batch boundary.
-
-    So does SIGUSR2 when a Python handler already listens to it (submitit's signal that a
-    job nears its time limit). :meth:`finish` is called once the checkpoint is written: it
-    logs, runs the signal's previous Python handler if there was one (submitit requeues the
-    job there), and raises :class:`RunInterrupted`. Later signals only repeat the request:
-    the checkpoint is not cut short. Outside the main thread (where Python cannot install
-    handlers) nothing is installed and training is never asked to stop.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous: dict[int, object] = {}
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else "a signal"
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-            current = signal.getsignal(signum)
-            # SIGINT's default handler raises KeyboardInterrupt mid-batch: it is not run after
-            # the checkpoint (the run stops by RunInterrupted, as on SIGTERM)
-            if signum != signal.SIGUSR2 or callable(current):
-                self.previous[signum] = current
-                signal.signal(signum, self._request)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _request(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def requested(self) -> bool:
-        """Whether a stop was asked for (polled at every batch boundary)."""
-        return self.signum is not None
-
-    def finish(self, log: runs.RunLog, message: str) -> None:
-        """After the checkpoint: log, run the previous handler, raise RunInterrupted."""
-        message += "; checkpoint written, run the same command again to resume"
-        log.write(message)  # the exception carries it to the caller's output
-        previous = self.previous.get(self.signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(self.signum, None)
-        raise RunInterrupted(message, self.signum)
-
-
+# ------------------------------------------------------------- retina-raf train's options
 def config_from_cli(
     preset: str | None,
     seed: int | None,

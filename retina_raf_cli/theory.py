@@ -33,8 +33,9 @@ def theory_command(out, steps, lr, seed, n_seeds, rank, dim, dpi):
     """Paper Fig. 2: linear-network simulations (solid) against the ODE theory (dashed)."""
     from pathlib import Path
 
+    from analysis.figures.theory import plot_figure2
     from retina_raf.io import write_netcdf
-    from retina_raf.linear_theory import figure2_data, plot_figure2
+    from retina_raf.linear_theory import figure2_data
 
     params = {"steps": steps, "lr": lr, "d": dim}
     params = {key: value for key, value in params.items() if value is not None}

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from test_train import tiny_config
 
 from analysis.alignment import weight_decay_alignment
 from retina_raf import runs
@@ -22,7 +21,7 @@ from retina_raf.train import make_optimizer, train
 
 
 @pytest.fixture(scope="module")
-def raf_run(tmp_path_factory):
+def raf_run(tmp_path_factory, tiny_config):
     cfg = tiny_config("raf-r2", epochs=2, extra=("train.weight_decay=0.001",))
     return train(cfg, tmp_path_factory.mktemp("runs"), log=lambda m: None)
 
@@ -65,7 +64,7 @@ def test_the_learning_rates_decay_bounds_what_weight_decay_can_ever_remove(raf_r
     assert 0 < found["alignment_deg"] < 180 and found["d_relative"] > 0
 
 
-def test_a_layer_without_learned_feedback_is_refused(tmp_path):
+def test_a_layer_without_learned_feedback_is_refused(tmp_path, tiny_config):
     run_dir = train(tiny_config("bp", epochs=1), tmp_path, log=lambda m: None)
     with pytest.raises(DataError, match="not a RAF layer"):
         weight_decay_alignment(run_dir, "vvs_1")

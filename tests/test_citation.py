@@ -22,13 +22,12 @@ def citation() -> dict:
 
 
 def test_citation_names_the_software_and_both_papers():
-    """cff-version 1.2.0, title, authors and this version; references to Hanut & Kadmon
+    """cff-version 1.2.0, title and authors; references to Hanut & Kadmon
     (arXiv:2502.20580) and Lindsey et al. (ICLR 2019, arXiv:1901.00945)."""
     cff = citation()
     assert cff["cff-version"] == "1.2.0"
     assert cff["title"] == "retina-raf" and cff["type"] == "software"
     assert cff["authors"] and all(a.get("name") or a.get("family-names") for a in cff["authors"])
-    assert str(cff["version"]) == __version__
     references = {ref["doi"]: ref for ref in cff["references"]}
     assert set(references) == {"10.48550/arXiv.2502.20580", "10.48550/arXiv.1901.00945"}
     raf = references["10.48550/arXiv.2502.20580"]
@@ -39,6 +38,11 @@ def test_citation_names_the_software_and_both_papers():
     assert lindsey["title"].startswith("A unified theory of early visual representations")
     assert [a["family-names"] for a in lindsey["authors"]] == ["Lindsey", "Ocko", "Ganguli", "Deny"]
     assert lindsey["year"] == 2019 and "ICLR 2019" in lindsey["conference"]["name"]
+
+
+def test_citation_version_is_the_package_version():
+    """CITATION.cff repeats the one version string, retina_raf.__version__."""
+    assert str(citation()["version"]) == __version__
 
 
 def test_license_file_citation_and_pyproject_agree():

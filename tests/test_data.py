@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import full_data
 
 from retina_raf.data import (
     EMBEDDED_SAMPLE,
@@ -24,12 +23,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="module")
-def full_gray():
+def full_gray(full_data):
     return load_cifar10(full_data("cifar10-gray"))
 
 
 @pytest.fixture(scope="module")
-def full_rgb():
+def full_rgb(full_data):
     return load_cifar10(full_data("cifar10"))
 
 
@@ -96,7 +95,7 @@ def test_embedded_sample_is_balanced_and_small():
 
 
 @pytest.mark.slow
-def test_embedded_sample_rebuilds_identically(tmp_path, run_cli):
+def test_embedded_sample_rebuilds_identically(tmp_path, run_cli, full_data):
     """`retina-raf data sample` on the full set rebuilds the committed sample byte-for-byte
     in its arrays (deterministic selection)."""
     source = full_data("cifar10")

@@ -396,26 +396,40 @@ def test_montage_crops_tiles_to_the_rf_support():
     assert figures.montage_tiles(rfs, support=[0, 32, 0, 32]).shape == (4, 32, 32)
 
 
-def test_run_support_of_old_results_comes_from_the_config():
-    """Results written before the support attribute: the crop box follows from the run's
-    kernel size and the RF layer (retina_2, 9x9 kernels, 32x32 images: rows 8-24)."""
-    ds = xr.Dataset({"config": ("run", ["model:\n  kernel_size: 9\n  image_size: 32\n"])},
-                    attrs={"rf_layer": "retina_2"})  # fmt: skip
-    assert figures.run_support(ds, 0) == [8, 25, 8, 25]
-    assert figures.run_support(ds.assign_attrs(rf_layer="fc_1"), 0) is None
+def test_run_support_of_old_results_comes_from_the_config(tmp_path):
+    """Results written before the support attribute: opening them derives the crop box from
+    the runs' kernel size and the RF layer (retina_2, 9x9 kernels, 32x32 images: rows 8-24);
+    a dense layer, or runs whose boxes differ, give none (the whole grid)."""
+    from analysis.results import open_results
+
+    def opened(ds, name):
+        ds.to_netcdf(tmp_path / name, engine="h5netcdf")
+        with open_results(tmp_path / name) as reopened:
+            return reopened.load()
+
+    config = "model:\n  kernel_size: {}\n  image_size: 32\n"
+    ds = xr.Dataset({"config": ("run", [config.format(9)] * 2)}, attrs={"rf_layer": "retina_2"})
+    assert figures.run_support(opened(ds, "old.nc"), 0) == [8, 25, 8, 25]
+    assert figures.run_support(opened(ds, "old.nc"), 1) == [8, 25, 8, 25]
+    dense = opened(ds.assign_attrs(rf_layer="fc_1"), "dense.nc")
+    assert figures.run_support(dense, 0) is None
+    mixed = ds.assign(config=("run", [config.format(9), config.format(5)]))
+    assert figures.run_support(opened(mixed, "mixed.nc"), 0) is None
+    today = opened(ds.assign_attrs(rf_support=[4, 28, 4, 28]), "today.nc")
+    assert figures.run_support(today, 1) == [4, 28, 4, 28]  # as written
 
 
-def test_one_montage_function_for_cli_notebooks_and_panels(results, monkeypatch):
-    """One owner: the rf_atlas notebook, the paper panels and `retina-raf rfs` all draw
-    through analysis.figures.montage.plot_rf_montage; the old second montage is gone."""
-    import inspect
+def test_one_montage_function_for_cli_notebooks_and_panels(results, monkeypatch, run_cli, tmp_path):
+    """One owner: the per-run montages of notebooks, the paper panels and the PNG of
+    `retina-raf rfs` are all drawn by analysis.figures.montage.plot_rf_montage, and the
+    rf_atlas notebook draws its montages with plot_run_rfs."""
+    import ast
 
     import nbformat
 
+    import analysis.rf
     from analysis.figures import montage
-    from retina_raf_cli import rfs as rfs_commands
 
-    assert not (Path(montage.__file__).parents[1] / "montage.py").exists()
     calls = []
     original = montage.plot_rf_montage
     monkeypatch.setattr(
@@ -424,11 +438,28 @@ def test_one_montage_function_for_cli_notebooks_and_panels(results, monkeypatch)
     figures.plot_run_rfs(results, 0)
     dict(figures.paper_panels(results))["rf_montage_bp"]()
     assert len(calls) == 2
-    assert "save_rf_montage" in inspect.getsource(rfs_commands.rfs_command.callback)
-    assert "plot_rf_montage(" in inspect.getsource(montage.save_rf_montage)
+    # `retina-raf rfs`, its RFs mapped by a stand-in (no trained run needed)
+    rfs = xr.DataArray(
+        np.random.default_rng(0).normal(size=(3, 13, 13)),
+        dims=("channel", "y", "x"),
+        coords={"channel": [0, 1, 2], "responsive": ("channel", [True, True, False])},
+        attrs={"layer": "retina_2", "method": "gradient"},
+        name="rf",
+    )
+    monkeypatch.setattr(analysis.rf, "extract_rfs", lambda *a, **k: rfs)
+    code, _, err = run_cli("rfs", tmp_path / "run", "--method", "gradient",
+                           "--out", tmp_path / "rfs.nc")  # fmt: skip
+    assert code == 0, err
+    assert len(calls) == 3 and (tmp_path / "rfs.png").read_bytes()[:4] == b"\x89PNG"
+    # the notebook's code (its syntax tree, IPython magics aside) calls plot_run_rfs
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "rf_atlas.ipynb"
-    sources = " ".join(c.source for c in nbformat.read(notebook, as_version=4).cells)
-    assert "plot_run_rfs" in sources and "plot_montage" not in sources
+    cells = nbformat.read(notebook, as_version=4).cells
+    lines = [line for cell in cells if cell.cell_type == "code"
+             for line in cell.source.splitlines() if not line.lstrip().startswith("%")]  # fmt: skip
+    called = {node.func.id for node in ast.walk(ast.parse("\n".join(lines)))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}  # fmt: skip
+    assert "plot_run_rfs" in called
+    assert {name for name in called if "montage" in name} <= set(vars(montage))
 
 
 def test_alignment_without_variable_is_a_clear_error(results):

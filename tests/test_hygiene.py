@@ -3,11 +3,13 @@ tracker reference in any file of the repository.
 
 Checked: every text file git knows of (tracked, and untracked files that are not ignored), the
 cell sources of notebooks (not their outputs); binary files and NetCDF data are skipped. A
-finding names the file, the line and the text, so it can be fixed where it is.
+finding names the file, the line and the text, so it can be fixed where it is. And the tests
+stand alone: no test module imports another.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -133,3 +135,23 @@ def test_the_patterns_flag_what_they_should(line, flagged):
         or _issue_number(line)
     )
     assert hit == flagged
+
+
+def test_no_test_module_imports_another():
+    """Test modules share helpers through tests/conftest.py (fixtures), never by importing
+    one another (or conftest itself): each module runs alone, and moving a test moves no
+    helper of another's."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top.startswith("test_") or top == "conftest":
+                    found.append(f"tests/{path.name}:{node.lineno}: {name}")
+    assert not found, "test modules importing test modules:\n" + "\n".join(found)

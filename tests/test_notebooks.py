@@ -7,99 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
-import xarray as xr
 
 from analysis.report import notebook_parameters, run_report
 from analysis.results import load_results, write_results
 from retina_raf.errors import ConfigError, DataError, RunError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-CONDITIONS = {  # preset: (rule, rank, n_bn, probability of a center-surround RF)
-    "bp": ("bp", 32, 32, 0.2),
-    "bp-bottleneck-2": ("bp", 2, 2, 0.9),
-    "raf-r2": ("raf", 2, 32, 0.8),
-    "raf-r32": ("raf", 32, 32, 0.2),
-}
-N_SEEDS, N_CHANNELS, SIZE, N_EPOCHS = 2, 4, 32, 3
-LAYERS = ["vvs_1", "vvs_2"]
-
-
-def _rf(center_surround: bool, rng) -> np.ndarray:
-    y, x = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2 + rng.normal(0, 1, 2)[:, None, None]
-    if center_surround:  # difference of Gaussians
-        r2 = x**2 + y**2
-        return np.exp(-r2 / 8) - 0.4 * np.exp(-r2 / 50)
-    theta = rng.uniform(0, np.pi)  # Gabor
-    along = x * np.cos(theta) + y * np.sin(theta)
-    return np.exp(-(x**2 + y**2) / 32) * np.cos(2 * np.pi * along / 6)
-
-
-def make_results(seed: int = 0) -> xr.Dataset:
-    """A tiny results dataset with the analysis.results schema: 4 conditions x 2 seeds,
-    4 retina channels of 32x32 RFs (bottleneck runs padded), history and alignment."""
-    rng = np.random.default_rng(seed)
-    rows = [(preset, s) for preset in CONDITIONS for s in range(N_SEEDS)]
-    shape = (len(rows), N_CHANNELS)
-    rf = np.full((*shape, SIZE, SIZE), np.nan)
-    present, responsive = np.zeros(shape, bool), np.zeros(shape, bool)
-    rf_class = np.full(shape, "", dtype=object)
-    osi, symmetry = np.full(shape, np.nan), np.full(shape, np.nan)
-    for run, (preset, _) in enumerate(rows):
-        _, _, n_bn, p_center_surround = CONDITIONS[preset]
-        for channel in range(min(n_bn, N_CHANNELS)):
-            present[run, channel] = True
-            if channel == N_CHANNELS - 1:  # one silent unit per full-width run
-                rf[run, channel], rf_class[run, channel] = 0.0, "unresponsive"
-                continue
-            center_surround = rng.random() < p_center_surround
-            rf[run, channel] = _rf(center_surround, rng) + rng.normal(0, 0.05, (SIZE, SIZE))
-            responsive[run, channel] = True
-            rf_class[run, channel] = "center-surround" if center_surround else "oriented"
-            osi[run, channel] = rng.uniform(0, 0.2) if center_surround else rng.uniform(0.5, 0.9)
-            symmetry[run, channel] = rng.uniform(0.7, 0.9) if center_surround else rng.uniform(
-                0.1, 0.4)  # fmt: skip
-    epochs = np.arange(1, N_EPOCHS + 1)
-    loss = 2.3 * np.exp(-epochs / 4) + rng.normal(0, 0.02, (len(rows), N_EPOCHS))
-    alignment = np.full((len(rows), N_EPOCHS, len(LAYERS)), np.nan)
-    for run, (preset, _) in enumerate(rows):
-        if CONDITIONS[preset][0] != "bp":
-            alignment[run] = 88 - 10 * epochs[:, None] + rng.normal(0, 1, (N_EPOCHS, len(LAYERS)))
-    return xr.Dataset(
-        {
-            "rf": (("run", "channel", "y", "x"), rf),
-            "present": (("run", "channel"), present),
-            "responsive": (("run", "channel"), responsive),
-            "rf_class": (("run", "channel"), rf_class.astype(str)),
-            "osi": (("run", "channel"), osi),
-            "symmetry": (("run", "channel"), symmetry),
-            "train_loss": (("run", "epoch"), loss),
-            "test_loss": (("run", "epoch"), loss + 0.1),
-            "train_acc": (("run", "epoch"), 1 - loss / 2.5),
-            "test_acc": (("run", "epoch"), 0.95 - loss / 2.5),
-            "alignment_deg": (("run", "epoch", "layer"), alignment),
-            # Oja's P turning towards the error's top subspace: 60, 40, 20 degrees
-            "principal_angle_max_rad": (("run", "epoch", "layer"), np.deg2rad(alignment - 18)),
-        },
-        coords={
-            "run_id": ("run", [f"{p}-s{s}" for p, s in rows]),
-            "preset": ("run", [p for p, _ in rows]),
-            "rank": ("run", [CONDITIONS[p][1] for p, _ in rows]),
-            "n_bn": ("run", [CONDITIONS[p][2] for p, _ in rows]),
-            "seed": ("run", [s for _, s in rows]),
-            "rule": ("run", [CONDITIONS[p][0] for p, _ in rows]),
-            "channel": np.arange(N_CHANNELS),
-            "epoch": epochs,
-            "layer": LAYERS,
-        },
-        attrs={"rf_layer": "retina_2", "rf_method": "actmax"},
-    )
 
 
 @pytest.fixture(scope="module")
-def results_file(tmp_path_factory) -> Path:
-    return write_results(make_results(), tmp_path_factory.mktemp("results") / "results.nc")
+def results_file(tmp_path_factory, make_report_results) -> Path:
+    return write_results(make_report_results(), tmp_path_factory.mktemp("results") / "results.nc")
 
 
 # ------------------------------------------------------------------------ fast checks
@@ -116,8 +35,6 @@ def test_templates_declare_parameters_and_carry_no_outputs(name):
     assert notebook.metadata["kernelspec"]["name"] == "python3"
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
-    # the cell after the parameters validates them (a bad value fails there, not later)
-    assert "load_results(" in code[1].source
 
 
 def test_compare_ranks_states_its_test():
@@ -152,7 +69,7 @@ def _figures(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_rf_atlas_renders_a_montage_per_run(results_file, tmp_path):
+def test_rf_atlas_renders_a_montage_per_run(results_file, make_report_results, tmp_path):
     """rf_atlas: one montage per condition and seed, exported as PDF, SVG and PNG."""
     figures = tmp_path / "figures"
     html = run_report(
@@ -161,8 +78,9 @@ def test_rf_atlas_renders_a_montage_per_run(results_file, tmp_path):
         tmp_path / "reports",
     )
     assert html.is_file() and html.with_suffix(".ipynb").is_file()
-    expected = {f"rf_montage_{p}_seed{s}.{fmt}" for p in CONDITIONS for s in range(N_SEEDS)
-                for fmt in ("pdf", "svg", "png")}  # fmt: skip
+    ds = make_report_results()
+    expected = {f"rf_montage_{p}_seed{s}.{fmt}" for p, s in zip(ds["preset"].values,
+                ds["seed"].values, strict=True) for fmt in ("pdf", "svg", "png")}  # fmt: skip
     assert _figures(figures) == expected
     assert "center-surround" in html.read_text()  # the class table
 
@@ -200,31 +118,42 @@ def test_training_renders_curves_and_alignment(results_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_metric_fails_in_the_first_cell_with_a_clear_message(results_file, tmp_path):
-    """A metric the dataset lacks stops the notebook at the cell after the parameters; the
-    error names that cell and the problem, and no panel is exported."""
+@pytest.mark.parametrize(
+    ("name", "bad", "problem"),
+    [
+        ("compare_ranks", {"metrics": ["sharp"]}, "DataError: no metric ['sharp']"),
+        ("rf_atlas", {"method": "sharp"}, "DataError: these results hold RFs by actmax, not sharp"),
+        ("training", {"variables": ["sharp"]}, "DataError: no per-epoch variable ['sharp']"),
+    ],
+)
+def test_a_bad_parameter_fails_in_the_first_cell_with_a_clear_message(
+    results_file, tmp_path, name, bad, problem
+):
+    """A parameter the dataset cannot serve (a metric, an RF method, a history variable it
+    lacks) stops the notebook at the cell after the parameters, not later; the error names
+    that cell and the problem, and no panel is exported."""
     figures = tmp_path / "figures"
     with pytest.raises(RunError) as error:
         run_report(
-            NOTEBOOKS / "compare_ranks.ipynb",
-            {"results": str(results_file), "figures_dir": str(figures), "metrics": ["sharp"]},
+            NOTEBOOKS / f"{name}.ipynb",
+            {"results": str(results_file), "figures_dir": str(figures), **bad},
             tmp_path / "reports",
         )
     message = str(error.value)
-    assert "cell 3 of" in message and "DataError: no metric ['sharp']" in message
+    assert "cell 3 of" in message and problem in message
     assert "\n" not in message
-    assert (tmp_path / "reports" / "compare_ranks" / "FAILED").is_file()
+    assert (tmp_path / "reports" / name / "FAILED").is_file()
     assert not figures.exists()
 
 
 @pytest.mark.slow
-def test_reports_of_a_two_method_file_show_the_method_asked_for(tmp_path):
+def test_reports_of_a_two_method_file_show_the_method_asked_for(tmp_path, make_report_results):
     """A published results file with actmax and gradient RFs (reports/cpu_fig4/results.nc):
     rf_atlas renders either method's RFs, the first by default."""
     from analysis.results import stack_methods
 
-    gradient = make_results(seed=1).assign_attrs(rf_method="gradient")
-    both = write_results(stack_methods([make_results(), gradient]), tmp_path / "both.nc")
+    gradient = make_report_results(seed=1).assign_attrs(rf_method="gradient")
+    both = write_results(stack_methods([make_report_results(), gradient]), tmp_path / "both.nc")
     for method, shown in ((None, "actmax"), ("gradient", "gradient")):
         html = run_report(
             NOTEBOOKS / "rf_atlas.ipynb",

@@ -202,18 +202,16 @@ def test_every_reproduce_command_parses(tmp_path, run_cli):
 
 
 @pytest.mark.slow
-def test_the_quickstart_runs_as_written(tmp_path, monkeypatch, run_cli):
+def test_the_quickstart_runs_as_written(tmp_path, monkeypatch, run_cli, tiny_sets):
     """The README's command-line quickstart, in a fresh folder, at a tiny size (training on
     a few hundred images of the embedded sample, a short theory run): every command succeeds
     and writes where the next one reads."""
-    from test_train import TINY_SETS
-
     block = re.search(r"```bash\n(.*?)```", section("Quickstart"), re.S).group(1)
     commands = [line for line in block.splitlines() if line.startswith("retina-raf ")]
     assert [c.split()[1] for c in commands] == ["train", "rfs", "metrics", "theory", "sweep"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    tiny = [s for s in TINY_SETS if not s.startswith("model.n_bn")]
+    tiny = [s for s in tiny_sets if not s.startswith("model.n_bn")]
     for command in commands:
         args = shlex.split(command)[1:]
         if args[0] == "train":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from test_train import tiny_config
 
 import analysis.rf
 from analysis.results import analyze_run, combine_runs, open_results, write_results
@@ -17,7 +16,7 @@ RF_OPTIONS = {"n_starts": 1, "n_steps": 3}
 
 
 @pytest.fixture(scope="module")
-def run_dirs(tmp_path_factory):
+def run_dirs(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("runs")
     configs = [tiny_config("bp-bottleneck-2", epochs=1, extra=["model.n_bn=2"]),
                tiny_config("raf-r2", epochs=1, extra=["model.vvs_channels=4"]),
@@ -77,18 +76,17 @@ def test_unfinished_run_fails_before_any_extraction(run_dirs, tmp_path, monkeypa
 UDUNITS = {"1", "degree", "radian", "s"}
 
 
-def test_results_index_runs_and_write_cf_netcdf(tmp_path):
+def test_results_index_runs_and_write_cf_netcdf(tmp_path, make_report_results):
     """Run coordinates are indexes (ds.sel(preset="raf-r2") works, after a round
     trip too); the file has a Conventions attribute, UDUNITS units, and rf_class as CF
     flag_values/flag_meanings, read back as class names with the padding as ""."""
     import numpy as np
     import xarray as xr
-    from test_notebooks import make_results
 
     from analysis.metrics import CLASSES
     from analysis.results import index_run_coords
 
-    ds = index_run_coords(make_results())
+    ds = index_run_coords(make_report_results())
     assert ds.sel(preset="raf-r2").sizes["run"] == 2
     assert list(ds.sel(rank=32)["preset"].values) == ["bp", "bp", "raf-r32", "raf-r32"]
     assert sorted(ds.groupby("rank").groups) == [2, 32]
@@ -109,7 +107,7 @@ def test_results_index_runs_and_write_cf_netcdf(tmp_path):
         assert lazy.sizes["run"] == 16 and lazy.sel(preset="raf-r2").sizes["run"] == 4
 
 
-def test_extended_run_is_analyzed_again_not_paired_with_stale_rfs(tmp_path):
+def test_extended_run_is_analyzed_again_not_paired_with_stale_rfs(tmp_path, tiny_config):
     """Train 1 epoch, results, train to 2 epochs, results: the second results hold the RFs
     of the 2-epoch weights (the cache is keyed on the SHA-256 of model.pt), not the cached
     1-epoch RFs next to a 2-epoch history."""
@@ -284,3 +282,31 @@ def test_rf_method_and_run_keys_select_as_labels_and_old_files_still_open(run_di
         assert "method" in raw.dims and "kind" not in raw.attrs
         assert "rf_method" in reopened.dims and reopened.attrs["kind"] == KIND_RF_RESULTS
         assert list(reopened["rf_method"].values) == ["actmax", "gradient"]
+
+
+def test_a_file_without_a_kind_gets_it_from_its_variables_when_opened():
+    """upgrade_layout: `symmetry` per run is RF results, per run and epoch trajectories;
+    `test_acc` with a `constrain` coordinate accuracies; a file with none of them has no
+    kind, which results_kind refuses in one line."""
+    from analysis.results import (
+        KIND_ACCURACY,
+        KIND_RF_RESULTS,
+        KIND_TRAJECTORIES,
+        results_kind,
+        upgrade_layout,
+    )
+    from retina_raf.errors import DataError
+
+    per_run = xr.Dataset({"symmetry": (("run", "channel"), np.zeros((2, 3)))})
+    per_epoch = xr.Dataset({"symmetry": (("run", "epoch", "channel"), np.zeros((2, 2, 3)))})
+    accuracy = xr.Dataset({"test_acc": (("run", "epoch"), np.zeros((2, 2)))},
+                          coords={"constrain": ("run", ["fc_1", "all"])})  # fmt: skip
+    rfs_only = xr.Dataset({"rf": (("run", "channel", "y", "x"), np.zeros((1, 1, 3, 3)))})
+    for ds, kind in ((per_run, KIND_RF_RESULTS), (per_epoch, KIND_TRAJECTORIES),
+                     (accuracy, KIND_ACCURACY)):  # fmt: skip
+        assert results_kind(upgrade_layout(ds)) == kind
+        assert results_kind(upgrade_layout(ds.assign_attrs(kind="unknown"))) == kind
+    assert results_kind(upgrade_layout(per_run.assign_attrs(kind=KIND_ACCURACY))) == KIND_ACCURACY
+    assert "kind" not in upgrade_layout(rfs_only).attrs
+    with pytest.raises(DataError, match="not a results dataset"):
+        results_kind(upgrade_layout(rfs_only))

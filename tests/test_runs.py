@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.serialization
 import xarray as xr
-from test_train import TINY_SETS, tiny_config
 
 import retina_raf.train as train_module
 from retina_raf import runs
@@ -33,10 +32,16 @@ def quiet(message):
     pass
 
 
-def cli_sets(extra=()) -> list[str]:
-    """TINY_SETS as `--set` options of `retina-raf train raf-r2` (n_bn stays the preset's)."""
-    sets = [s for s in TINY_SETS if not s.startswith("model.n_bn")] + list(extra)
-    return [arg for s in sets for arg in ("--set", s)]
+@pytest.fixture
+def cli_sets(tiny_sets):
+    """``cli_sets(extra=())``: the tiny settings as `--set` options of `retina-raf train
+    raf-r2` (n_bn stays the preset's)."""
+
+    def as_options(extra=()) -> list[str]:
+        sets = [s for s in tiny_sets if not s.startswith("model.n_bn")] + list(extra)
+        return [arg for s in sets for arg in ("--set", s)]
+
+    return as_options
 
 
 def weights(run_dir: Path) -> dict:
@@ -171,7 +176,7 @@ def test_train_and_a_sweep_put_a_run_in_the_same_folder(tmp_path):
     assert runs.run_id(config_from_cli("bp", 0, 2, device="cpu")) == "bp-s0"
 
 
-def test_a_run_another_process_trains_is_refused(tmp_path, run_cli):
+def test_a_run_another_process_trains_is_refused(tmp_path, run_cli, cli_sets):
     """Two trains on one folder: the second is refused (one line, exit 2) while the first
     holds the run's lock, and writes nothing into the run folder."""
     out, name = tmp_path / "runs", "shared"
@@ -198,7 +203,7 @@ def test_a_run_another_process_trains_is_refused(tmp_path, run_cli):
 
 
 # ------------------------------------------------------------- resume and checkpoints
-def test_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch):
+def test_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch, tiny_config):
     """A checkpoint whose tensors were saved from cuda:0 (as a GPU run writes it) loads to
     the CPU and resumes; RNG states stay CPU ByteTensors, and every load maps to "cpu"
     whatever the training device (mapping to the device put the RNG states on the GPU, where
@@ -234,7 +239,9 @@ def test_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch):
     assert_same_weights(whole, split)
 
 
-def test_a_damaged_checkpoint_is_one_line_exit_2_and_changes_nothing(tmp_path, run_cli):
+def test_a_damaged_checkpoint_is_one_line_exit_2_and_changes_nothing(
+    tmp_path, run_cli, tiny_config, cli_sets
+):
     """Resuming from a truncated checkpoint.pt: one line naming it, exit 2, no traceback,
     and the run folder is left exactly as it was."""
     args = ["train", "--preset", "raf-r2", "--epochs", "2", "--out", tmp_path, "--name", "r",
@@ -261,7 +268,7 @@ def stop_after_epoch(n):
     return log
 
 
-def test_temp_files_of_killed_writes_are_removed_when_the_run_starts_again(tmp_path):
+def test_temp_files_of_killed_writes_are_removed_when_the_run_starts_again(tmp_path, tiny_config):
     """A write killed mid-way leaves `.checkpoint.*.pt.tmp` (up to a checkpoint's size);
     the next start of the run, holding its lock, removes them."""
     cfg = tiny_config(epochs=2)
@@ -278,7 +285,7 @@ def test_temp_files_of_killed_writes_are_removed_when_the_run_starts_again(tmp_p
     ]  # fmt: skip
 
 
-def test_checkpoints_every_n_epochs_keeping_only_the_latest(tmp_path, monkeypatch):
+def test_checkpoints_every_n_epochs_keeping_only_the_latest(tmp_path, monkeypatch, tiny_config):
     """train.checkpoint_every=2 over 5 epochs: checkpoints after epochs 2, 4 and 5 (the last
     one always), one checkpoint.pt on disk; the history is written every epoch."""
     real_save, saved = runs.save_checkpoint, []
@@ -298,7 +305,7 @@ def test_checkpoints_every_n_epochs_keeping_only_the_latest(tmp_path, monkeypatc
     assert runs.run_id(cfg) == runs.run_id(tiny_config(epochs=5))  # not part of the id
 
 
-def test_a_checkpoint_past_the_epochs_asked_for_is_refused(tmp_path):
+def test_a_checkpoint_past_the_epochs_asked_for_is_refused(tmp_path, tiny_config):
     """A run checkpointed after epoch 3 cannot be finished as a 2-epoch run (its weights
     are past epoch 2)."""
     with pytest.raises(RunInterrupted):
@@ -310,7 +317,7 @@ def test_a_checkpoint_past_the_epochs_asked_for_is_refused(tmp_path):
 # ------------------------------------------------------------------------------ SIGTERM
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_epoch_checkpoints_the_partial_epoch_and_resumes_bitwise(
-    signum, tmp_path, monkeypatch
+    signum, tmp_path, monkeypatch, tiny_config
 ):
     """SIGTERM (a scheduler) or SIGINT (Ctrl-C) in the middle of a batch: the batch
     finishes, training stops at the boundary with a checkpoint of the partial epoch (2 of
@@ -341,7 +348,9 @@ def test_a_signal_mid_epoch_checkpoints_the_partial_epoch_and_resumes_bitwise(
         assert a[var].equals(b[var]), var
 
 
-def test_a_previous_handler_of_the_signal_runs_after_the_checkpoint(tmp_path, monkeypatch):
+def test_a_previous_handler_of_the_signal_runs_after_the_checkpoint(
+    tmp_path, monkeypatch, tiny_config
+):
     """submitit listens to SIGUSR2 (its job nears the time limit) and requeues the job: the
     run checkpoints at the next batch boundary first, then that handler runs."""
     seen = []
@@ -362,11 +371,13 @@ def test_a_previous_handler_of_the_signal_runs_after_the_checkpoint(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_training_process_exits_143_and_the_same_command_resumes(tmp_path, run_cli):
+def test_sigterm_to_a_training_process_exits_143_and_the_same_command_resumes(
+    tmp_path, run_cli, tiny_sets
+):
     """A real SIGTERM to a real `retina-raf train` (output to a pipe, as under SLURM): it
     logs one line per epoch without progress-bar codes, stops with a checkpoint, exits 143
     with one line; the same command resumes, ending bitwise equal to an uninterrupted run."""
-    values = [s for s in TINY_SETS if not s.startswith(("model.n_bn", "train.progress"))]
+    values = [s for s in tiny_sets if not s.startswith(("model.n_bn", "train.progress"))]
     values.append("data.train_limit=1000")  # 20 batches an epoch: SIGTERM lands in one
     sets = [arg for value in values for arg in ("--set", value)]
     args = ["train", "--preset", "raf-r2", "--epochs", "3", "--device", "cpu", *sets]
@@ -407,7 +418,7 @@ def test_sigterm_to_a_training_process_exits_143_and_the_same_command_resumes(tm
 
 
 # ---------------------------------------------------------------------- logs, provenance
-def test_train_log_and_history_provenance(tmp_path):
+def test_train_log_and_history_provenance(tmp_path, tiny_config):
     """Each run keeps train.log (one line per epoch, the start and the end), and history.nc
     says what trained it: versions, git commit, device, amp, TF32."""
     run_dir = train(tiny_config(epochs=2), tmp_path, log=quiet)
@@ -421,7 +432,7 @@ def test_train_log_and_history_provenance(tmp_path):
     assert attrs["amp"] == 0 and attrs["tf32"] == 0
 
 
-def test_amp_on_a_cpu_trains_in_bf16_and_keeps_the_state_float32(tmp_path, run_cli):
+def test_amp_on_a_cpu_trains_in_bf16_and_keeps_the_state_float32(tmp_path, run_cli, cli_sets):
     """`--amp` on a CPU trains under bf16 autocast (the weights differ from a float32 run's
     and history.nc records amp = 1), while the weights, the optimizer state and the feedback
     layers' error covariances (their Gram matrices) stay float32."""
@@ -463,7 +474,9 @@ def test_amp_on_a_cpu_trains_in_bf16_and_keeps_the_state_float32(tmp_path, run_c
         (["--data", "not_cifar.npz"], "is not an .npz file"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, run_cli, args, message):
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(
+    tmp_path, run_cli, args, message, cli_sets
+):
     """Non-finite numbers, names leaving --out, bad data: refused before anything exists."""
     work = tmp_path / "work"
     work.mkdir()
@@ -478,14 +491,14 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, run_cli, arg
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_creates_nothing(tmp_path, run_cli):
+def test_cuda_without_a_gpu_creates_nothing(tmp_path, run_cli, cli_sets):
     code, _, err = run_cli("train", "--preset", "raf-r2", "--epochs", "1", "--out", tmp_path,
                            "--device", "cuda", *cli_sets())  # fmt: skip
     assert code == 2 and "no CUDA device" in err and list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------ finished
-def test_a_run_being_extended_is_not_finished(tmp_path):
+def test_a_run_being_extended_is_not_finished(tmp_path, tiny_config):
     """Extending a finished run removes DONE first: until it ends, the run is unfinished for
     the analysis (its old model.pt is not used) and for a sweep asking for the new epochs."""
     train(tiny_config(epochs=1), tmp_path, log=quiet)
@@ -501,6 +514,19 @@ def test_a_run_being_extended_is_not_finished(tmp_path):
     train(tiny_config(epochs=3), tmp_path, log=quiet)
     assert runs.find_runs(tmp_path) == [run_dir] and runs.finished_epochs(run_dir) == 3
     assert runs.is_finished(run_dir, epochs=3) and not runs.is_finished(run_dir, epochs=4)
+
+
+def test_a_done_file_that_names_no_epochs_counts_those_of_the_history(tmp_path, tiny_config):
+    """A DONE of the earlier layout, without "finished <N> epochs", is read as today's: N is
+    the epochs history.nc holds (runs.upgrade_done); the run stays finished."""
+    run_dir = train(tiny_config(epochs=2), tmp_path, log=quiet)
+    (run_dir / "DONE").write_text("")
+    assert runs.upgrade_done("", run_dir) == "finished 2 epochs\n"
+    assert runs.finished_epochs(run_dir) == 2 and runs.find_runs(tmp_path) == [run_dir]
+    assert runs.is_finished(run_dir, epochs=2) and not runs.is_finished(run_dir, epochs=3)
+    (run_dir / "history.nc").unlink()
+    assert runs.finished_epochs(run_dir) == 0
+    assert runs.upgrade_done("finished 5 epochs\n", run_dir) == "finished 5 epochs\n"
 
 
 def test_sweep_state_counts_epochs(tmp_path):
@@ -520,7 +546,7 @@ def test_sweep_state_counts_epochs(tmp_path):
     assert longer.run_id == run.run_id and run_state(out, longer) == "interrupted"
 
 
-def test_lock_is_released_after_training(tmp_path):
+def test_lock_is_released_after_training(tmp_path, tiny_config):
     """The lock lives in <out>/.locks and is free once training ends (even by an error)."""
     cfg = tiny_config(epochs=1)
     run_dir = train(cfg, tmp_path, log=quiet)

@@ -369,9 +369,9 @@ def test_two_processes_on_one_sweep_never_train_a_run_twice(tmp_path, monkeypatc
     """The local executor on a 2-GPU box: one worker process per GPU (CUDA_VISIBLE_DEVICES),
     both taking runs from the same list; every run is started and finished exactly once,
     whatever the interleaving. (Without those GPUs, the workers train on the CPU.)"""
-    from retina_raf import sweep
+    from retina_raf.sweep import local
 
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(local, "visible_gpus", lambda: ["0", "1"])
     path = write_experiment(tmp_path, presets=["bp"], seeds=3, overrides=TINY)
     out = tmp_path / "out"
     exp = load_experiment(path)

@@ -12,26 +12,12 @@ from retina_raf.config import parse_overrides, resolve_run_config
 from retina_raf.errors import RunError
 from retina_raf.train import load_trained, run_id, run_identity, train
 
-TINY_SETS = [
-    "model.retina_channels=4", "model.n_bn=4", "model.vvs_channels=4", "model.vvs_layers=1",
-    "model.kernel_size=5", "model.fc_units=16", "train.batch_size=50", "train.progress=false",
-    "train.num_threads=1", "data.train_limit=200", "data.test_limit=100", "train.lr=0.001",
-    "train.checkpoint_every=1",
-]  # fmt: skip
-
-
-def tiny_config(preset="raf-r2", epochs=2, seed=0, extra=()):
-    sets = [*TINY_SETS, f"train.epochs={epochs}", *extra]
-    if preset.startswith("raf-r"):
-        sets = [s for s in sets if not s.startswith("model.n_bn")]
-    return resolve_run_config(preset, seed, parse_overrides(sets))
-
 
 def _weights(run_dir):
     return torch.load(run_dir / "model.pt", weights_only=False)["model"]
 
 
-def test_run_folder_contents(tmp_path):
+def test_run_folder_contents(tmp_path, tiny_config):
     """A run writes config.yaml, checkpoint.pt, history.nc (one row per epoch, with the
     feedback diagnostics), model.pt and DONE; load_trained gives an eval-mode model."""
     run_dir = train(tiny_config(), tmp_path, log=lambda m: None)
@@ -50,7 +36,7 @@ def test_run_folder_contents(tmp_path):
                                     "rule": "raf"}  # fmt: skip
 
 
-def test_finished_run_is_not_retrained(tmp_path):
+def test_finished_run_is_not_retrained(tmp_path, tiny_config):
     """Running a finished run again trains nothing and says so."""
     cfg = tiny_config(epochs=1)
     run_dir = train(cfg, tmp_path, log=lambda m: None)
@@ -74,7 +60,7 @@ def _stop_after_epoch(n):
 
 
 @pytest.mark.parametrize("preset", ["raf-r2", "bp-bottleneck-2", "draf-bottleneck-2"])
-def test_resumed_run_ends_with_identical_weights(tmp_path, preset):
+def test_resumed_run_ends_with_identical_weights(tmp_path, preset, tiny_config):
     """A run stopped after epoch 1 and resumed ends with exactly the weights of the same run
     done in one go (CPU, deterministic)."""
     cfg = tiny_config(preset, epochs=2)
@@ -94,7 +80,7 @@ def test_resumed_run_ends_with_identical_weights(tmp_path, preset):
             assert a[key] == b[key], key
 
 
-def test_more_epochs_continue_a_finished_run(tmp_path):
+def test_more_epochs_continue_a_finished_run(tmp_path, tiny_config):
     """Asking a finished run for more epochs continues it from its checkpoint."""
     train(tiny_config(epochs=1), tmp_path, log=lambda m: None)
     messages = []
@@ -103,7 +89,7 @@ def test_more_epochs_continue_a_finished_run(tmp_path):
     assert train_module.finished_epochs(run_dir) == 2
 
 
-def test_killed_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
+def test_killed_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch, tiny_config):
     """A process killed while writing a checkpoint leaves the previous checkpoint loadable
     and no half-written file under a real name."""
     cfg = tiny_config(epochs=3)
@@ -130,7 +116,9 @@ def test_killed_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     assert train_module.finished_epochs(run_dir) == 3
 
 
-def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+def test_divergence_stops_with_clear_message_and_keeps_checkpoint(
+    tmp_path, monkeypatch, tiny_config
+):
     """A non-finite loss stops the run with a clear message; the last good checkpoint stays."""
     cfg = tiny_config(epochs=3)
     real = train_module.F.cross_entropy
@@ -149,9 +137,9 @@ def test_divergence_stops_with_clear_message_and_keeps_checkpoint(tmp_path, monk
     assert not (run_dir / "DONE").exists()
 
 
-def test_cli_trains_and_reports(tmp_path, run_cli):
+def test_cli_trains_and_reports(tmp_path, run_cli, tiny_sets):
     """`retina-raf train` writes the run folder and prints its path."""
-    sets = [a for s in TINY_SETS if "n_bn" not in s for a in ("--set", s)]
+    sets = [a for s in tiny_sets if "n_bn" not in s for a in ("--set", s)]
     args = ["train", "--preset", "bp-bottleneck-2", "--epochs", "1", "--out", tmp_path,
             "--device", "cpu", *sets]  # fmt: skip
     code, out, err = run_cli(*args)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import tiny_config
 
 from analysis.rf import extract_rfs
 from analysis.trajectory import combine_trajectories, rf_trajectory, trajectory_summary
@@ -23,7 +22,7 @@ RF_OPTIONS = {"method": "gradient", "base": "gray", "gray_level": 0.5}
 
 
 @pytest.fixture(scope="module")
-def snapshot_runs(tmp_path_factory):
+def snapshot_runs(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("runs")
     return [  # the tiny settings set n_bn=4: the bottleneck run sets its own again
         train(
@@ -49,7 +48,7 @@ def test_snapshots_hold_the_retina_at_init_and_after_every_epoch(snapshot_runs):
 
 
 @pytest.mark.parametrize("preset", ["raf-r2", "draf-bottleneck-2"])
-def test_feedback_runs_keep_snapshots_too(preset, tmp_path):
+def test_feedback_runs_keep_snapshots_too(preset, tmp_path, tiny_config):
     """RAF and dRAF retinas (feedback layers with Q, P, a covariance and a non-tensor extra
     state) are snapshotted like backprop's: the tensors of retina_1 and retina_2, which load
     into a model of the run's config and give its final retina_2 RFs."""
@@ -116,7 +115,7 @@ def test_trajectory_cli_writes_a_results_file_the_notebook_renders(snapshot_runs
     assert len(list(figures.glob("rfs_*_epoch002.png"))) == 2
 
 
-def test_trajectory_refuses_what_it_cannot_map(snapshot_runs, tmp_path, run_cli):
+def test_trajectory_refuses_what_it_cannot_map(snapshot_runs, tmp_path, run_cli, tiny_config):
     """A layer outside the retina, a run without snapshots, a missing epoch: one-line errors."""
     with pytest.raises(DataError, match="retina_1, retina_2"):
         rf_trajectory(snapshot_runs[0], layer="vvs_1")

@@ -7,6 +7,8 @@
   curves, feedback alignment, and :func:`export_paper_panels`;
 - :mod:`analysis.figures.montage`: :func:`plot_rf_montage`, the one RF montage of the
   project (``retina-raf rfs``, ``retina-raf figures``, the ``rf_atlas`` notebook).
+- :mod:`analysis.figures.theory`: :func:`plot_figure2`, the paper's Fig. 2 (the linear
+  theory of :mod:`retina_raf.linear_theory`; ``retina-raf theory``).
 
 Everything public is importable from ``analysis.figures`` directly.
 """
@@ -48,12 +50,14 @@ from analysis.figures.style import (
     use_paper_style,
     width_mm,
 )
+from analysis.figures.theory import FIGURE2_PANELS, plot_figure2
 from analysis.per_run import FULL_WIDTH, per_run_metric, responsive_units
 
 __all__ = [
     "CLASS_ABBREVIATIONS",
     "CLASS_COLORS",
     "CONDITION_COLORS",
+    "FIGURE2_PANELS",
     "FULL_WIDTH",
     "JOURNAL_WIDTHS_MM",
     "METRIC_LABELS",
@@ -72,6 +76,7 @@ __all__ = [
     "per_run_label",
     "per_run_metric",
     "plot_alignment",
+    "plot_figure2",
     "plot_fraction_center_surround",
     "plot_learning_curves",
     "plot_metric_vs_nbn",

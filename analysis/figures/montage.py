@@ -23,7 +23,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
-import yaml
 from matplotlib.patches import Rectangle
 from skimage.util import montage as skimage_montage
 
@@ -285,24 +284,11 @@ def rf_atlas_panels(
 
 def run_support(results: xr.Dataset, run: int) -> list[int] | None:
     """The crop box of a run's RFs: the ``rf_support`` attribute that ``analysis.results``
-    copies from ``analysis.rf``, else derived from the run's config (files written before
-    the attribute existed), else None (the whole grid)."""
+    copies from ``analysis.rf`` (and derives for files written before it, when opening them),
+    else None (the whole grid). One box serves every run of a file."""
     if "rf_support" in results.attrs:
         return [int(v) for v in np.asarray(results.attrs["rf_support"]).ravel()]
-    layer = str(results.attrs.get("rf_layer", ""))
-    match = re.fullmatch(r"(retina|vvs)_(\d+)", layer)
-    if "config" not in results or not match:
-        return None
-    try:
-        model = yaml.safe_load(str(results["config"].values[run])).get("model", {})
-    except (yaml.YAMLError, AttributeError):
-        return None
-    kernel, size = model.get("kernel_size"), model.get("image_size", results.sizes.get("y"))
-    if not isinstance(kernel, int) or not isinstance(size, int):
-        return None
-    depth = int(match.group(2)) + (2 if match.group(1) == "vvs" else 0)
-    half, center = depth * (kernel // 2), size // 2
-    return [max(center - half, 0), min(center + half + 1, size)] * 2
+    return None
 
 
 def plot_run_rfs(results: xr.Dataset, run: int, max_rfs: int | None = None, **montage_kw):
