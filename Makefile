@@ -57,7 +57,8 @@ gpu-data: install
 # Publish an experiment's finished runs under reports/$(EXPERIMENT)/ (docs/design.md#reports): the results
 # file (retina_2 RFs by actmax and by gradient; runs not finished yet are listed in its
 # missing_runs attribute), the README's findings table, the executed
-# compare_ranks, rf_atlas and training reports and the paper panels. E.g. the CPU Fig. 4:
+# compare_ranks, rf_atlas and training reports and the paper panels (`figures/`, written by
+# `retina-raf figures` alone: the reports show them and export only their own). E.g. the CPU Fig. 4:
 #   make publish EXPERIMENT=cpu_fig4 RUNS=/scratch/runs/cpu_fig4
 # TRAJECTORY=1 adds the RFs at every retina snapshot of every started run (runs trained with
 # train.retina_snapshots; about 5 minutes per run on 2 cores) in trajectories.nc and the
@@ -72,8 +73,7 @@ PUBLISHED := reports/$(EXPERIMENT)
 publish: install
 	$(VENV)/bin/retina-raf sweep experiments/$(EXPERIMENT).yaml --out $(RUNS) --collect \
 		--method actmax --method gradient --method sta --results $(PUBLISHED)/results.nc $(RF_BASE)
-	$(VENV)/bin/retina-raf findings $(PUBLISHED)/results.nc > $(PUBLISHED)/.findings.md.tmp
-	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
+	$(VENV)/bin/retina-raf findings $(PUBLISHED)/results.nc --out $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf report notebooks/compare_ranks.ipynb -p results $(PUBLISHED)/results.nc \
 		--out $(PUBLISHED)
 	$(VENV)/bin/retina-raf report notebooks/rf_atlas.ipynb -p results $(PUBLISHED)/results.nc \
@@ -93,23 +93,24 @@ endif
 # alignment per epoch; the runs not started are listed in it), the findings table at each run's
 # last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
 # the runs that learn it (kp_decay.md), and the executed rf_trajectory report with montages at
-# the milestones. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero image,
+# the milestones (a report replaces its figures/ as a whole: no montage of an earlier epoch
+# stays). E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero image,
 # which is the mean image):
 #   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros"
 MILESTONES ?= 0 10 30 60 120
+# the milestones as the notebook's YAML list, [0,10,...], spelled in make (no shell)
+COMMA := ,
+SPACE := $(subst ,, )
 publish-trajectories: install
 	$(VENV)/bin/retina-raf trajectory --experiment experiments/$(EXPERIMENT).yaml \
 		--runs-dir $(RUNS) --method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/trajectories.nc $(MILESTONES:%=--epoch %) \
-		> $(PUBLISHED)/.findings.md.tmp
-	mv $(PUBLISHED)/.findings.md.tmp $(PUBLISHED)/findings.md
+		--out $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \
-		> $(PUBLISHED)/.kp_decay.md.tmp
-	mv $(PUBLISHED)/.kp_decay.md.tmp $(PUBLISHED)/kp_decay.md
-	rm -rf $(PUBLISHED)/rf_trajectory/figures  # last time's "last epoch" montages
+		--out $(PUBLISHED)/kp_decay.md
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \
-		-p montage_epochs "[$(shell echo $(MILESTONES) | tr ' ' ',')]" --out $(PUBLISHED)
+		-p montage_epochs "[$(subst $(SPACE),$(COMMA),$(strip $(MILESTONES)))]" --out $(PUBLISHED)
 
 # Fig. 3a and the offline Fig. 3c for the MLP at CPU scale: the test accuracies of every
 # finished run, the table the README quotes, and the executed notebook with its panels.
@@ -117,8 +118,7 @@ FIG3_PUBLISHED := reports/fig3_mlp
 publish-fig3: install
 	$(VENV)/bin/retina-raf sweep experiments/fig3_mlp_cpu.yaml --out $(RUNS) --collect \
 		--results $(FIG3_PUBLISHED)/results.nc
-	$(VENV)/bin/retina-raf findings $(FIG3_PUBLISHED)/results.nc > $(FIG3_PUBLISHED)/.findings.md.tmp
-	mv $(FIG3_PUBLISHED)/.findings.md.tmp $(FIG3_PUBLISHED)/findings.md
+	$(VENV)/bin/retina-raf findings $(FIG3_PUBLISHED)/results.nc --out $(FIG3_PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf report notebooks/accuracy_vs_rank.ipynb \
 		-p results $(FIG3_PUBLISHED)/results.nc --out $(FIG3_PUBLISHED)
 

@@ -6,7 +6,7 @@ the run folder) and stacks them along ``run``::
 
     dims    run, epoch
     coords  run_id, preset, arch, rule, constrain, rank, rank_fraction, d, width, seed
-            (on run; see ``retina_raf.nets.run_identity``: rule bp / raf / draf ..., the
+            (on run; see ``retina_raf.runs.run_identity``: rule bp / raf / draf ..., the
             constrained layer(s) or ``none`` / ``all`` / ``direct:<source>``, the feedback
             rank, the number of classes d, the hidden width)
     vars    test_acc, test_loss, train_acc, train_loss (run): after the last epoch;
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from analysis.provenance import KIND_ACCURACY, provenance
+from analysis.provenance import KIND_ACCURACY
+from analysis.stacking import open_runs, stack_runs
 from retina_raf import runs
 from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
@@ -64,28 +65,35 @@ VAR_ATTRS = {
 }
 
 
-def run_accuracy(run_dir: str | Path) -> dict:
+def accuracy_coords(run: runs.Run) -> dict:
+    """A run's coordinates of :data:`ACCURACY_COORDS`, in that order, from its identity; a
+    retina run has no constrained layer (``none``), width 0 and rank fraction NaN."""
+    identity, model = run.identity, run.config.model
+    row = {"run_id": run.run_id, **{k: identity.get(k) for k in ACCURACY_COORDS[1:]}}
+    row["arch"] = identity.get("arch", model.arch)
+    for key in ("constrain", "width", "rank_fraction"):
+        if row[key] is None:  # a retina run: none of these labels apply
+            row[key] = {"constrain": "none", "width": 0, "rank_fraction": np.nan}[key]
+    if row["d"] is None:
+        row["d"] = int(model.num_classes)
+    return row
+
+
+def run_accuracy(run_dir: str | Path | runs.Run) -> dict:
     """One finished run's identity and accuracies: ``{coordinate: value, ..., "curves": {...}}``.
 
-    The run folder is read through :mod:`retina_raf.runs` (its config and ``history.nc``).
+    The run folder (or an opened :class:`~retina_raf.runs.Run`) is read through
+    :func:`retina_raf.runs.open_run` (its config and ``history.nc``).
 
     Raises:
         RunError: not a finished run folder (no ``DONE``, ``model.pt``, config or history),
             or a damaged one.
     """
-    run_dir = Path(run_dir)
-    cfg = runs.check_finished(run_dir)
-    identity = runs.run_identity(cfg)
-    history = runs.load_history(run_dir)
+    (run,) = open_runs([run_dir], require_finished=True)
+    history = run.history
     if history is None:
-        raise RunError(f"{run_dir} has no {runs.HISTORY_FILE}")
-    row = {"run_id": run_dir.name, **{k: identity.get(k) for k in ACCURACY_COORDS[1:]}}
-    row["arch"] = identity.get("arch", cfg.model.arch)
-    for key in ("constrain", "width", "rank_fraction"):
-        if row[key] is None:  # a retina run: none of these labels apply
-            row[key] = {"constrain": "none", "width": 0, "rank_fraction": np.nan}[key]
-    if row["d"] is None:
-        row["d"] = int(cfg.model.num_classes)
+        raise RunError(f"{run.path} has no {runs.HISTORY_FILE}")
+    row = accuracy_coords(run)
     n = history.sizes.get("epoch", 0)
     for name in FINAL_VARS:
         row[name] = float(history[name][-1]) if n and name in history else np.nan
@@ -98,34 +106,33 @@ def run_accuracy(run_dir: str | Path) -> dict:
     return row
 
 
-def collect_accuracy(run_dirs: Sequence[str | Path]) -> xr.Dataset:
-    """Stack the accuracies of run folders along ``run`` (schema: module docstring).
-
-    Raises:
-        DataError: no run folders; RunError: a folder that is not a run.
-    """
-    rows = [run_accuracy(run_dir) for run_dir in run_dirs]
-    if not rows:
-        raise DataError("no run folders to collect")
-    n_epochs = max(row["epochs"] for row in rows)
-    data_vars = {}
-    for name in (*FINAL_VARS, "best_test_acc", "epochs"):
-        dtype = np.int64 if name == "epochs" else np.float64
-        data_vars[name] = ("run", np.asarray([row[name] for row in rows], dtype=dtype))
-    for name in ("test_acc_curve", "train_loss_curve"):
-        curves = np.full((len(rows), n_epochs), np.nan)
-        for i, row in enumerate(rows):
-            curve = row["curves"][name]
-            curves[i, : len(curve)] = curve
-        data_vars[name] = (("run", "epoch"), curves)
-    coords = {key: ("run", [row[key] for row in rows]) for key in ACCURACY_COORDS}
-    coords["epoch"] = ("epoch", np.arange(1, n_epochs + 1))
-    ds = xr.Dataset(data_vars, coords=coords)
-    for name, attrs in COORD_ATTRS.items():
-        ds[name].attrs.update(attrs)
+def accuracy_dataset(run: runs.Run) -> xr.Dataset:
+    """The per-run reduction of :func:`collect_accuracy`: :func:`run_accuracy` as a Dataset,
+    the final values as scalars and the curves over ``epoch`` (1, 2, ... epochs trained)."""
+    row = run_accuracy(run)
+    data_vars = {name: ((), np.float64(row[name])) for name in (*FINAL_VARS, "best_test_acc")}
+    data_vars["epochs"] = ((), np.int64(row["epochs"]))
+    for name, curve in row["curves"].items():
+        data_vars[name] = ("epoch", np.asarray(curve, dtype=np.float64))
+    ds = xr.Dataset(data_vars, coords={"epoch": np.arange(1, row["epochs"] + 1)})
     for name, long_name in VAR_ATTRS.items():
         ds[name].attrs.update({"long_name": long_name, "units": "1"})
-    ds.attrs.update(provenance(results="test accuracy of Fig. 3 runs", kind=KIND_ACCURACY))
+    return ds.assign_attrs(results="test accuracy of Fig. 3 runs")
+
+
+def collect_accuracy(run_dirs: Sequence[str | Path | runs.Run]) -> xr.Dataset:
+    """Stack the accuracies of run folders along ``run`` (schema: module docstring); runs
+    that trained fewer epochs have NaN curves past their end.
+
+    Raises:
+        DataError: no run folders; RunError: a folder that is not a finished run.
+    """
+    if not run_dirs:
+        raise DataError("no run folders to collect")
+    ds = stack_runs(run_dirs, accuracy_dataset, kind=KIND_ACCURACY, identity=accuracy_coords,
+                    config=False)  # fmt: skip
+    for name, attrs in COORD_ATTRS.items():
+        ds[name].attrs.update(attrs)
     return ds
 
 

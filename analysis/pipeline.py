@@ -3,7 +3,8 @@
 ``run_demo`` is what ``make demo`` / ``retina-raf demo`` runs on the embedded sample: it
 trains ``bp``, ``raf-r2`` and ``raf-r32`` with a reduced network for a few epochs, maps
 the retina output's RFs by activation maximization, measures them, writes one results
-dataset and renders the ``compare_ranks`` and ``rf_atlas`` notebooks. On 2 CPU cores it
+dataset, exports the paper panels (as ``retina-raf figures`` does) and renders the
+``compare_ranks`` and ``rf_atlas`` notebooks, which show those panels. On 2 CPU cores it
 takes 1.5-3 minutes with the published reports. Its data and epochs are far too small for
 scientific conclusions.
 """
@@ -20,8 +21,8 @@ DEMO_PRESETS = ("bp", "raf-r2", "raf-r32")
 # The paper's network with one VVS layer and a 128-unit readout (the retina is untouched:
 # 32 channels, 9x9 kernels), trained on 2,000 of the sample's images for 4 epochs.
 DEMO_SETTINGS = (
-    "model.vvs_layers=1",
-    "model.fc_units=128",
+    "model.retina.vvs_layers=1",
+    "model.retina.fc_units=128",
     "train.epochs=4",
     "train.lr=0.0001",
     "train.batch_size=32",
@@ -53,7 +54,8 @@ def run_demo(
     log=print,
     published: Sequence[tuple[str, str, str, str]] = PUBLISHED,
 ) -> dict[str, Path]:
-    """Train, analyze and report; return the paths of the results file and each report.
+    """Train, analyze and report; return the paths of the results file, the paper panels'
+    folder (``panels``: ``<reports>/figures``) and each report.
 
     Runs already finished under ``out/runs`` are reused, so a second call only redoes the
     analysis and reports. ``published``: findings of experiments trained on the full data set
@@ -75,13 +77,36 @@ def run_demo(
     options = DEMO_RF_OPTIONS if rf_options is None else rf_options
     results = combine_runs(run_dirs, "retina_2", "actmax", **options)
     paths = {"results": write_results(results, out / "results.nc")}
+    paths["panels"] = export_demo_panels(paths["results"], Path(reports) / "figures", log)
     for name in notebooks:
         log(f"rendering {name}")
-        # panels go to <reports>/<name>/figures; paths show relative to the project
+        # its own panels go to <reports>/<name>/figures; paths show relative to the project
         paths[name] = run_report(NOTEBOOKS / f"{name}.ipynb", {"results": str(paths["results"])},
                                  reports)  # fmt: skip
     paths.update(render_published(reports, published, log))
     return paths
+
+
+def export_demo_panels(results: Path, out_dir: Path, log=print) -> Path:
+    """Export the paper panels of ``results`` into ``out_dir`` as ``make publish`` does
+    (``retina-raf figures``, their one writer; the reports show them); a panel the demo's few
+    runs cannot provide is skipped with a note. Returns ``out_dir``."""
+    import warnings
+
+    from analysis.figures import PanelSkipped, export_paper_panels
+
+    log("exporting the paper panels")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PanelSkipped)
+        export_paper_panels(results, out_dir)
+    for warning in caught:
+        if issubclass(warning.category, PanelSkipped):
+            log(f"note: {warning.message}")
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return out_dir
 
 
 def render_published(

@@ -6,24 +6,29 @@ notebook with papermill (its cell tagged ``parameters`` overridden) in this envi
 
     compare_ranks.ipynb   the executed notebook, outputs included
     compare_ranks.html    the same as one self-contained HTML page (images embedded)
-    figures/              the panels the notebook exports (its ``figures_dir`` by default)
+    figures/              the panels the notebook exports (its ``figures_dir`` by default),
+                          replaced as a whole by each run
     FAILED                only after a failed run: which cell failed, how, and the traceback
 
 Absolute paths among the parameters are shown relative to the kernel's working folder
 (the project, usually), so a report names no folder of the machine that made it.
 A failed run keeps its partial report for inspection (HTML titled ``FAILED: <name>``); the
-next successful run removes the ``FAILED`` marker.
+next successful run removes the ``FAILED`` marker. An interrupted run (Ctrl-C) writes nothing:
+the report folder is left as it was before it, or not there if the run created it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -237,13 +242,10 @@ def run_report(
         ConfigError: bad input (nothing written).
         RunError: a cell failed, after the partial report and ``FAILED`` (which names the cell
             and the exception) were written.
+        KeyboardInterrupt: Ctrl-C, after the kernel was stopped and what the run wrote was
+            removed (the previous panels put back).
     """
     import nbformat
-    import papermill
-    from jupyter_client.manager import KernelManager
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-    from traitlets.config import Config
 
     notebook = _check_notebook(notebook)
     parameters = dict(parameters or {})
@@ -255,46 +257,27 @@ def run_report(
 
     report_dir = Path(out_dir) / name
     base = Path(cwd or Path.cwd()).resolve()
+    own_figures = None
     if "figures_dir" in notebook_parameters(notebook) and "figures_dir" not in parameters:
         # panels belong to the report that shows them, never to a shared ./reports/figures
-        parameters["figures_dir"] = str(report_dir / "figures")
+        own_figures = report_dir / "figures"
+        parameters["figures_dir"] = str(own_figures)
     parameters = {key: shown_path(value, base) for key, value in parameters.items()}
-    report_dir.mkdir(parents=True, exist_ok=True)
     executed_path = report_dir / f"{name}.ipynb"
     html_path = report_dir / f"{name}.html"
     failed_path = report_dir / FAILED_MARKER
-    failure, details = None, ""
     # papermill saves the notebook after every cell: let it write into a private folder and
-    # move the result into place, so the report folder never holds a half-written notebook
-    config = Config()
-    if "transport_encryption" in KernelManager.class_trait_names():  # jupyter_client >= 8.10
-        # encrypt the local kernel channels (CurveZMQ) where the kernel supports it, instead
-        # of plain-text TCP (and ipykernel's warning about it on every report)
-        config.KernelManager.transport_encryption = "auto"
-    with tempfile.TemporaryDirectory(dir=report_dir, prefix=".running-") as scratch:
+    # move the result into place, so the report folder never holds a half-written notebook;
+    # an interrupt (Ctrl-C) leaves the report folder as it was before the run
+    with (
+        _new_folder(report_dir),
+        tempfile.TemporaryDirectory(dir=report_dir, prefix=".running-") as scratch,
+        _staged_figures(own_figures, Path(scratch)),
+    ):
         running_path = Path(scratch) / f"{name}.ipynb"
-        try:
-            papermill.execute_notebook(
-                str(notebook),
-                str(running_path),
-                parameters=parameters,
-                kernel_name=kernel_name,
-                language="python",  # also for notebooks saved without language metadata
-                progress_bar=progress_bar,
-                cwd=None if cwd is None else str(cwd),
-                config=config,
-            )
-        except PapermillExecutionError as error:
-            executed = nbformat.read(running_path, as_version=4)
-            cells = [
-                cell
-                for cell in executed.cells
-                if "papermill-error-cell-tag" not in cell.metadata.get("tags", [])
-            ]
-            failure = _describe_failure(error, cells, notebook)
-            details = _ANSI.sub("", "\n".join(error.traceback))
-        except (DeadKernelError, CellTimeoutError) as error:
-            failure = f"notebook {notebook} stopped: {type(error).__name__}: {error}"
+        failure, details = _execute(
+            notebook, running_path, parameters, kernel_name, progress_bar, cwd
+        )
         if running_path.exists():
             executed = nbformat.read(running_path, as_version=4)
             papermill_metadata = executed.metadata.get("papermill", {})
@@ -309,3 +292,94 @@ def run_report(
         raise RunError(f"{failure} (partial report in {report_dir}/)")
     failed_path.unlink(missing_ok=True)
     return html_path
+
+
+def _execute(
+    notebook: Path,
+    running_path: Path,
+    parameters: dict,
+    kernel_name: str,
+    progress_bar: bool,
+    cwd: str | Path | None,
+) -> tuple[str | None, str]:
+    """Run the notebook with papermill into ``running_path``; return ``(failure, details)``:
+    None and "" when every cell ran, else one line naming the failed cell and the traceback.
+    KeyboardInterrupt (Ctrl-C) propagates, the kernel already stopped."""
+    import nbformat
+    import papermill
+    from jupyter_client.manager import KernelManager
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
+
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names():  # jupyter_client >= 8.10
+        # encrypt the local kernel channels (CurveZMQ) where the kernel supports it, instead
+        # of plain-text TCP (and ipykernel's warning about it on every report)
+        config.KernelManager.transport_encryption = "auto"
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(running_path),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            language="python",  # also for notebooks saved without language metadata
+            progress_bar=progress_bar,
+            cwd=None if cwd is None else str(cwd),
+            config=config,
+            # the kernel is stopped after the last cell ran or failed, or on Ctrl-C; asked to
+            # shut down while a cell runs, it prints a traceback on our stderr as its sockets
+            # close under it, so it is killed instead (it has nothing left to save)
+            shutdown_kernel="immediate",
+        )
+    except PapermillExecutionError as error:
+        executed = nbformat.read(running_path, as_version=4)
+        cells = [
+            cell
+            for cell in executed.cells
+            if "papermill-error-cell-tag" not in cell.metadata.get("tags", [])
+        ]
+        return _describe_failure(error, cells, notebook), _ANSI.sub("", "\n".join(error.traceback))
+    except (DeadKernelError, CellTimeoutError) as error:
+        return f"notebook {notebook} stopped: {type(error).__name__}: {error}", ""
+    return None, ""
+
+
+@contextlib.contextmanager
+def _new_folder(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and its missing parents); if the block raises (Ctrl-C, a kernel that
+    does not start), remove the folders this created again, so that the run leaves no trace."""
+    missing = [folder, *folder.parents]
+    missing = [path for path in missing if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in missing:  # deepest first; one that holds something else stays
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _staged_figures(figures: Path | None, scratch: Path) -> Iterator[None]:
+    """Let a run replace the report's own panel folder ``figures`` as a whole.
+
+    The previous panels wait in ``scratch`` (deleted with it), so that a run leaves no panel
+    of an earlier one (a montage of an epoch no longer shown); if the block raises (Ctrl-C),
+    the panels this run wrote are removed and the previous ones put back. A cell that
+    fails is not an exception here: its partial report keeps the panels it wrote.
+    """
+    if figures is None:
+        yield
+        return
+    previous = scratch / "previous-figures"
+    if figures.exists():
+        figures.rename(previous)
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(figures, ignore_errors=True)
+        if previous.exists():
+            previous.rename(figures)
+        raise

@@ -47,18 +47,19 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from tqdm import tqdm  # not tqdm.auto: its notebook widget needs ipywidgets
 
 # the kinds of results files and the provenance every one carries (shared with analysis.accuracy
 # and analysis.trajectory), also importable from here
+from analysis import stacking
 from analysis.provenance import (
     KIND_ACCURACY,
     KIND_RF_RESULTS,
     KIND_TRAJECTORIES,
     KINDS,
-    provenance,
+    provenance,  # noqa: F401 (importable from here)
 )
 from retina_raf import runs
+from retina_raf.config import sectioned_model
 from retina_raf.errors import DataError, RunError
 from retina_raf.io import write_netcdf
 
@@ -99,7 +100,7 @@ def cache_key(layer: str, method: str, seed: int, options: dict, weights: str) -
 
 
 def analyze_run(
-    run_dir: str | Path,
+    run_dir: str | Path | runs.Run,
     layer: str = "retina_2",
     method: str = "actmax",
     *,
@@ -113,13 +114,17 @@ def analyze_run(
 
     Cached in ``<run_dir>/analysis/<layer>-<method>.nc`` (written atomically); the cache is
     used when it was made from the same ``model.pt`` (its SHA-256, attribute
-    ``weights_sha256``) with the same layer, method, seed and options.
+    ``weights_sha256``) with the same layer, method, seed and options. ``run_dir``: a run
+    folder or an opened :class:`~retina_raf.runs.Run` (whose digest is read once).
     """
     from analysis.metrics import rf_metrics
     from analysis.rf import extract_rfs
 
-    run_dir = Path(run_dir)
-    weights = runs.weights_digest(run_dir)
+    if isinstance(run_dir, runs.Run):
+        run_dir, weights = run_dir.path, run_dir.weights_digest
+    else:
+        run_dir = Path(run_dir)
+        weights = runs.weights_digest(run_dir)
     key = cache_key(layer, method, seed, rf_options, weights)
     cache = run_dir / runs.ANALYSIS_DIR / f"{layer}-{method}.nc"
     if cache.exists() and not recompute:
@@ -143,14 +148,7 @@ def analyze_run(
     return ds
 
 
-def _history(run_dir: Path) -> xr.Dataset | None:
-    history = runs.load_history(run_dir)
-    return (
-        None if history is None else history.drop_attrs(deep=False)
-    )  # keep the variables' CF attributes
-
-
-def _final_variance_captured(ds: xr.Dataset, run_dir: Path) -> xr.Dataset:
+def _final_variance_captured(ds: xr.Dataset, run: runs.Run) -> xr.Dataset:
     """``final_error_variance_captured`` (layer): the trained model's P against its error
     covariance (:func:`retina_raf.feedback.diagnostics.variance_captured`), from model.pt, so
     that runs whose history predates that diagnostic have it too."""
@@ -158,8 +156,7 @@ def _final_variance_captured(ds: xr.Dataset, run_dir: Path) -> xr.Dataset:
         return ds
     from retina_raf.feedback import model_diagnostics
 
-    model, _ = runs.load_model(run_dir)
-    final = model_diagnostics(model)
+    final = model_diagnostics(run.model())
     values = [final.get(str(name), {}).get("error_variance_captured", np.nan)
               for name in ds["layer"].values]  # fmt: skip
     ds["final_error_variance_captured"] = ("layer", np.asarray(values, dtype=float))
@@ -170,39 +167,45 @@ def _final_variance_captured(ds: xr.Dataset, run_dir: Path) -> xr.Dataset:
     return ds
 
 
-def run_dataset(
-    run_dir: str | Path, layer: str = "retina_2", method: str = "actmax", **kwargs
-) -> xr.Dataset:
-    """One run's RFs, metrics and history with its identity as ``run``-dim coordinates."""
-    from retina_raf.config import to_dict
-
-    run_dir = Path(run_dir)
-    cfg = runs.check_finished(run_dir)  # the weights load only if not cached
-    ds = analyze_run(run_dir, layer, method, **kwargs)
-    history = _history(run_dir)
+def run_rfs(run: runs.Run, layer: str = "retina_2", method: str = "actmax", **kwargs) -> xr.Dataset:
+    """The per-run reduction of :func:`combine_runs`: one finished run's RFs and metrics
+    (channel, y, x), its history (epoch, layer) and ``final_error_variance_captured``
+    (layer). Attributes: the RF options (``rf_*``) and classification thresholds.
+    ``**kwargs`` go to :func:`analyze_run`; the weights load only if its cache is stale."""
+    ds = analyze_run(run, layer, method, **kwargs)
+    history = stacking.history_variables(run.history)
     if history is not None:
         ds = xr.merge([ds, history], combine_attrs="override")
-        ds = _final_variance_captured(ds, run_dir)
-    ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
-    ds = ds.expand_dims("run")
-    identity = {"run_id": run_dir.name, **runs.run_identity(to_dict(cfg))}
-    ds = ds.assign_coords({k: ("run", [v]) for k, v in identity.items()})
-    ds["config"] = ("run", [runs.published_config(cfg)])  # no machine's folders in a file
-    return ds
+        ds = _final_variance_captured(ds, run)
+    kept = ("rf_", "threshold", "classification")  # the RF options and class thresholds
+    inherited = {k: v for k, v in ds.attrs.items() if k.startswith(kept) and k != "rf_run_dir"}
+    return ds.drop_attrs(deep=False).assign_attrs(
+        {**inherited, "rf_layer": layer, "rf_method": method}
+    )
+
+
+def run_dataset(
+    run_dir: str | Path | runs.Run, layer: str = "retina_2", method: str = "actmax", **kwargs
+) -> xr.Dataset:
+    """One run's RFs, metrics and history with its identity as ``run``-dim coordinates
+    (:func:`combine_runs` of that run alone)."""
+    kwargs.pop("progress", None)  # one run: no bar
+    return combine_runs([run_dir], layer, method, progress=False, **kwargs)
 
 
 def combine_runs(
-    run_dirs: Sequence[str | Path],
+    run_dirs: Sequence[str | Path | runs.Run],
     layer: str = "retina_2",
     method: str = "actmax",
     *,
     progress: bool = True,
     **kwargs,
 ) -> xr.Dataset:
-    """Stack the analyses of many run folders along ``run`` (module docstring has the schema).
+    """Stack the analyses of many run folders along ``run`` (module docstring has the schema):
+    :func:`run_rfs` of each run, stacked by :func:`analysis.stacking.stack_runs`.
 
     Args:
-        run_dirs: finished run folders (each with ``DONE``).
+        run_dirs: finished run folders (each with ``DONE``), or opened runs.
         layer, method: which RFs; ``**kwargs`` go to :func:`analyze_run` (seed, device,
             RF options).
 
@@ -210,33 +213,15 @@ def combine_runs(
         RunError: a missing, unfinished or damaged run folder (config, history or weights),
             before any RF is mapped; DataError: no run folders at all.
     """
-    run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise DataError("no run folders to combine")
-    for run_dir in run_dirs:  # fail before hours of extraction, not after
-        runs.check_finished(run_dir)
-    parts = []
-    bars = None if progress else True  # None: no bar when stderr is not a terminal
-    for run_dir in tqdm(run_dirs, desc="analyzing runs", unit="run", disable=bars):
-        parts.append(run_dataset(run_dir, layer, method, progress=False, **kwargs))
-    attrs = parts[0].attrs
-    for part in parts:  # encodings of the cached files (e.g. int dtypes) do not fit padding
-        for var in part.variables.values():
-            var.encoding = {}
-    combined = xr.concat(parts, dim="run", join="outer", combine_attrs="drop_conflicts",
-                         data_vars="all", coords="minimal", compat="override")  # fmt: skip
-    combined["present"] = combined["present"].fillna(False).astype(bool)
-    combined["responsive"] = combined["responsive"].fillna(False).astype(bool)
-    if "rf_class" in combined:
-        combined["rf_class"] = combined["rf_class"].fillna("").astype(str)
-    inherited = {
-        k: v
-        for k, v in attrs.items()
-        if k.startswith(("rf_", "threshold", "classification")) and k != "rf_run_dir"
-    }
-    combined.attrs = provenance(
-        **{**inherited, "rf_layer": layer, "rf_method": method}, kind=KIND_RF_RESULTS
-    )
+
+    def reduce(run: runs.Run) -> xr.Dataset:
+        return run_rfs(run, layer, method, progress=False, **kwargs)
+
+    # the first run's RF options stand for all (rf_layer_shape differs between widths)
+    combined = stacking.stack_runs(run_dirs, reduce, kind=KIND_RF_RESULTS, attrs="first",
+                                   progress=progress, desc="analyzing runs")  # fmt: skip
     return index_run_coords(combined)
 
 
@@ -298,10 +283,12 @@ def stack_methods(parts: Sequence[xr.Dataset]) -> xr.Dataset:
 
 
 def combine_methods(
-    run_dirs: Sequence[str | Path], layer: str, methods: Sequence[str], **kwargs
+    run_dirs: Sequence[str | Path | runs.Run], layer: str, methods: Sequence[str], **kwargs
 ) -> xr.Dataset:
-    """:func:`combine_runs` by one method, or by several stacked by :func:`stack_methods`."""
+    """:func:`combine_runs` by one method, or by several stacked by :func:`stack_methods`
+    (each run folder is read once for all methods)."""
     methods = list(dict.fromkeys(methods))
+    run_dirs = stacking.open_runs(run_dirs)
     parts = [combine_runs(run_dirs, layer, method, **kwargs) for method in methods]
     return parts[0] if len(parts) == 1 else stack_methods(parts)
 
@@ -451,10 +438,11 @@ def _support_from_configs(ds: xr.Dataset) -> list[int] | None:
     boxes = set()
     for text in np.asarray(ds["config"].values).ravel():
         try:
-            model = yaml.safe_load(str(text)).get("model", {})
+            model = sectioned_model(yaml.safe_load(str(text)).get("model", {}))
         except (yaml.YAMLError, AttributeError):
             return None
-        kernel, size = model.get("kernel_size"), model.get("image_size", ds.sizes.get("y"))
+        kernel = model.get("retina", {}).get("kernel_size")
+        size = model.get("image_size", ds.sizes.get("y"))
         if not isinstance(kernel, int) or not isinstance(size, int):
             return None
         half, center = depth * (kernel // 2), size // 2

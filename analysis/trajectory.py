@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from analysis import stacking
+from retina_raf import runs
 from retina_raf.errors import DataError, RunError
 
 SUMMARY_METRICS = {
@@ -50,7 +52,7 @@ ALIGNMENT_LAYER = "vvs_1"  # the layer whose feedback reaches the retina
 
 
 def rf_trajectory(
-    run_dir: str | Path,
+    run_dir: str | Path | runs.Run,
     layer: str = "retina_2",
     method: str = "gradient",
     *,
@@ -61,7 +63,8 @@ def rf_trajectory(
     """RFs of ``layer`` and their metrics at every retina snapshot of a run.
 
     Args:
-        run_dir: a run folder trained with ``train.retina_snapshots: true``.
+        run_dir: a run folder trained with ``train.retina_snapshots: true``, finished or in
+            flight, or the :class:`~retina_raf.runs.Run` that ``open_run`` made of it.
         layer: ``retina_1`` or ``retina_2`` (later layers are not in the snapshots).
         method: RF method of :func:`analysis.rf.extract_rfs` (``gradient`` is cheap).
         epochs: which snapshots (default: all).
@@ -75,13 +78,12 @@ def rf_trajectory(
         DataError: a layer outside the retina.
     """
     from analysis.metrics import rf_metrics
-    from retina_raf import runs
     from retina_raf.models import model_from_config
 
-    run_dir = Path(run_dir)
     if layer not in runs.SNAPSHOT_LAYERS:
         raise DataError(f"layer {layer!r}: snapshots hold only {', '.join(runs.SNAPSHOT_LAYERS)}")
-    cfg = runs.load_config(run_dir)  # RunError for a folder that is not a run
+    run = _opened(run_dir)  # RunError for a folder that is not a run
+    run_dir, cfg = run.path, run.config
     snapshots = runs.retina_snapshots(run_dir)
     if not snapshots:
         raise RunError(f"{run_dir} has no retina snapshots (train with train.retina_snapshots)")
@@ -105,7 +107,8 @@ def rf_trajectory(
     ds["rf"] = rfs.reset_coords(drop=True)
     for name in ("responsive", "activation"):
         ds[name] = maps[name]
-    history = _history(run_dir)
+    # per epoch, and per epoch and feedback layer (the diagnostics of the learning rules)
+    history = stacking.history_variables(run.history, dims=[("epoch",), ("epoch", "layer")])
     if history is not None:
         ds = ds.merge(history.reindex(epoch=ds["epoch"]), compat="override")
     ds.attrs.update({f"rf_{k}": v for k, v in rfs.attrs.items() if k != "run_dir"})
@@ -113,12 +116,16 @@ def rf_trajectory(
     return ds
 
 
+def _opened(run_dir: str | Path | runs.Run) -> runs.Run:
+    """The run itself, or its folder opened as it stands (finished or in flight)."""
+    return run_dir if isinstance(run_dir, runs.Run) else runs.open_run(run_dir)
+
+
 def _epoch_rfs(run_dir: Path, model, epoch: int, layer, method, seed, rf_options) -> xr.DataArray:
     """The RFs of one snapshot, cached in ``<run>/analysis/trajectory/`` under a key of the
     snapshot's bytes and the RF options: a growing run maps only its new epochs."""
     from analysis.results import cache_key
     from analysis.rf import extract_rfs
-    from retina_raf import runs
     from retina_raf.io import write_netcdf
 
     snapshot = runs.retina_snapshots(run_dir)[epoch]
@@ -145,27 +152,16 @@ def _decode_attrs(attrs: dict) -> dict:
     return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in attrs.items()}
 
 
-def _history(run_dir: Path) -> xr.Dataset | None:
-    from retina_raf import runs
-
-    history = runs.load_history(run_dir)
-    if history is None:
-        return None
-    # per epoch, and per epoch and feedback layer (the diagnostics of the learning rules)
-    keep = [v for v in history.data_vars if history[v].dims in (("epoch",), ("epoch", "layer"))]
-    return history[keep].drop_attrs(deep=False) if keep else None
-
-
 def final_method_agreement(
-    run_dir: str | Path, layer: str = "retina_2", **rf_options
+    run_dir: str | Path | runs.Run, layer: str = "retina_2", **rf_options
 ) -> xr.Dataset:
     """:func:`analysis.rf.method_agreement` (gradient, actmax, STA) at a run's last snapshot:
     whether the three RF methods tell the same story about its trained retina."""
     from analysis.rf import method_agreement
-    from retina_raf import runs
     from retina_raf.models import model_from_config
 
-    cfg = runs.load_config(run_dir)
+    run = _opened(run_dir)
+    run_dir, cfg = run.path, run.config
     snapshots = runs.retina_snapshots(run_dir)
     if not snapshots:
         raise RunError(f"{run_dir} has no retina snapshots (train with train.retina_snapshots)")
@@ -177,7 +173,7 @@ def final_method_agreement(
 
 
 def combine_trajectories(
-    run_dirs: Sequence[str | Path],
+    run_dirs: Sequence[str | Path | runs.Run],
     layer: str = "retina_2",
     method: str = "gradient",
     agreement: bool = False,
@@ -195,41 +191,27 @@ def combine_trajectories(
     :func:`analysis.results.write_results`, read it with :func:`analysis.results.open_results`.
     """
     from analysis.provenance import KIND_TRAJECTORIES
-    from retina_raf import runs
 
     if not run_dirs:
         raise RunError("no run folders given")
-    per_run = []
-    for run_dir in run_dirs:
-        ds = rf_trajectory(run_dir, layer, method, **kwargs)
-        ds["present"] = ("channel", np.ones(ds.sizes["channel"], dtype=bool))
+
+    def reduce(run: runs.Run) -> xr.Dataset:
+        ds = rf_trajectory(run, layer, method, **kwargs)
         if agreement:
-            check = final_method_agreement(run_dir, layer, **kwargs)
+            check = final_method_agreement(run, layer, **kwargs)
             ds = ds.merge(check.drop_attrs(), compat="override")
             ds.attrs["agreement_epoch"] = check.attrs["agreement_epoch"]
-        cfg = runs.load_config(run_dir)
-        identity = {"run_id": Path(run_dir).name, **runs.run_identity(cfg),
-                    "finished": runs.is_finished(run_dir),
-                    "epochs_planned": cfg.train.epochs}  # fmt: skip
-        ds = ds.expand_dims("run").assign_coords({k: ("run", [v]) for k, v in identity.items()})
-        ds["config"] = ("run", [runs.published_config(cfg)])  # the recipe, data set by name
-        ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
-        per_run.append(ds)
-    out = xr.concat(
-        per_run,
-        dim="run",
-        join="outer",
-        coords="different",
-        compat="equals",
-        combine_attrs="drop_conflicts",
-    )
-    out["present"] = out["present"].fillna(False).astype(bool)
-    out["rf_class"] = out["rf_class"].where(out["rf_class"].notnull(), "").astype(str)
-    out.attrs["kind"] = KIND_TRAJECTORIES
-    out["responsive"] = out["responsive"].fillna(False).astype(bool)
-    for name in [v for v in out.data_vars if str(v).startswith("responsive_")]:
-        out[name] = out[name].fillna(False).astype(bool)
-    return out
+        # which run it is: the run coordinates say that, per run
+        return ds.drop_attrs(deep=False).assign_attrs(
+            {k: v for k, v in ds.attrs.items() if k not in ("run_dir", "preset", "seed")}
+        )
+
+    def identity(run: runs.Run) -> dict:
+        return {**stacking.run_coords(run), "finished": run.finished,
+                "epochs_planned": run.config.train.epochs}  # fmt: skip
+
+    return stacking.stack_runs(run_dirs, reduce, kind=KIND_TRAJECTORIES, identity=identity,
+                               require_finished=False)  # fmt: skip
 
 
 def experiment_trajectories(
@@ -249,7 +231,6 @@ def experiment_trajectories(
     Raises:
         RunError: no run of the experiment has a snapshot in ``runs_dir``.
     """
-    from retina_raf import runs
     from retina_raf.sweep import expand, load_experiment, run_dir
 
     exp = load_experiment(experiment)

@@ -152,8 +152,8 @@ def main() -> int:
     global DEVICE
     if args.smoke:
         DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-        SMOKE.extend(["data.train_limit=256", "data.test_limit=128", "model.vvs_layers=1",
-                      "model.fc_units=32"])  # fmt: skip
+        SMOKE.extend(["data.train_limit=256", "data.test_limit=128", "model.retina.vvs_layers=1",
+                      "model.retina.fc_units=32"])  # fmt: skip
     elif not torch.cuda.is_available():
         print("gpu_check: no CUDA device (use --smoke for a dry run)", file=sys.stderr)
         return 2

@@ -15,22 +15,14 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from retina_raf.errors import ConfigError
+from retina_raf.plan import ARCHS, RULE_NAMES, direct_plan, layer_plan
 from retina_raf.presets import preset_model_fields
-
-# bp: backprop; raf: RAF with Oja (paper eq. 11); raf_pca: RAF with the PCA rule for P;
-# raf_aligned: RAF at its fixed point (P by PCA, Q = W^T P^T); kp: Kolen-Pollack;
-# fa: feedback alignment; lowrank_fa: Q trained, P fixed random (docs/design.md#learning-rules).
-RULES = ("bp", "raf", "raf_pca", "raf_aligned", "kp", "fa", "lowrank_fa")
-# retina: the Lindsey retina/VVS CNN (docs/design.md#model); mlp, vgg, vit: the networks of the
-# paper's Fig. 3 (docs/design.md#fig3-networks, retina_raf.nets)
-ARCHS = ("retina", "mlp", "vgg", "vit")
 
 
 def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
@@ -43,12 +35,10 @@ def spec(default, *, low=None, high=None, choices=None, doc: str = "", **kw):
 
 # --------------------------------------------------------------------------- sections
 @dataclass
-class ModelConfig:
-    """The network: the Lindsey retina/VVS CNN (docs/design.md#model) or, with ``arch``, a network
-    of the paper's Fig. 3 (docs/design.md#fig3-networks); and each layer's learning rule."""
+class RetinaConfig:
+    """``model.retina``: the sizes and regularizers of the Lindsey retina/VVS CNN
+    (docs/design.md#model)."""
 
-    in_channels: int = spec(1, low=1, high=3, doc="input channels (1: grayscale)")
-    image_size: int = spec(32, low=8, high=512)
     retina_channels: int = spec(32, low=1, high=4096, doc="channels of retina_1")
     n_bn: int = spec(32, low=1, high=4096, doc="retina output channels (feedforward bottleneck)")
     vvs_channels: int = spec(32, low=1, high=4096)
@@ -56,7 +46,6 @@ class ModelConfig:
     kernel_size: int = spec(9, low=1, high=31, doc="odd kernel size of every conv layer")
     fc_units: int = spec(1024, low=1, high=65536)
     dropout: float = spec(0.5, low=0.0, high=0.99)
-    num_classes: int = spec(10, low=2, high=1000)
     input_noise: float = spec(
         0.0, low=0.0, high=10.0, doc="std of Gaussian noise on the input (training only)"
     )
@@ -67,43 +56,59 @@ class ModelConfig:
         0.0, low=0.0, high=1.0, doc="L1 penalty on retina output activity"
     )
     retina_weight_l1: float = spec(0.0, low=0.0, high=1.0, doc="L1 penalty on retina conv weights")
-    rule: str = spec(
-        "bp", choices=RULES, doc="learning rule of every layer not named in layer_rule"
+
+
+@dataclass
+class MLPConfig:
+    """``model.mlp``: the fully connected network of Fig. 3a-d (docs/design.md#fig3-networks)."""
+
+    hidden_units: int = spec(512, low=1, high=65536, doc="units of every hidden layer")
+    hidden_layers: int = spec(4, low=1, high=64, doc="number of hidden layers")
+
+
+@dataclass
+class VGGConfig:
+    """``model.vgg``: the VGG-like CNN of Table C1 (docs/design.md#fig3-networks)."""
+
+    dropout: float = spec(0.4, low=0.0, high=0.99, doc="dropout of the classifier (Table C1)")
+
+
+@dataclass
+class ViTConfig:
+    """``model.vit``: the vision transformer of appendix C (docs/design.md#fig3-networks)."""
+
+    patch_size: int = spec(4, low=1, high=32, doc="side of the square patches")
+    dim: int = spec(384, low=8, high=8192, doc="token (embedding) width")
+    depth: int = spec(7, low=1, high=64, doc="number of transformer blocks")
+    heads: int = spec(4, low=1, high=64, doc="attention heads (must divide dim)")
+    mlp_dim: int = spec(768, low=1, high=65536, doc="hidden units of each block's MLP")
+    dropout: float = spec(
+        0.1, low=0.0, high=0.99, doc="dropout (appendix C: 'dropout for regularization', no rate)"
     )
-    layer_rule: dict = spec(
-        {}, doc="layer name -> rule (bp, raf, raf_pca, raf_aligned, kp, fa, lowrank_fa)"
-    )
-    layer_rank: dict = spec({}, doc="layer name -> feedback rank (default: full)")
-    track_error_covariance: bool = spec(
-        True, doc="feedback layers keep a moving average of their error covariance (diagnostics)"
-    )
-    direct_target: str | None = spec(None, doc="layer whose output receives direct feedback (dRAF)")
-    direct_source: str | None = spec(
-        None, doc="source layer of the direct error (default: last VVS layer)"
-    )
-    direct_rank: int | None = spec(
-        None, low=1, high=65536, doc="rank of the direct feedback (default: full)"
-    )
-    conv_impl: str = spec(
-        "auto",
-        choices=("auto", "direct", "fft"),
-        doc="how conv layers compute: direct, fft (frequency domain, same result), or auto "
-        "(per layer and device, retina_raf.fftconv.choose_conv_impl)",
-    )
-    init: str = spec(
-        "kaiming",
-        choices=("kaiming", "glorot"),
-        doc="weight init: kaiming (torch's default, the paper's appendix B) or glorot "
-        "(Keras' default Glorot-uniform with zero biases, Lindsey et al.'s code)",
-    )
-    # -- the networks of the paper's Fig. 3 (retina_raf.nets); the retina ignores these --
+
+
+@dataclass
+class ModelConfig:
+    """The network and each layer's learning rule: ``arch`` picks the network, whose own
+    settings are its section (``retina``, ``mlp``, ``vgg``, ``vit``); the rest (input, classes,
+    rules, ranks, dRAF, init) applies to every network."""
+
     arch: str = spec(
         "retina",
         choices=ARCHS,
-        doc="network: retina (the fields above), or mlp, vgg, vit (Fig. 3, the fields below; "
-        "rule, layer_rule, layer_rank, num_classes, in_channels and direct_* apply to them too, "
-        "layer_rule/layer_rank keyed by layer name or glob pattern)",
+        doc="network: retina (the Lindsey retina/VVS CNN), or mlp, vgg, vit (Fig. 3)",
     )
+    in_channels: int = spec(1, low=1, high=3, doc="input channels (1: grayscale)")
+    image_size: int = spec(32, low=8, high=512)
+    num_classes: int = spec(10, low=2, high=1000)
+    rule: str = spec(
+        "bp", choices=RULE_NAMES, doc="learning rule of every layer not named in layer_rule"
+    )
+    layer_rule: dict = spec(
+        {}, doc="layer name or glob pattern -> rule (bp, raf, raf_pca, raf_aligned, kp, fa, "
+        "lowrank_fa)"
+    )  # fmt: skip
+    layer_rank: dict = spec({}, doc="layer name or glob pattern -> feedback rank (default: full)")
     constrain: str = spec(
         "all",
         doc="mlp/vgg/vit: the feedback layers that rank or rank_fraction constrain: all, a "
@@ -123,19 +128,35 @@ class ModelConfig:
         doc="mlp/vgg/vit: feedback rank of each constrained layer as this fraction of its "
         "output width, at least 1 (Fig. 3e inset: 0.5, 0.25, 0.125)",
     )
-    hidden_units: int = spec(512, low=1, high=65536, doc="mlp: units of every hidden layer")
-    hidden_layers: int = spec(4, low=1, high=64, doc="mlp: number of hidden layers")
-    net_dropout: float | None = spec(
-        None,
-        low=0.0,
-        high=0.99,
-        doc="vgg/vit: dropout (None: the paper's, vgg 0.4 (Table C1), vit 0.1); mlp: none",
+    track_error_covariance: bool = spec(
+        True, doc="feedback layers keep a moving average of their error covariance (diagnostics)"
     )
-    vit_patch_size: int = spec(4, low=1, high=32, doc="vit: side of the square patches")
-    vit_dim: int = spec(384, low=8, high=8192, doc="vit: token (embedding) width")
-    vit_depth: int = spec(7, low=1, high=64, doc="vit: number of transformer blocks")
-    vit_heads: int = spec(4, low=1, high=64, doc="vit: attention heads (must divide vit_dim)")
-    vit_mlp_dim: int = spec(768, low=1, high=65536, doc="vit: hidden units of each block's MLP")
+    direct_target: str | None = spec(
+        None, doc="layer whose output receives direct feedback (dRAF); mlp: also all"
+    )
+    direct_source: str | None = spec(
+        None, doc="source layer of the direct error (default: the retina's last VVS layer, the "
+        "mlp's readout)"
+    )  # fmt: skip
+    direct_rank: int | None = spec(
+        None, low=1, high=65536, doc="rank of the direct feedback (default: full)"
+    )
+    conv_impl: str = spec(
+        "auto",
+        choices=("auto", "direct", "fft"),
+        doc="how conv layers compute: direct, fft (frequency domain, same result), or auto "
+        "(per layer and device, retina_raf.fftconv.choose_conv_impl)",
+    )
+    init: str = spec(
+        "kaiming",
+        choices=("kaiming", "glorot"),
+        doc="weight init: kaiming (torch's default, the paper's appendix B) or glorot "
+        "(Keras' default Glorot-uniform with zero biases, Lindsey et al.'s code)",
+    )
+    retina: RetinaConfig = field(default_factory=RetinaConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    vgg: VGGConfig = field(default_factory=VGGConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
 
 
 @dataclass
@@ -234,6 +255,70 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
 
+SECTIONS = {"retina": RetinaConfig, "mlp": MLPConfig, "vgg": VGGConfig, "vit": ViTConfig}
+
+
+def with_section_fields(arch: str, fields: dict) -> dict:
+    """Keyword fields of :class:`ModelConfig` -> a model mapping, where the fields of the
+    section of ``arch`` may come without it (``n_bn=4`` for the retina, ``depth=2`` for the
+    vit: ``{"retina": {"n_bn": 4}}``)."""
+    own = {f.name for f in dataclasses.fields(SECTIONS[arch])}
+    out = {key: value for key, value in fields.items() if key not in own}
+    section = {key: value for key, value in fields.items() if key in own}
+    if section:
+        out[arch] = merge(out.get(arch, {}), section)
+    return out
+
+
+# ------------------------------------------------------------- the flat model layout
+# Run folders, checkpoints and results files written before the model config had a section per
+# network keep its settings flat (model.n_bn, model.hidden_units, model.vit_dim,
+# model.net_dropout): flat key -> (section, key). `stored_run_config` reads them; run ids
+# keep hashing this spelling (retina_raf.runs.run_id), so that a run keeps its folder.
+FLAT_MODEL_KEYS = {
+    **{f.name: ("retina", f.name) for f in dataclasses.fields(RetinaConfig)},
+    "hidden_units": ("mlp", "hidden_units"),
+    "hidden_layers": ("mlp", "hidden_layers"),
+    **{f"vit_{name}": ("vit", name) for name in ("patch_size", "dim", "depth", "heads", "mlp_dim")},
+    "net_dropout": (None, "dropout"),  # the section of the run's arch (vgg or vit)
+}
+
+
+def sectioned_model(model: dict) -> dict:
+    """A stored ``model`` mapping in the flat layout -> the layout of :class:`ModelConfig`
+    (a mapping already in it comes back as it is)."""
+    out = {k: v for k, v in model.items() if k not in FLAT_MODEL_KEYS}
+    for key, (section, name) in FLAT_MODEL_KEYS.items():
+        if key not in model:
+            continue
+        if section is None:  # null: the network's default
+            if model[key] is None or model.get("arch", "retina") not in ("vgg", "vit"):
+                continue
+            section = model["arch"]
+        out.setdefault(section, {})[name] = model[key]
+    return out
+
+
+def stored_run_config(data: dict) -> "RunConfig":
+    """The :class:`RunConfig` of a mapping that a run folder, a checkpoint or a results file
+    stored, in either layout (validated field by field, not cross-checked)."""
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = {**data, "model": sectioned_model(data["model"])}
+    return from_dict(RunConfig, data)
+
+
+_FLAT_SPELLING = {
+    f"model.{section or arch}.{name}": f"model.{flat}"
+    for flat, (section, name) in FLAT_MODEL_KEYS.items()
+    for arch in (("vgg", "vit") if section is None else (section,))
+}
+
+
+def flat_model_key(key: str) -> str:
+    """``model.retina.n_bn`` -> ``model.n_bn``: a dotted key in the flat layout's spelling."""
+    return _FLAT_SPELLING.get(key, key)
+
+
 # ------------------------------------------------------------------------- validation
 def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
     optional = False
@@ -291,7 +376,12 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (allowed: {', '.join(fields)})")
+        key = unknown[0]
+        if cls is ModelConfig and key in FLAT_MODEL_KEYS:
+            section, name = FLAT_MODEL_KEYS[key]
+            moved = f"{prefix}{section or data.get('arch', 'vgg')}.{name}"
+            raise ConfigError(f"unknown key '{prefix}{key}' (it is {moved})")
+        raise ConfigError(f"unknown key '{prefix}{key}' (allowed: {', '.join(fields)})")
     kwargs = {}
     for name, value in data.items():
         tp, key = hints[name], prefix + name
@@ -323,27 +413,42 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def dump_yaml(cfg) -> str:
-    """The config as YAML text."""
+    """The config as YAML text. A model section keeps only its own network's settings: the
+    other networks' sections hold their defaults, which reading it back restores."""
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    model = data if isinstance(cfg, ModelConfig) else data.get("model")
+    if isinstance(model, dict) and "arch" in model:
+        for arch in SECTIONS:
+            if arch != model["arch"]:
+                model.pop(arch, None)
     return yaml.safe_dump(data, sort_keys=False)
 
 
 def load_run_config(path: str | Path) -> "RunConfig":
-    """Read and validate a ``config.yaml`` of a run."""
-    cfg = from_dict(RunConfig, load_yaml(path))
+    """Read and validate a ``config.yaml`` of a run (either layout, :func:`stored_run_config`)."""
+    cfg = stored_run_config(load_yaml(path))
     check_run_config(cfg)
     return cfg
 
 
 # --------------------------------------------------------------------------- overrides
+def _field_paths(cls, prefix: str = "") -> list[str]:
+    """Dotted paths of every setting of a config dataclass, sections included."""
+    hints, paths = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths += _field_paths(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            paths.append(prefix + f.name)
+    return paths
+
+
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict:
     """``["train.epochs=3", "n_bn=4"]`` -> nested dict. Values are parsed as YAML scalars.
 
-    A key without a section (``epochs``) is looked up in the sections of :class:`RunConfig`
-    and must name exactly one field.
+    A key without its sections (``epochs``, ``n_bn``) must name exactly one setting of
+    :class:`RunConfig` (``train.epochs``, ``model.retina.n_bn``).
     """
-    sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    hints = typing.get_type_hints(RunConfig)
     out: dict = {}
     for item in items:
         if "=" not in item:
@@ -355,24 +460,15 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict:
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from exc
         parts = key.split(".")
-        if len(parts) == 1 and key not in sections:
-            owners = [
-                s
-                for s in sections
-                if dataclasses.is_dataclass(hints[s])
-                and key in {f.name for f in dataclasses.fields(hints[s])}
-            ]
-            if len(owners) != 1:
-                allowed = sorted(
-                    {
-                        f"{s}.{f.name}"
-                        for s in sections
-                        if dataclasses.is_dataclass(hints[s])
-                        for f in dataclasses.fields(hints[s])
-                    }
-                )
-                raise ConfigError(f"unknown key '{key}' (allowed: {', '.join(allowed)})")
-            parts = [owners[0], key]
+        if len(parts) == 1 and key not in {f.name for f in dataclasses.fields(RunConfig)}:
+            paths = _field_paths(RunConfig)
+            owners = [path for path in paths if path.rsplit(".", 1)[-1] == key]
+            if not owners:
+                allowed = ", ".join(p for p in paths if "." in p)
+                raise ConfigError(f"unknown key '{key}' (allowed: {allowed})")
+            if len(owners) > 1:
+                raise ConfigError(f"--set {key}: names several settings ({', '.join(owners)})")
+            parts = owners[0].split(".")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -415,14 +511,15 @@ def check_run_config(cfg: RunConfig) -> None:
 
     With a class subset (``data.classes``) or CIFAR-100, ``model.num_classes`` left at its
     default of 10 is set to the number of classes the data have (so that a grid over
-    ``data.classes`` needs no second axis); any other value must equal it. The Fig. 3
-    networks (``model.arch`` mlp, vgg, vit) are checked by
-    :func:`check_net_config`.
+    ``data.classes`` needs no second axis); any other value must equal it. Every network's
+    shapes and layer plan are checked by :func:`check_model`.
     """
     _match_data(cfg)
     m = cfg.model
     if m.arch != "retina":
-        check_net_config(cfg)  # the Fig. 3 networks
+        if cfg.train.retina_snapshots:
+            raise ConfigError(f"train.retina_snapshots: the {m.arch} has no retina")
+        check_model(m)
         return
     for key in ("rank", "rank_fraction"):
         if getattr(m, key) is not None:
@@ -430,51 +527,15 @@ def check_run_config(cfg: RunConfig) -> None:
                 f"model.{key}: for the Fig. 3 networks (model.arch: mlp, vgg, vit); the "
                 "retina's feedback ranks are model.layer_rank"
             )
-    if m.kernel_size % 2 == 0:
-        raise ConfigError(f"model.kernel_size: {m.kernel_size} must be odd (same padding)")
-    if "bottleneck" in (cfg.preset or "") and m.n_bn > m.retina_channels:
+    r = m.retina
+    if r.kernel_size % 2 == 0:
+        raise ConfigError(f"model.retina.kernel_size: {r.kernel_size} must be odd (same padding)")
+    if "bottleneck" in (cfg.preset or "") and r.n_bn > r.retina_channels:
         raise ConfigError(
-            f"model.n_bn: a bottleneck of {m.n_bn} channels is wider than the retina's "
-            f"{m.retina_channels} (allowed: 1 to {m.retina_channels})"
+            f"model.retina.n_bn: a bottleneck of {r.n_bn} channels is wider than the retina's "
+            f"{r.retina_channels} (allowed: 1 to {r.retina_channels})"
         )
-    widths = layer_out_widths(m)
-    for table in ("layer_rule", "layer_rank"):
-        for name, value in getattr(m, table).items():
-            if name not in widths:
-                raise ConfigError(
-                    f"model.{table}: unknown layer {name!r} (allowed: {', '.join(widths)})"
-                )
-            if table == "layer_rule" and value not in RULES:
-                raise ConfigError(
-                    f"model.layer_rule.{name}: {value!r} is not allowed "
-                    f"(allowed: {', '.join(RULES)})"
-                )
-            if table == "layer_rank":
-                if (
-                    isinstance(value, bool)
-                    or not isinstance(value, int)
-                    or not 1 <= value <= widths[name]
-                ):
-                    raise ConfigError(
-                        f"model.layer_rank.{name}: {value!r} is out of range "
-                        f"(allowed: 1 to {widths[name]}, the layer's output width)"
-                    )
-    for key in ("direct_target", "direct_source"):
-        name = getattr(m, key)
-        if name is not None and name not in widths:
-            raise ConfigError(f"model.{key}: unknown layer {name!r} (allowed: {', '.join(widths)})")
-    if m.direct_target is not None:
-        names = list(widths)
-        source = m.direct_source or f"vvs_{m.vvs_layers}"
-        if names.index(source) <= names.index(m.direct_target):
-            raise ConfigError(
-                f"model.direct_source: {source!r} must come after direct_target {m.direct_target!r}"
-            )
-        if m.direct_rank is not None and m.direct_rank > widths[source]:
-            raise ConfigError(
-                f"model.direct_rank: {m.direct_rank} is out of range "
-                f"(allowed: 1 to {widths[source]})"
-            )
+    check_model(m)
 
 
 def _match_data(cfg: RunConfig) -> None:
@@ -498,199 +559,23 @@ def _match_data(cfg: RunConfig) -> None:
         )
 
 
-def layer_out_widths(m: ModelConfig) -> dict[str, int]:
-    """Layer name -> output channels/features, in forward order."""
-    widths = {"retina_1": m.retina_channels, "retina_2": m.n_bn}
-    widths.update({f"vvs_{i}": m.vvs_channels for i in range(1, m.vvs_layers + 1)})
-    widths.update({"fc_1": m.fc_units, "fc_2": m.num_classes})
-    return widths
-
-
-# ------------------------------------------------------------------- Fig. 3 networks
-# The layout of the networks of the paper's Fig. 3 (retina_raf.nets builds them from these)
-# that their configs are checked against: layer names are module paths, rules and ranks
-# are given per layer (docs/design.md#fig3-networks).
-VGG_CHANNELS = (64, 128, 256, 512)  # Table C1: channels of blocks 1..4
-VGG_HIDDEN = 256  # Table C1: the classifier's hidden layer
-# the layer of each network that reads the image: it sends nothing anyone uses, so it stays
-# plain and takes no rule or rank
-INPUT_LAYERS = {"mlp": "fc_1", "vgg": "features.block_1.conv_1", "vit": "patch_embed"}
-
-
-def selects(name: str, pattern: str) -> bool:
-    """Whether ``pattern`` names layer ``name``: exactly, as a module that contains it
-    (``features.block_4`` selects ``features.block_4.conv_1``), or as a glob (as convert)."""
-    return name == pattern or name.startswith(pattern + ".") or fnmatchcase(name, pattern)
-
-
-def feedback_layer_widths(m: ModelConfig) -> dict[str, int]:
-    """Name -> output width (the dimension of the error its feedback carries) of every layer
-    that takes a rule, in forward order; the input layer is not among them."""
-    if m.arch == "mlp":
-        hidden = {f"fc_{i}": m.hidden_units for i in range(2, m.hidden_layers + 1)}
-        return {**hidden, f"fc_{m.hidden_layers + 1}": m.num_classes}
-    if m.arch == "vgg":
-        widths = {}
-        for b, channels in enumerate(VGG_CHANNELS, start=1):
-            for i in (1, 2):
-                widths[f"features.block_{b}.conv_{i}"] = channels
-        del widths[INPUT_LAYERS["vgg"]]
-        return {**widths, "fc_1": VGG_HIDDEN, "fc_2": m.num_classes}
-    if m.arch == "vit":
-        widths = {}
-        for b in range(1, m.vit_depth + 1):
-            for proj in ("query", "key", "value", "out"):
-                widths[f"block_{b}.attn.{proj}"] = m.vit_dim
-            widths[f"block_{b}.mlp.fc_1"] = m.vit_mlp_dim
-            widths[f"block_{b}.mlp.fc_2"] = m.vit_dim
-        return {**widths, "head": m.num_classes}
-    raise ConfigError(f"model.arch: {m.arch!r} is not a Fig. 3 network (mlp, vgg, vit)")
-
-
-def _first_match(name: str, table: dict):
-    for pattern, value in table.items():
-        if selects(name, pattern):
-            return pattern, value
-    return None, None
-
-
-def _names_hint(names: list[str]) -> str:
-    shown = ", ".join(names[:8])
-    return shown + (f", ... ({len(names)} layers)" if len(names) > 8 else "")
-
-
-def layer_plan(m: ModelConfig) -> dict[str, tuple[str, int | None]]:
-    """Layer name -> (rule, feedback rank or None for full) of every layer that takes a rule.
-
-    Raises:
-        ConfigError: a pattern that selects no layer, a rank on a backprop layer, a rank
-            above a layer's width in ``layer_rank``, the input layer named.
-    """
-    widths = feedback_layer_widths(m)
-    names = list(widths)
-    input_layer = INPUT_LAYERS[m.arch]
-    for pattern, rule in m.layer_rule.items():
-        if rule not in RULES:
-            raise ConfigError(
-                f"model.layer_rule.{pattern}: {rule!r} is not allowed (allowed: {', '.join(RULES)})"
-            )
-    for table in ("layer_rule", "layer_rank"):
-        for pattern in getattr(m, table):
-            if selects(input_layer, pattern) and not any(selects(n, pattern) for n in names):
-                raise ConfigError(
-                    f"model.{table}.{pattern}: {input_layer} reads the image, so nothing uses "
-                    "its feedback; it takes no rule or rank"
-                )
-            if not any(selects(n, pattern) for n in names):
-                raise ConfigError(
-                    f"model.{table}: {pattern!r} selects no layer of the {m.arch} "
-                    f"(layers: {_names_hint(names)})"
-                )
-    if m.constrain != "all" and not any(selects(n, m.constrain) for n in names):
-        raise ConfigError(
-            f"model.constrain: {m.constrain!r} selects no layer of the {m.arch} "
-            f"(all, or layers: {_names_hint(names)})"
-        )
-    if m.rank is not None and m.rank_fraction is not None:
-        raise ConfigError("model.rank and model.rank_fraction: give one of them")
-    plan, constrained = {}, []
-    for name, width in widths.items():
-        _, rule = _first_match(name, m.layer_rule)
-        rule = rule if rule is not None else m.rule
-        pattern, rank = _first_match(name, m.layer_rank)
-        if pattern is not None:
-            if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= width:
-                raise ConfigError(
-                    f"model.layer_rank.{pattern}: {rank!r} is out of range for {name} "
-                    f"(allowed: 1 to {width}, the layer's output width)"
-                )
-            if rule == "bp":
-                raise ConfigError(
-                    f"model.layer_rank.{pattern}: a feedback rank needs a feedback rule, but "
-                    f"{name} uses backprop (set model.rule or model.layer_rule)"
-                )
-        elif m.rank is not None or m.rank_fraction is not None:
-            chosen = m.constrain == "all" and rule != "bp" or selects(name, m.constrain)
-            if chosen:
-                if rule == "bp":
-                    raise ConfigError(
-                        f"model.rank: a feedback rank needs a feedback rule, but {name} "
-                        "uses backprop (set model.rule, or narrow model.constrain)"
-                    )
-                if m.rank is not None:
-                    rank = min(m.rank, width)
-                else:
-                    rank = max(1, round(width * m.rank_fraction))
-                constrained.append(name)
-        plan[name] = (rule, rank)
-    if (m.rank is not None or m.rank_fraction is not None) and not constrained:
-        raise ConfigError(
-            "model.rank: no layer to constrain (every layer model.constrain selects uses "
-            "backprop; set model.rule: raf)"
-        )
-    return plan
-
-
-def direct_plan(m: ModelConfig) -> tuple[str, list[str]] | None:
-    """(source, targets) of the dRAF pathways, or None; validates the direct_* fields."""
-    used = [key for key in ("direct_target", "direct_source", "direct_rank")
-            if getattr(m, key) is not None]  # fmt: skip
-    if m.direct_target is None:
-        if used:
-            raise ConfigError(f"model.{used[0]}: needs model.direct_target (all, or a layer)")
-        return None
-    if m.arch != "mlp":
-        raise ConfigError(f"model.direct_target: dRAF is built for the mlp, not the {m.arch}")
-    names = [f"fc_{i}" for i in range(1, m.hidden_layers + 2)]
-    source = m.direct_source or names[-1]
-    if source not in names:
-        raise ConfigError(
-            f"model.direct_source: unknown layer {source!r} (allowed: {', '.join(names)})"
-        )
-    before = names[: names.index(source)]
-    if m.direct_target == "all":
-        targets = before
-    elif m.direct_target in before:
-        targets = [m.direct_target]
-    else:
-        raise ConfigError(
-            f"model.direct_target: {m.direct_target!r} must be all or a layer before "
-            f"{source} ({', '.join(before) or 'none'})"
-        )
-    if not targets:
-        raise ConfigError(f"model.direct_source: {source} has no hidden layer before it")
-    width = m.num_classes if source == names[-1] else m.hidden_units
-    if m.direct_rank is not None and m.direct_rank > width:
-        raise ConfigError(
-            f"model.direct_rank: {m.direct_rank} is out of range (allowed: 1 to {width}, "
-            f"the width of {source})"
-        )
-    return source, targets
-
-
 def check_model(m: ModelConfig) -> None:
-    """Validate the Fig. 3 fields of a ModelConfig (shapes, layer names, ranks, dRAF)."""
+    """Validate a ModelConfig's shapes (the Fig. 3 networks') and its layer plan: layer names,
+    rules, ranks, dRAF (:mod:`retina_raf.plan`)."""
     if m.arch == "vit":
-        if m.image_size % m.vit_patch_size:
+        if m.image_size % m.vit.patch_size:
             raise ConfigError(
-                f"model.vit_patch_size: {m.vit_patch_size} must divide model.image_size "
+                f"model.vit.patch_size: {m.vit.patch_size} must divide model.image_size "
                 f"({m.image_size})"
             )
-        if m.vit_dim % m.vit_heads:
+        if m.vit.dim % m.vit.heads:
             raise ConfigError(
-                f"model.vit_heads: {m.vit_heads} must divide model.vit_dim ({m.vit_dim})"
+                f"model.vit.heads: {m.vit.heads} must divide model.vit.dim ({m.vit.dim})"
             )
     if m.arch == "vgg" and m.image_size % 8:
         raise ConfigError(f"model.image_size: {m.image_size} must be a multiple of 8 (vgg)")
     layer_plan(m)
     direct_plan(m)
-
-
-def check_net_config(cfg: RunConfig) -> None:
-    """:func:`check_model` of a run config (called by ``config.check_run_config``)."""
-    check_model(cfg.model)
-    if cfg.train.retina_snapshots:
-        raise ConfigError(f"train.retina_snapshots: the {cfg.model.arch} has no retina")
 
 
 def flatten_dict(mapping: dict, prefix: str = "") -> dict:

@@ -103,5 +103,18 @@ class ColumnMajorLinear(nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.weight = nn.Parameter(column_major(self.weight.detach()))
 
+    def reset_parameters(self) -> None:
+        """nn.Linear's draws, value for value: a random fill follows memory order, so W is
+        drawn row-major and copied into its column-major storage."""
+        if self.weight.is_contiguous():  # in nn.Linear's __init__, before the layout changes
+            super().reset_parameters()
+            return
+        storage = self.weight.data
+        with torch.no_grad():
+            self.weight.data = torch.empty_like(storage, memory_format=torch.contiguous_format)
+            super().reset_parameters()
+            storage.copy_(self.weight.data)
+            self.weight.data = storage
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ColumnMajorLinearFunction.apply(x, self.weight, self.bias)

@@ -58,10 +58,13 @@ import numpy as np
 import xarray as xr
 
 from retina_raf.errors import ConfigError, RunError
+from retina_raf.plan import RULES as PLAN_RULES
 
-RULES = ("bp", "fa", "lowrank_fa", "raf")
-TRAINS_Q = {"bp": False, "fa": False, "lowrank_fa": True, "raf": True}
-TRAINS_P = {"bp": False, "fa": False, "lowrank_fa": False, "raf": True}
+# The rules of the layer plan (retina_raf.plan) that the two-layer theory simulates, with
+# their switches from the same table: Q trained (Kolen-Pollack), P trained (Oja).
+THEORY_RULES = ("bp", "fa", "lowrank_fa", "raf")
+TRAINS_Q = {rule: rule != "bp" and PLAN_RULES[rule][0] for rule in THEORY_RULES}
+TRAINS_P = {rule: rule != "bp" and PLAN_RULES[rule][3] == "oja" for rule in THEORY_RULES}
 
 ALIGNMENT_DEFINITION = (
     "alignment[j] = u_j^T (W2 W1) v_j / s_j where Sigma_io = A = U S V^T (u_j, v_j, s_j: j-th "
@@ -106,8 +109,10 @@ class TheoryConfig:
     dt: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise ConfigError(f"unknown linear-theory rule {self.rule!r}; choose one of {RULES}")
+        if self.rule not in THEORY_RULES:
+            raise ConfigError(
+                f"unknown linear-theory rule {self.rule!r} (allowed: {', '.join(THEORY_RULES)})"
+            )
         for name in ("n", "k", "m", "d", "steps", "batch_size", "n_records", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

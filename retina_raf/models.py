@@ -29,14 +29,14 @@ from torch import nn
 from retina_raf.config import (
     ModelConfig,
     check_run_config,
-    layer_out_widths,
     resolve_run_config,
+    with_section_fields,
 )
 from retina_raf.dense import ColumnMajorLinear
 from retina_raf.errors import ConfigError
-from retina_raf.feedback import DirectFeedback, RAFConv2d, RAFLinear
-from retina_raf.feedback.rules import rule_options
+from retina_raf.feedback import DirectFeedback, RAFConv2d, RAFLinear, convert_by_plan
 from retina_raf.fftconv import FFTConv2d
+from retina_raf.plan import direct_plan, direct_rule, layer_out_widths, layer_plan
 from retina_raf.presets import preset_model_fields  # noqa: F401 (the presets of these models)
 
 
@@ -67,37 +67,21 @@ class DenseBlock(nn.Module):
         return self.dropout(F.relu(z)) if self.relu else z
 
 
-def _layer_rule(cfg: ModelConfig, name: str) -> tuple[str, int | None]:
-    rule = cfg.layer_rule.get(name, cfg.rule)
-    rank = cfg.layer_rank.get(name)
-    if name == "retina_1":
-        rule = "bp"  # its input is the image: no feedback pathway is ever used
-    if rank is not None and rule == "bp":
-        raise ConfigError(
-            f"model.layer_rank.{name}: a feedback rank needs a feedback rule, but {name} "
-            "uses backprop (set model.layer_rule)"
+def _plain_blocks(cfg: ModelConfig, widths: dict[str, int]) -> dict[str, nn.Module]:
+    """Every layer as a backprop block: FFTConv2d and ColumnMajorLinear (nn.Conv2d, nn.Linear)."""
+    blocks, c_in, pad = {}, cfg.in_channels, cfg.retina.kernel_size // 2
+    names = list(widths)
+    for name in names[:-2]:
+        conv = FFTConv2d(
+            c_in, widths[name], cfg.retina.kernel_size, padding=pad, conv_impl=cfg.conv_impl
         )
-    return rule, rank
-
-
-def _make_conv(cfg: ModelConfig, name: str, c_in: int, c_out: int) -> nn.Conv2d:
-    rule, rank = _layer_rule(cfg, name)
-    pad = cfg.kernel_size // 2
-    if rule == "bp":
-        return FFTConv2d(c_in, c_out, cfg.kernel_size, padding=pad, conv_impl=cfg.conv_impl)
-    options = rule_options(rule, rank or c_out, c_out, what=name)
-    return RAFConv2d(c_in, c_out, cfg.kernel_size, padding=pad, rank=rank, **options,
-                     track_error_covariance=cfg.track_error_covariance,
-                     conv_impl=cfg.conv_impl)  # fmt: skip
-
-
-def _make_linear(cfg: ModelConfig, name: str, n_in: int, n_out: int) -> nn.Linear:
-    rule, rank = _layer_rule(cfg, name)
-    if rule == "bp":
-        return ColumnMajorLinear(n_in, n_out)
-    options = rule_options(rule, rank or n_out, n_out, what=name)
-    return RAFLinear(n_in, n_out, rank=rank, **options,
-                     track_error_covariance=cfg.track_error_covariance)  # fmt: skip
+        blocks[name], c_in = ConvBlock(conv), widths[name]
+    flat = c_in * cfg.image_size**2
+    blocks["fc_1"] = DenseBlock(
+        ColumnMajorLinear(flat, cfg.retina.fc_units), True, cfg.retina.dropout
+    )
+    blocks["fc_2"] = DenseBlock(ColumnMajorLinear(cfg.retina.fc_units, cfg.num_classes), False, 0)
+    return blocks
 
 
 class RetinaNet(nn.Module):
@@ -112,23 +96,28 @@ class RetinaNet(nn.Module):
         self.cfg = cfg
         widths = layer_out_widths(cfg)
         self.layer_names: list[str] = list(widths)
-        blocks: dict[str, nn.Module] = {}
-        c_in = cfg.in_channels
-        for name in self.layer_names[:-2]:
-            blocks[name] = ConvBlock(_make_conv(cfg, name, c_in, widths[name]))
-            c_in = widths[name]
-        flat = c_in * cfg.image_size**2
-        blocks["fc_1"] = DenseBlock(
-            _make_linear(cfg, "fc_1", flat, cfg.fc_units), True, cfg.dropout
-        )
-        blocks["fc_2"] = DenseBlock(
-            _make_linear(cfg, "fc_2", cfg.fc_units, cfg.num_classes), False, 0
-        )
-        self.layers = nn.ModuleDict(blocks)
-        self.direct = self._make_direct_feedback(cfg, widths)
+        # The structure first, on the meta device (nothing is drawn there): plain layers, the
+        # plan's rules and ranks, the dRAF pathway. Then the draws, layer by layer in forward
+        # order (W, b, then Q, P), the order a seed has always meant for this network.
+        with torch.device("meta"):
+            self.layers = nn.ModuleDict(_plain_blocks(cfg, widths))
+            convert_by_plan(self.layers, layer_plan(cfg),
+                            track_error_covariance=cfg.track_error_covariance)  # fmt: skip
+            self.direct = self._make_direct_feedback(cfg, widths)
+        self.to_empty(device="cpu")
+        self._draw_parameters()
         self.retina_output: torch.Tensor | None = None  # last forward's retina_2 activation
         if cfg.init == "glorot":
             self._glorot_init()
+
+    def _draw_parameters(self) -> None:
+        """Kaiming-uniform W and b of every layer, its Q and P after them, in forward order;
+        then the dRAF pathway's Q and P."""
+        for block in self.layers.values():
+            layer = block.conv if hasattr(block, "conv") else block.linear
+            layer.reset_parameters()
+        if self.direct is not None:
+            self.direct.reset_feedback_parameters()
 
     def _glorot_init(self) -> None:
         """Keras' default (Lindsey et al.'s code): Glorot-uniform W, zero biases.
@@ -143,21 +132,19 @@ class RetinaNet(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def _make_direct_feedback(self, cfg: ModelConfig, widths: dict) -> DirectFeedback | None:
-        if cfg.direct_target is None:
+        direct = direct_plan(cfg)
+        if direct is None:
             return None
-        source = cfg.direct_source or f"vvs_{cfg.vvs_layers}"
-        self.direct_source, self.direct_target = source, cfg.direct_target
+        source, (target,) = direct
+        self.direct_source, self.direct_target = source, target
         size = cfg.image_size
-        target_shape = (widths[cfg.direct_target], size, size)
-        if source.startswith("fc"):
-            source_shape = (widths[source],)
-        else:
-            source_shape = (widths[source], size, size)
-        return DirectFeedback(
-            target_shape=target_shape,
-            source_shape=source_shape,
+        spatial = not source.startswith("fc")
+        return DirectFeedback.from_rule(
+            direct_rule(cfg),
+            target_shape=(widths[target], size, size),
+            source_shape=(widths[source], size, size) if spatial else (widths[source],),
             rank=cfg.direct_rank,
-            kernel_size=cfg.kernel_size,
+            kernel_size=cfg.retina.kernel_size,
             conv_impl=cfg.conv_impl,
             track_error_covariance=cfg.track_error_covariance,
         )
@@ -170,13 +157,13 @@ class RetinaNet(nn.Module):
 
     def _run(self, x: torch.Tensor, stop: str | None = None) -> torch.Tensor:
         cfg, noisy = self.cfg, self.training
-        if noisy and cfg.input_noise > 0:
-            x = x + cfg.input_noise * torch.randn_like(x)
+        if noisy and cfg.retina.input_noise > 0:
+            x = x + cfg.retina.input_noise * torch.randn_like(x)
         for name, block in self.layers.items():
             is_source = self.direct is not None and name == self.direct_source
             x = block(x, tap=self.direct.tap) if is_source else block(x)
-            if name == "retina_2" and noisy and cfg.retina_noise > 0:
-                x = x + cfg.retina_noise * torch.randn_like(x)
+            if name == "retina_2" and noisy and cfg.retina.retina_noise > 0:
+                x = x + cfg.retina.retina_noise * torch.randn_like(x)
             if self.direct is not None and name == self.direct_target:
                 x = self.direct.inject(x)
             if name == "retina_2":
@@ -199,11 +186,13 @@ class RetinaNet(nn.Module):
         """Optional L1 penalties: retina output activity (last forward) and retina weights."""
         cfg = self.cfg
         total = torch.zeros((), device=self.layers["fc_2"].linear.weight.device)
-        if cfg.retina_activity_l1 > 0 and self.retina_output is not None:
-            total = total + cfg.retina_activity_l1 * self.retina_output.abs().mean()
-        if cfg.retina_weight_l1 > 0:
+        if cfg.retina.retina_activity_l1 > 0 and self.retina_output is not None:
+            total = total + cfg.retina.retina_activity_l1 * self.retina_output.abs().mean()
+        if cfg.retina.retina_weight_l1 > 0:
             for name in ("retina_1", "retina_2"):
-                total = total + cfg.retina_weight_l1 * self.layers[name].conv.weight.abs().sum()
+                total = (
+                    total + cfg.retina.retina_weight_l1 * self.layers[name].conv.weight.abs().sum()
+                )
         return total
 
     def feedback_layers(self) -> dict[str, nn.Module]:
@@ -224,9 +213,11 @@ def build_model(
         preset: a condition of the paper (docs/design.md#model).
         others: rule of the layers the condition does not constrain: ``raf`` or ``bp``.
         seed: seeds the weight initialization (``None``: the current torch RNG).
-        **overrides: :class:`~retina_raf.config.ModelConfig` fields, e.g. ``n_bn=4``.
+        **overrides: :class:`~retina_raf.config.ModelConfig` fields, those of its retina
+            section without it: e.g. ``n_bn=4``, ``vvs_layers=2``, ``init="glorot"``.
     """
-    cfg = resolve_run_config(preset, others=others, overrides={"model": overrides}).model
+    model = with_section_fields("retina", overrides)
+    cfg = resolve_run_config(preset, others=others, overrides={"model": model}).model
     return model_from_config(cfg, seed=seed)
 
 

@@ -25,10 +25,8 @@ the feedback matrix of ``fc_2`` carries the 512-dimensional error of the second 
 down to the first (the paper's B_1; ``fc_3``, ``fc_4`` are B_2, B_3 and the readout's,
 10-dimensional, B_4). The first layer of each network (``fc_1``,
 ``features.block_1.conv_1``, ``patch_embed``) sends nothing anyone uses (its input is the
-image), so it stays plain and takes no rule or rank. Per layer, the rank is the first
-``layer_rank`` entry that selects it, else ``rank`` (or ``rank_fraction`` of the layer's
-output width, at least 1) when ``constrain`` selects it, capped at the output width (the
-error's dimension), else full. ``constrain: all`` skips layers whose rule is backprop.
+image), so it stays plain and takes no rule or rank. Which rule and rank every other layer
+gets is the layer plan's (:func:`retina_raf.plan.layer_plan`), as for the retina model.
 
 **dRAF (Fig. 3d; the MLP).** ``direct_target: all`` (or one hidden layer) sends the error
 ``delta_s = dL/dz_s`` at the pre-activation of ``direct_source`` (default: the readout, whose
@@ -45,41 +43,39 @@ Every network takes (B, C, S, S) images and returns (B, classes) logits, has ``p
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The Fig. 3 networks' layer plan and config checks live with the configuration (config
-# validation calls them); they stay importable from here.
 from retina_raf.config import (
+    ModelConfig,
+    VGGConfig,
+    ViTConfig,
+    check_model,
+    from_dict,
+    with_section_fields,
+)
+from retina_raf.errors import ConfigError
+from retina_raf.feedback import DirectFeedback, ErrorTap, convert_by_plan
+from retina_raf.feedback.base import FeedbackMixin
+from retina_raf.plan import (
     INPUT_LAYERS,
     VGG_CHANNELS,
     VGG_HIDDEN,
-    ModelConfig,
-    RunConfig,
-    check_model,
-    check_net_config,
     direct_plan,
-    feedback_layer_widths,
-    from_dict,
+    direct_rule,
     layer_plan,
-    selects,
 )
-from retina_raf.errors import ConfigError
-from retina_raf.feedback import DirectFeedback, ErrorTap, convert
-from retina_raf.feedback.base import FeedbackMixin
 
-# The paper's networks by name: (arch, ModelConfig fields); "mlp-64" is the narrow MLP of 3b.
+# The paper's networks by name: (arch, fields of its section); "mlp-64" is the narrow MLP of 3b.
 NETWORKS = {
     "mlp": ("mlp", {}),
     "mlp-64": ("mlp", {"hidden_units": 64}),
     "vgg": ("vgg", {}),
     "vit": ("vit", {}),
 }
-VGG_DROPOUT = 0.4  # Table C1
-VIT_DROPOUT = 0.1  # appendix C: "dropout for regularization" (its rate is not given)
+VGG_DROPOUT = VGGConfig().dropout  # Table C1
+VIT_DROPOUT = ViTConfig().dropout  # appendix C: "dropout for regularization" (no rate given)
 POSITION_INIT_STD = 0.02  # class token and positions: ViT's truncated-normal init
 
 
@@ -326,13 +322,11 @@ class ViT(FeedbackNet):
 def _plain_net(m: ModelConfig) -> FeedbackNet:
     if m.arch == "mlp":
         n_in = m.in_channels * m.image_size**2
-        return MLP(n_in, m.hidden_units, m.hidden_layers, m.num_classes)
+        return MLP(n_in, m.mlp.hidden_units, m.mlp.hidden_layers, m.num_classes)
     if m.arch == "vgg":
-        dropout = VGG_DROPOUT if m.net_dropout is None else m.net_dropout
-        return VGG(m.in_channels, m.num_classes, dropout)
-    dropout = VIT_DROPOUT if m.net_dropout is None else m.net_dropout
-    return ViT(m.in_channels, m.image_size, m.num_classes, m.vit_patch_size, m.vit_dim,
-               m.vit_depth, m.vit_heads, m.vit_mlp_dim, dropout)  # fmt: skip
+        return VGG(m.in_channels, m.num_classes, m.vgg.dropout)
+    return ViT(m.in_channels, m.image_size, m.num_classes, m.vit.patch_size, m.vit.dim,
+               m.vit.depth, m.vit.heads, m.vit.mlp_dim, m.vit.dropout)  # fmt: skip
 
 
 def net_from_config(m: ModelConfig, seed: int | None = None) -> FeedbackNet:
@@ -351,17 +345,11 @@ def net_from_config(m: ModelConfig, seed: int | None = None) -> FeedbackNet:
         for layer in net.weight_layers().values():
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
-    by_rule: dict[str, dict[str, int | None]] = {}
-    for name, (rule, rank) in layer_plan(m).items():
-        by_rule.setdefault(rule, {})[name] = rank
-    for rule, ranks in by_rule.items():
-        if rule != "bp":
-            convert(net, rule, rank=ranks, include=list(ranks),
-                    track_error_covariance=m.track_error_covariance)  # fmt: skip
+    convert_by_plan(net, layer_plan(m), track_error_covariance=m.track_error_covariance)
     direct = direct_plan(m)
     if direct is not None:
         source, targets = direct
-        net.add_direct_feedback(source, targets, m.direct_rank, m.rule if m.rule != "bp" else "raf",
+        net.add_direct_feedback(source, targets, m.direct_rank, direct_rule(m),
                                 track_error_covariance=m.track_error_covariance)  # fmt: skip
     return net
 
@@ -377,11 +365,12 @@ def build_net(name: str, rule: str = "bp", *, seed: int | None = None, **fields)
         **fields: any :class:`~retina_raf.config.ModelConfig` field, e.g. ``rank=10``
             (every layer, capped at its width), ``constrain="fc_3"``,
             ``layer_rank={"block_*.attn.*": 4}``, ``layer_rule={"head": "bp"}``,
-            ``direct_target="all"``, ``num_classes=4``, ``image_size=16``; ``in_channels``
-            defaults to 3 (RGB) here.
+            ``direct_target="all"``, ``num_classes=4``, ``image_size=16``, or a field of the
+            network's section (``hidden_units=64``, ``depth=2``); ``in_channels`` defaults
+            to 3 (RGB) here.
 
     Example:
-        >>> net = build_net("vit", rule="raf", rank=10, vit_depth=2)
+        >>> net = build_net("vit", rule="raf", rank=10, depth=2)
         >>> net.block_1.attn.key.feedback_rank
         10
     """
@@ -389,52 +378,8 @@ def build_net(name: str, rule: str = "bp", *, seed: int | None = None, **fields)
         raise ConfigError(f"unknown network {name!r} (allowed: {', '.join(NETWORKS)})")
     arch, defaults = NETWORKS[name]
     fields = {"in_channels": 3, **defaults, **fields, "arch": arch, "rule": rule}
-    return net_from_config(from_dict(ModelConfig, fields, "model."), seed=seed)
-
-
-# ---------------------------------------------------------------------------- identity
-def run_identity(cfg: RunConfig) -> dict:
-    """The labels that place a Fig. 3 run among others (see :func:`retina_raf.runs.run_identity`).
-
-    ``rule``: bp (every layer backprop), draf (direct feedback) or the constrained layers'
-    rule; ``constrain``: ``none``, ``all``, the pattern of ``model.constrain``, the
-    ``layer_rank`` keys, or ``direct:<source>``; ``rank``: ``model.rank`` as asked (layers
-    narrower than it are capped), else the smallest constrained layer's (rank_fraction,
-    layer_rank), the direct pathways' under dRAF, and for unconstrained runs the widest
-    layer's width (full rank); ``d``: classes; ``width``:
-    hidden units (mlp), token width (vit), 512 (vgg).
-    """
-    m = cfg.model
-    plan = layer_plan(m)
-    widths = feedback_layer_widths(m)
-    hidden = [w for name, w in widths.items() if name != list(widths)[-1]]
-    full = max(hidden or widths.values())  # the readout's width only if it is all there is
-    ranked = {name: rank for name, (_, rank) in plan.items() if rank is not None}
-    rules = {rule for rule, _ in plan.values()}
-    direct = direct_plan(m)
-    if direct is not None:
-        source = direct[0]
-        source_width = m.num_classes if source == f"fc_{m.hidden_layers + 1}" else m.hidden_units
-        rule, constrain, rank = "draf", f"direct:{source}", m.direct_rank or source_width
-    elif rules == {"bp"}:
-        rule, constrain, rank = "bp", "none", full
-    elif ranked:
-        name = min(ranked, key=ranked.get)
-        rule, rank = plan[name][0], ranked[name]
-        if m.rank is not None and not m.layer_rank:
-            rank = m.rank  # as asked: layers narrower than it (the readout) are capped
-        if m.layer_rank:
-            constrain = ",".join(m.layer_rank)
-        else:
-            constrain = m.constrain
-    else:
-        rule = m.rule if m.rule != "bp" else sorted(rules - {"bp"})[0]
-        constrain, rank = "none", full
-    width = {"mlp": m.hidden_units, "vit": m.vit_dim, "vgg": VGG_CHANNELS[-1]}[m.arch]
-    return {"preset": cfg.preset, "rank": int(rank), "n_bn": 0, "seed": int(cfg.seed),
-            "rule": rule, "arch": m.arch, "constrain": constrain,
-            "rank_fraction": math.nan if m.rank_fraction is None else float(m.rank_fraction),
-            "d": int(m.num_classes), "width": int(width)}  # fmt: skip
+    return net_from_config(from_dict(ModelConfig, with_section_fields(arch, fields), "model."),
+                           seed=seed)  # fmt: skip
 
 
 __all__ = [
@@ -446,11 +391,5 @@ __all__ = [
     "TransformerBlock",
     "ViT",
     "build_net",
-    "check_model",
-    "check_net_config",
-    "feedback_layer_widths",
-    "layer_plan",
     "net_from_config",
-    "run_identity",
-    "selects",
 ]

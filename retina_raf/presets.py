@@ -56,24 +56,24 @@ def preset_model_fields(preset: str, others: str = "raf") -> dict:
     if others not in ("raf", "bp"):
         raise ConfigError(f"unconstrained rule {others!r} is not allowed (allowed: raf, bp)")
     if preset == "bp":
-        return {"rule": "bp", "n_bn": 32}
+        return {"rule": "bp", "retina": {"n_bn": 32}}
     if preset == "raf":
         return {"rule": "raf"}
     if m := re.fullmatch(r"bp-bottleneck-(\d+)", preset):
-        return {"rule": "bp", "n_bn": _width(m.group(1), preset)}
+        return {"rule": "bp", "retina": {"n_bn": _width(m.group(1), preset)}}
     readout = {"fc_2": READOUT_RULE} if others == "raf" else {}
     if m := re.fullmatch(r"raf-(pca-|aligned-)?r(\d+)", preset):
         vvs1_rule = {None: "raf", "pca-": "raf_pca", "aligned-": "raf_aligned"}[m.group(1)]
         return {
             "rule": others,
-            "n_bn": 32,
+            "retina": {"n_bn": 32},
             "layer_rule": {"vvs_1": vvs1_rule, **readout},
             "layer_rank": {"vvs_1": _width(m.group(2), preset)},
         }
     if m := re.fullmatch(r"draf-bottleneck-(\d+)", preset):
         return {
             "rule": others,
-            "n_bn": _width(m.group(1), preset),
+            "retina": {"n_bn": _width(m.group(1), preset)},
             "direct_target": "retina_2",
             "layer_rule": readout,
         }

@@ -44,27 +44,42 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retina_raf import __version__
 from retina_raf.config import (
     RunConfig,
     check_run_config,
     dump_yaml,
+    flat_model_key,
     flatten_dict,
-    from_dict,
     load_run_config,
     resolve_run_config,
+    stored_run_config,
     to_dict,
 )
 from retina_raf.errors import ConfigError, RetinaRafError, RunError
 from retina_raf.io import atomic_path, write_text
+
+if TYPE_CHECKING:  # only for annotations: xarray is imported where a history is read
+    import xarray as xr
+from retina_raf.plan import (
+    VGG_CHANNELS,
+    direct_plan,
+    feedback_layer_widths,
+    layer_out_widths,
+    layer_plan,
+)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -103,14 +118,16 @@ def run_id(cfg: RunConfig, rank: int | None = None, point: dict | None = None) -
     The hash (8 hex digits of SHA-1) covers :func:`identity_settings`; it does not depend on
     how the settings were spelled or on Python's hash seed. ``rank`` and ``point`` (a sweep's
     axes, full dotted key -> value) only add readable labels: two runs with the same config
-    have the same hash.
+    have the same hash. Model settings are hashed and labelled in the flat spelling of the
+    model section's earlier layout (``model.n_bn``, ``vit_dim``), which keeps every run in the
+    folder it was trained in.
     """
     labels = [cfg.preset]
     if rank is not None:
         labels.append(f"rank{rank}")
-    labels += [_label(key, value) for key, value in (point or {}).items()]
+    labels += [_label(flat_model_key(key), value) for key, value in (point or {}).items()]
     labels.append(f"s{cfg.seed}")
-    diff = identity_settings(cfg)
+    diff = {flat_model_key(key): value for key, value in identity_settings(cfg).items()}
     if diff:
         text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
         labels.append(hashlib.sha1(text.encode()).hexdigest()[:8])
@@ -180,40 +197,63 @@ def check_run_name(name: str) -> str:
 
 
 def run_identity(config: dict | RunConfig) -> dict:
-    """The labels that place a run among others: preset, rank, n_bn, seed, rule.
+    """The labels that place a run among others: preset, rank, n_bn, seed, rule (and, for the
+    Fig. 3 networks, arch, constrain, rank_fraction, d, width).
 
-    ``rank`` is the rank of the feedback sent into the retina: the RAF rank of ``vvs_1``,
-    the direct feedback's rank under dRAF, and for backprop the rank of ``W^T`` of
+    Retina model: ``rank`` is the rank of the feedback sent into the retina: the RAF rank of
+    ``vvs_1``, the direct feedback's rank under dRAF, and for backprop the rank of ``W^T`` of
     ``vvs_1`` (``min(n_bn, vvs_channels)``). ``rule`` is ``bp``, ``draf``, or the rule of
     ``vvs_1`` (``raf``; ``raf_pca`` for ``raf-pca-r<k>``, kept apart from Oja's ``raf``, since
     the two answer the rank question differently).
 
-    The Fig. 3 networks (``model.arch`` mlp, vgg, vit) have no retina: their labels are
-    :func:`retina_raf.nets.run_identity`'s (these five, ``n_bn`` 0, and arch, constrain,
-    rank_fraction, d, width).
+    Fig. 3 networks (``model.arch`` mlp, vgg, vit; ``n_bn`` 0): ``rule`` is bp (every layer
+    backprop), draf (direct feedback) or the constrained layers' rule; ``constrain``:
+    ``none``, ``all``, the pattern of ``model.constrain``, the ``layer_rank`` keys, or
+    ``direct:<source>``; ``rank``: ``model.rank`` as asked (layers narrower than it are
+    capped), else the smallest constrained layer's (rank_fraction, layer_rank), the direct
+    pathways' under dRAF, and for unconstrained runs the widest layer's width (full rank);
+    ``d``: classes; ``width``: hidden units (mlp), token width (vit), 512 (vgg).
     """
-    cfg = config if isinstance(config, RunConfig) else from_dict(RunConfig, config)
+    cfg = config if isinstance(config, RunConfig) else stored_run_config(config)
     m = cfg.model
-    if m.arch != "retina":
-        from retina_raf.nets import run_identity as net_identity  # imports torch
-
-        return net_identity(cfg)
-    vvs1_rule = m.layer_rule.get("vvs_1", m.rule)
-    if m.direct_target is not None:
-        rule = "draf"
-        source = m.direct_source or f"vvs_{m.vvs_layers}"
+    plan, direct = layer_plan(m), direct_plan(m)
+    if m.arch == "retina":
+        vvs1_rule, vvs1_rank = plan["vvs_1"]
+        if direct is not None:
+            rule, rank = "draf", m.direct_rank or layer_out_widths(m)[direct[0]]
+        elif vvs1_rule == "bp":
+            rule, rank = "bp", min(m.retina.n_bn, m.retina.vvs_channels)
+        else:
+            rule, rank = vvs1_rule, vvs1_rank or m.retina.vvs_channels
+        return {"preset": cfg.preset, "rank": int(rank), "n_bn": int(m.retina.n_bn),
+                "seed": int(cfg.seed), "rule": rule}  # fmt: skip
+    widths = feedback_layer_widths(m)
+    hidden = [w for name, w in widths.items() if name != list(widths)[-1]]
+    full = max(hidden or widths.values())  # the readout's width only if it is all there is
+    ranked = {name: rank for name, (_, rank) in plan.items() if rank is not None}
+    rules = {rule for rule, _ in plan.values()}
+    if direct is not None:
+        source = direct[0]
         source_width = (
-            m.num_classes
-            if source == "fc_2"
-            else (m.fc_units if source == "fc_1" else m.vvs_channels)
+            m.num_classes if source == f"fc_{m.mlp.hidden_layers + 1}" else m.mlp.hidden_units
         )
-        rank = m.direct_rank or source_width
-    elif vvs1_rule == "bp":
-        rule, rank = "bp", min(m.n_bn, m.vvs_channels)
+        rule, constrain, rank = "draf", f"direct:{source}", m.direct_rank or source_width
+    elif rules == {"bp"}:
+        rule, constrain, rank = "bp", "none", full
+    elif ranked:
+        name = min(ranked, key=ranked.get)
+        rule, rank = plan[name][0], ranked[name]
+        if m.rank is not None and not m.layer_rank:
+            rank = m.rank  # as asked: layers narrower than it (the readout) are capped
+        constrain = ",".join(m.layer_rank) if m.layer_rank else m.constrain
     else:
-        rule, rank = vvs1_rule, m.layer_rank.get("vvs_1", m.vvs_channels)
-    return {"preset": cfg.preset, "rank": int(rank), "n_bn": int(m.n_bn),
-            "seed": int(cfg.seed), "rule": rule}  # fmt: skip
+        rule = m.rule if m.rule != "bp" else sorted(rules - {"bp"})[0]
+        constrain, rank = "none", full
+    width = {"mlp": m.mlp.hidden_units, "vit": m.vit.dim, "vgg": VGG_CHANNELS[-1]}[m.arch]
+    return {"preset": cfg.preset, "rank": int(rank), "n_bn": 0, "seed": int(cfg.seed),
+            "rule": rule, "arch": m.arch, "constrain": constrain,
+            "rank_fraction": math.nan if m.rank_fraction is None else float(m.rank_fraction),
+            "d": int(m.num_classes), "width": int(width)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- state
@@ -470,7 +510,7 @@ def load_model(run_dir: str | Path, device="cpu"):
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = from_dict(RunConfig, state["config"])
+        cfg = stored_run_config(state["config"])
         check_run_config(cfg)
         model = model_from_config(cfg.model)
         model.load_state_dict(state["model"])
@@ -555,6 +595,82 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+# ------------------------------------------------------------------------ one object
+@dataclass(frozen=True, eq=False)  # eq=False: a history Dataset has no truth value to compare
+class Run:
+    """A run folder read once (:func:`open_run`): what analyses need of it, in one object.
+
+    Attributes:
+        path: the run folder; its name is the run id.
+        config: the validated ``config.yaml`` (:class:`~retina_raf.config.RunConfig`).
+        identity: :func:`run_identity` of the config, ``{label: value}`` (preset, rank, n_bn,
+            seed, rule; and arch, constrain, rank_fraction, d, width for the Fig. 3 networks).
+        history: ``history.nc`` in memory (``xarray.Dataset``, dims ``epoch`` and, with
+            feedback diagnostics, ``layer``; file attributes as written), or None before the
+            first epoch ends.
+        finished: whether ``DONE`` exists (the only definition of finished).
+        epochs: epochs finished: what ``DONE`` says for a finished run, else the epochs the
+            history records (0 without one).
+    """
+
+    path: Path
+    config: RunConfig
+    identity: dict
+    history: xr.Dataset | None
+    finished: bool
+    epochs: int
+
+    @property
+    def run_id(self) -> str:
+        """The folder name (:func:`run_id` for runs made by ``train`` and sweeps)."""
+        return self.path.name
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """SHA-256 (hex) of ``model.pt`` (:func:`weights_digest`), read on first use only:
+        listing runs does not read their weights."""
+        return weights_digest(self.path)
+
+    def model(self, device="cpu"):
+        """The final model, in eval mode on ``device`` (:func:`load_model`).
+
+        Raises:
+            RunError: an unfinished run, no ``model.pt``, or a damaged one.
+        """
+        return load_model(self.path, device)[0]
+
+
+def open_run(run_dir: str | Path, require_finished: bool = False) -> Run:
+    """Read a run folder's config, history and state into a :class:`Run`.
+
+    Args:
+        run_dir: the run folder.
+        require_finished: refuse an unfinished run (what an analysis of final weights needs);
+            without it a run in flight is read as it stands (its epochs so far).
+
+    Raises:
+        RunError: no such folder, no valid ``config.yaml``, an unreadable ``history.nc``;
+            with ``require_finished`` also no ``DONE`` or no ``model.pt``
+            (:func:`check_finished`'s errors, checked before anything else is read).
+    """
+    run_dir = Path(run_dir)
+    if require_finished:
+        config = check_finished(run_dir)
+    elif not run_dir.is_dir():
+        raise RunError(f"no such run folder: {run_dir}")
+    else:
+        config = load_config(run_dir)
+    history = load_history(run_dir)
+    finished = is_finished(run_dir)
+    # an unfinished run's epochs from the history just read: one snapshot of a run in flight
+    epochs = finished_epochs(run_dir) if finished else _epochs_of(history)
+    return Run(run_dir, config, run_identity(config), history, finished, epochs)
+
+
+def _epochs_of(history) -> int:
+    return 0 if history is None else int(history.sizes.get("epoch", 0))
 
 
 # -------------------------------------------------------------------------------- lock

@@ -403,9 +403,11 @@ def config_from_cli(
     them, so that a run's own ``config.yaml`` describes that run again whatever
     ``--unconstrained-rule`` made it.
     """
-    from retina_raf.config import load_yaml, merge, parse_overrides
+    from retina_raf.config import load_yaml, merge, parse_overrides, sectioned_model
 
     base = load_yaml(config_file) if config_file else {}
+    if isinstance(base.get("model"), dict):  # a run's config.yaml may be of the flat layout
+        base["model"] = sectioned_model(base["model"])
     file_model = base.get("model") if isinstance(base.get("model"), dict) else {}
     tables = {t: file_model.pop(t) for t in ("layer_rule", "layer_rank") if t in file_model}
     preset = preset or base.pop("preset", None)

@@ -54,6 +54,29 @@ def writable(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def markdown_out_option(what: str):
+    """``--out FILE`` of a command that prints Markdown: write it to FILE instead, so that a
+    Makefile calls the command rather than redirecting its output."""
+    return click.option(
+        "--out",
+        default=None,
+        callback=writable,
+        type=click.Path(dir_okay=False, path_type=str),
+        help=f"Write {what} to this file (atomically) instead of printing it.",
+    )
+
+
+def emit(text: str, out: str | None) -> None:
+    """Print ``text``, or write it to ``out`` as printing would (with a final newline),
+    atomically: an interrupted command leaves the previous file, never half a table."""
+    if out is None:
+        click.echo(text)
+        return
+    from retina_raf.io import write_text
+
+    write_text(text + "\n", out)
+
+
 def renamed(old_value, old_name: str, new_value, new_name: str):
     """The value of an option that was renamed: the new name's, or the old one's with a
     note on stderr; both at once is a usage error."""

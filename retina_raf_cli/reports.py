@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from retina_raf_cli.options import method_option, writable
+from retina_raf_cli.options import emit, markdown_out_option, method_option, writable
+
+EXIT_SIGINT = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
 
 
 # --------------------------------------------------------------------------- report
@@ -41,7 +43,10 @@ from retina_raf_cli.options import method_option, writable
 def report(
     ctx: click.Context, notebook: str, parameters: tuple, out: str, name: str | None, progress: bool
 ) -> None:
-    """Execute a parameterized NOTEBOOK (papermill) into an executed .ipynb and an HTML page."""
+    """Execute a parameterized NOTEBOOK (papermill) into an executed .ipynb and an HTML page.
+
+    A failed cell leaves the partial report and a FAILED marker (exit status 1); Ctrl-C
+    writes nothing (exit status 130)."""
     from analysis.report import parse_parameter_value, run_report
     from retina_raf.errors import RunError
 
@@ -59,6 +64,9 @@ def report(
     except RunError as exc:  # the notebook itself failed: exit 1, bad input stays exit 2
         click.echo(f"retina-raf: error: {exc}", err=True)
         ctx.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: run_report stopped the kernel and removed its files
+        click.echo("retina-raf: interrupted: report not written", err=True)
+        ctx.exit(EXIT_SIGINT)
     click.echo(f"report: {html}")
     click.echo(f"executed notebook: {html.with_suffix('.ipynb')}")
 
@@ -92,7 +100,10 @@ def report(
 )
 @method_option("RF method, for a results file that holds several [default: its first].")
 def figures_command(results: str, out: str, dpi: int, formats: tuple, method) -> None:
-    """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file."""
+    """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file.
+
+    Their one writer: the compare_ranks, rf_atlas and training reports show these panels
+    and export only their own."""
     import warnings
 
     from analysis.figures import PanelSkipped, export_paper_panels
@@ -123,43 +134,42 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method) ->
     "per epoch that some run has reached, each under a heading.",
 )
 @method_option("Results: the RF method of a file that holds several [default: its first].")
-def findings_cmd(results, epochs, method):
+@markdown_out_option("the tables")
+def findings_cmd(results, epochs, method, out):
     """Print the Markdown findings the README quotes: for a results file (`retina-raf
     results`), per condition the mean and s.d. over seeds and the tests between ranks and
     bottlenecks; for a trajectories file (`retina-raf trajectory`), the RFs at one epoch
     of every run; for the test accuracies of a Fig. 3 experiment (`sweep --collect`),
     accuracy at rank r = d against backprop's per task and constrained layer."""
-    from analysis.results import (
-        KIND_ACCURACY,
-        KIND_TRAJECTORIES,
-        open_results,
-        results_kind,
-        select_method,
-    )
+    from analysis.results import open_results
 
     with open_results(results) as ds:
         ds = ds.load()
+    emit(_findings_markdown(ds, epochs, method), out)
+
+
+def _findings_markdown(ds, epochs: tuple, method: str | None) -> str:
+    """The findings tables of a loaded results, trajectories or accuracy dataset."""
+    from analysis.results import KIND_ACCURACY, KIND_TRAJECTORIES, results_kind, select_method
+
     kind = results_kind(ds)
     if kind == KIND_ACCURACY:
         from analysis.accuracy import findings_markdown as accuracy_findings
 
         if epochs or method is not None:
             raise click.UsageError("--epoch and --method apply to RF results, not accuracies")
-        click.echo(accuracy_findings(ds))
-        return
+        return accuracy_findings(ds)
     if kind == KIND_TRAJECTORIES:
         from analysis.trajectory import findings_table, milestone_tables
 
         if len(epochs) > 1:
-            click.echo(milestone_tables(ds, epochs))
-        else:
-            click.echo(findings_table(ds, epochs[0] if epochs else None))
-        return
+            return milestone_tables(ds, epochs)
+        return findings_table(ds, epochs[0] if epochs else None)
     from analysis.stats import findings_markdown
 
     if epochs:
         raise click.UsageError("--epoch applies to trajectories; this is a results file")
-    click.echo(findings_markdown(select_method(ds, method)))
+    return findings_markdown(select_method(ds, method))
 
 
 # ----------------------------------------------------------------------------- demo
@@ -193,6 +203,7 @@ def demo_cmd(out, reports):
 
     paths = run_demo(out, reports, log=lambda msg: click.echo(msg, err=True))
     click.echo(f"results: {paths['results']}")
+    click.echo(f"panels: {paths['panels']}")
     for name, path in paths.items():
-        if name != "results":
+        if name not in ("results", "panels"):
             click.echo(f"report {name}: {path}")

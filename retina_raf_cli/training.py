@@ -11,6 +11,8 @@ from retina_raf_cli.options import (
     base_options,
     data_root_option,
     device_option,
+    emit,
+    markdown_out_option,
     method_option,
     netcdf_path,
     renamed,
@@ -276,7 +278,8 @@ def sweep_command(
     type=click.Path(path_type=str),
     help="With --experiment: the sweep's --out folder.",
 )
-def kp_decay_cmd(runs, layer, experiment, runs_dir):
+@markdown_out_option("the table")
+def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
     """Can weight decay align Kolen-Pollack's feedback? For each RUN (finished or in flight,
     RMSprop), from its checkpoint: the decay of Q - P W per step (lr * lambda / sqrt(v) at
     the median sqrt(v) of Q), its e-folding time in epochs, the share of Q - P W that decay
@@ -293,8 +296,7 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir):
     header = ["run", "epoch", "lr", "median sqrt(v)", "decay per step", "e-folding (epochs)",
               "removable in the run", "removable ever", "norm(Q - PW) / norm(PW)",
               "B vs W^T"]  # fmt: skip
-    click.echo("| " + " | ".join(header) + " |")
-    click.echo("|" + "---|" * len(header))
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         r = weight_decay_alignment(run, layer)
         cells = [os.path.basename(os.path.normpath(run)), str(int(r["epoch"])), f"{r['lr']:.3g}",
@@ -302,4 +304,5 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir):
                  f"{r['efolding_epochs']:.3g}", f"{r['shrink_remaining']:.2%}",
                  f"{r['shrink_bound']:.2%}", f"{r['d_relative']:.3g}",
                  f"{r['alignment_deg']:.1f}\u00b0"]  # fmt: skip
-        click.echo("| " + " | ".join(cells) + " |")
+        rows.append("| " + " | ".join(cells) + " |")
+    emit("\n".join(rows), out)

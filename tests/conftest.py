@@ -63,8 +63,9 @@ def run_cli(capsys):
 # ------------------------------------------------------------------------- a tiny run
 # `--set` values of a tiny network on a few hundred images: a run trains in about a second
 TINY_SETS = (
-    "model.retina_channels=4", "model.n_bn=4", "model.vvs_channels=4", "model.vvs_layers=1",
-    "model.kernel_size=5", "model.fc_units=16", "train.batch_size=50", "train.progress=false",
+    "model.retina.retina_channels=4", "model.retina.n_bn=4", "model.retina.vvs_channels=4",
+    "model.retina.vvs_layers=1", "model.retina.kernel_size=5", "model.retina.fc_units=16",
+    "train.batch_size=50", "train.progress=false",
     "train.num_threads=1", "data.train_limit=200", "data.test_limit=100", "train.lr=0.001",
     "train.checkpoint_every=1",
 )  # fmt: skip
@@ -73,7 +74,7 @@ TINY_SETS = (
 def _tiny_config(preset="raf-r2", epochs=2, seed=0, extra=()):
     sets = [*TINY_SETS, f"train.epochs={epochs}", *extra]
     if preset.startswith("raf-r"):
-        sets = [s for s in sets if not s.startswith("model.n_bn")]
+        sets = [s for s in sets if not s.startswith("model.retina.n_bn")]
     return resolve_run_config(preset, seed, parse_overrides(sets))
 
 

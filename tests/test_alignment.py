@@ -77,6 +77,15 @@ def test_the_command_prints_one_row_per_run(raf_run, run_cli):
     assert len(lines) == 4 and lines[2].startswith(f"| {raf_run.name} | 2 |")
 
 
+def test_the_command_writes_its_table_to_a_file(raf_run, run_cli, tmp_path):
+    """--out FILE: the table it would print, in FILE, and nothing printed."""
+    code, printed, err = run_cli("kp-decay", raf_run)
+    assert code == 0, err
+    code, written, err = run_cli("kp-decay", raf_run, "--out", tmp_path / "kp_decay.md")
+    assert code == 0, err
+    assert written == "" and (tmp_path / "kp_decay.md").read_text() == printed
+
+
 def test_the_command_takes_the_runs_of_an_experiment_that_learn_their_feedback(tmp_path, run_cli):
     """--experiment: the runs whose vvs_1 learns Q (raf-r2), not backprop's, not a run
     without a checkpoint."""
@@ -85,8 +94,8 @@ def test_the_command_takes_the_runs_of_an_experiment_that_learn_their_feedback(t
     experiment = tmp_path / "exp.yaml"
     experiment.write_text(
         "name: kp\npresets: [raf-r2, bp, raf-r4]\nunconstrained_rule: bp\nseeds: [0]\n"
-        "overrides:\n  model: {retina_channels: 4, vvs_channels: 4, vvs_layers: 1, "
-        "kernel_size: 5, fc_units: 16}\n  train: {epochs: 1, batch_size: 50, progress: false}\n"
+        "overrides:\n  model: {retina: {retina_channels: 4, vvs_channels: 4, vvs_layers: 1, "
+        "kernel_size: 5, fc_units: 16}}\n  train: {epochs: 1, batch_size: 50, progress: false}\n"
         "  data: {train_limit: 100, test_limit: 50}\n"
     )
     out = tmp_path / "runs"

@@ -30,11 +30,11 @@ from retina_raf.sweep import expand, load_experiment
 REPO = Path(__file__).resolve().parents[1]
 # a tiny network, so that training on a tiny data set takes about a second
 TINY_SETS = [
-    "model.retina_channels=4",
-    "model.vvs_channels=4",
-    "model.vvs_layers=1",
-    "model.kernel_size=5",
-    "model.fc_units=16",
+    "model.retina.retina_channels=4",
+    "model.retina.vvs_channels=4",
+    "model.retina.vvs_layers=1",
+    "model.retina.kernel_size=5",
+    "model.retina.fc_units=16",
     "train.batch_size=16",
     "train.progress=false",
     "train.deterministic=false",

@@ -1,7 +1,7 @@
 """The demo pipeline end to end (`make demo`): train three conditions on the embedded
-sample, map and measure the retina RFs, write one results dataset and render the
-compare_ranks and rf_atlas reports. Here at a tiny size; the real demo only differs in its
-settings (analysis.pipeline.DEMO_SETTINGS)."""
+sample, map and measure the retina RFs, write one results dataset, export the paper panels
+and render the compare_ranks and rf_atlas reports. Here at a tiny size; the real demo only
+differs in its settings (analysis.pipeline.DEMO_SETTINGS)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from analysis.pipeline import run_demo
 
 PRESETS = ("bp", "raf-r2", "raf-r4")  # feedback ranks must fit in the 4 VVS channels
 TINY_SETTINGS = (
-    "model.retina_channels=4",
-    "model.vvs_channels=4",
-    "model.vvs_layers=1",
-    "model.kernel_size=5",
-    "model.fc_units=16",
+    "model.retina.retina_channels=4",
+    "model.retina.vvs_channels=4",
+    "model.retina.vvs_layers=1",
+    "model.retina.kernel_size=5",
+    "model.retina.fc_units=16",
     "train.epochs=1",
     "train.batch_size=50",
     "train.progress=false",
@@ -28,7 +28,8 @@ TINY_SETTINGS = (
 @pytest.mark.slow
 def test_tiny_demo_trains_analyzes_and_reports(tmp_path):
     """run_demo writes results.nc with one run per condition (identity coordinates on `run`,
-    RFs, classes, history) and renders both reports with their exported panels."""
+    RFs, classes, history), exports the paper panels and renders both reports, which show
+    those panels and export only their own."""
     messages = []
     paths = run_demo(
         out=tmp_path / "demo",
@@ -39,7 +40,7 @@ def test_tiny_demo_trains_analyzes_and_reports(tmp_path):
         log=messages.append,
         published=(),
     )
-    assert set(paths) == {"results", "compare_ranks", "rf_atlas"}
+    assert set(paths) == {"results", "panels", "compare_ranks", "rf_atlas"}
     with xr.open_dataset(paths["results"], engine="h5netcdf") as results:
         assert results.sizes["run"] == 3
         assert list(results["preset"].values) == list(PRESETS)
@@ -56,11 +57,15 @@ def test_tiny_demo_trains_analyzes_and_reports(tmp_path):
         assert html == tmp_path / "reports" / name / f"{name}.html"
         assert html.is_file() and html.with_suffix(".ipynb").is_file()
         assert not (html.parent / "FAILED").exists()
-    reports = tmp_path / "reports"  # each report's panels in its own folder
-    assert (reports / "compare_ranks" / "figures" / "symmetry_vs_rank.pdf").is_file()
+    reports = tmp_path / "reports"  # the paper panels once, each report's own in its folder
+    assert paths["panels"] == reports / "figures"
+    assert (reports / "figures" / "symmetry_vs_rank.pdf").is_file()
     for preset in PRESETS:
-        assert (reports / "rf_atlas" / "figures" / f"rf_montage_{preset}_seed0.png").is_file()
-    assert not (reports / "figures").exists()
+        assert (reports / "figures" / f"rf_montage_{preset}.png").is_file()
+    own = reports / "compare_ranks" / "figures"
+    assert (own / "fraction_center_surround_vs_rank.pdf").is_file()
+    assert not (own / "symmetry_vs_rank.pdf").exists()
+    assert not (reports / "rf_atlas" / "figures").exists()  # one seed: its montages are the paper's
     # one seed per condition: the notebook says the test cannot be done, without a p-value
     assert "n too small" in paths["compare_ranks"].read_text()
     assert any("rendering rf_atlas" in m for m in messages)

@@ -247,7 +247,7 @@ def test_fig3a_one_layer_at_a_time():
     assert {run.seed for run in runs} == set(range(10))
     assert all(_recipe(run, 6e-4, 4e-4, 0.975, 160, "mlp") for run in runs)
     cfg = runs[0].config().model
-    assert (cfg.hidden_units, cfg.hidden_layers) == (512, 4)
+    assert (cfg.mlp.hidden_units, cfg.mlp.hidden_layers) == (512, 4)
     assert all(run.config().model.layer_rule == {"fc_5": "bp"} for run in runs)
     paper = load_experiment(EXPERIMENTS / "fig3a_mlp_layer_rank.yaml")
     from retina_raf.sweep import update_experiment
@@ -266,7 +266,7 @@ def test_fig3b_all_layers_against_the_narrow_network():
     assert rows == expected
     assert all(_recipe(run, 6e-4, 4e-4, 0.975, 160, "mlp") for run in runs)
     ranks = [run.config() for run in runs if run.config().model.rank == 64][0]
-    from retina_raf.nets import layer_plan
+    from retina_raf.plan import layer_plan
 
     plan = layer_plan(ranks.model)
     assert plan == {"fc_2": ("raf", 64), "fc_3": ("raf", 64), "fc_4": ("raf", 64),
@@ -328,7 +328,7 @@ def test_fig3f_vit_every_matrix_at_rank_r():
     assert counts == expected
     assert all(_recipe(run, 3e-4, 1e-4, 0.98, 150, "vit") for run in runs)
     m = runs[0].config().model
-    assert (m.vit_depth, m.vit_dim, m.vit_heads, m.vit_patch_size) == (7, 384, 4, 4)
+    assert (m.vit.depth, m.vit.dim, m.vit.heads, m.vit.patch_size) == (7, 384, 4, 4)
 
 
 def test_dry_run_of_a_fig3_file(run_cli, tmp_path):
@@ -505,8 +505,8 @@ def test_sweep_collects_test_accuracy_by_rule_layer_rank_d_and_seed(tmp_path, ru
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny", "seeds": 2, "data": str(data),
-        "overrides": {"model": {"arch": "mlp", "in_channels": 3, "hidden_units": 8,
-                                "hidden_layers": 2},
+        "overrides": {"model": {"arch": "mlp", "in_channels": 3,
+                                "mlp": {"hidden_units": 8, "hidden_layers": 2}},
                       "train": {"optimizer": "adam", "amsgrad": True, "epochs": 1,
                                 "batch_size": 16, "progress": False, "deterministic": False},
                       "data": {"rgb": True, "augment": False}},

@@ -413,6 +413,9 @@ def test_run_support_of_old_results_comes_from_the_config(tmp_path):
     assert figures.run_support(opened(ds, "old.nc"), 1) == [8, 25, 8, 25]
     dense = opened(ds.assign_attrs(rf_layer="fc_1"), "dense.nc")
     assert figures.run_support(dense, 0) is None
+    sectioned = "model:\n  image_size: 32\n  retina:\n    kernel_size: 9\n"
+    both = ds.assign(config=("run", [config.format(9), sectioned]))  # either layout of a config
+    assert figures.run_support(opened(both, "both.nc"), 1) == [8, 25, 8, 25]
     mixed = ds.assign(config=("run", [config.format(9), config.format(5)]))
     assert figures.run_support(opened(mixed, "mixed.nc"), 0) is None
     today = opened(ds.assign_attrs(rf_support=[4, 28, 4, 28]), "today.nc")
@@ -506,6 +509,29 @@ def test_export_paper_panels_writes_expected_set(results, tmp_path):
     assert stems == expected
     assert len(written) == len(expected)
     assert all(p.exists() for p in written)
+
+
+def test_a_report_leaves_the_paper_panels_to_the_figures_command(results, tmp_path):
+    """One writer per panel file: paper_panel_names are the panels export_paper_panels
+    (`retina-raf figures`) draws, the montages those of each condition's lowest seed, and
+    export_report_panel, through which the notebooks export, writes none of them."""
+    names = figures.paper_panel_names(results)
+    assert names == {name for name, _ in figures.paper_panels(results)}
+    assert {"osi_vs_rank", "learning_curves", "alignment"} <= names
+    montages = figures.paper_montage_runs(results)
+    assert sorted(montages.values()) == sorted(f"rf_montage_{c[0]}" for c in CONDITIONS)
+    assert all(results["seed"].values[run] == 0 for run in montages)
+    assert set(montages.values()) <= names
+    fig, _ = figures.new_figure("single")
+    try:
+        assert figures.export_report_panel(fig, "osi_vs_rank", tmp_path, names) == {}
+        written = figures.export_report_panel(
+            fig, "fraction_center_surround_vs_rank", tmp_path, names, formats=["svg"]
+        )
+    finally:
+        plt.close(fig)
+    assert list(written.values()) == [tmp_path / "fraction_center_surround_vs_rank.svg"]
+    assert [path.name for path in tmp_path.iterdir()] == ["fraction_center_surround_vs_rank.svg"]
 
 
 def test_export_paper_panels_without_bottleneck_runs_writes_no_nbn_panel(results, tmp_path):

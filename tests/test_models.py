@@ -89,7 +89,7 @@ def test_raf_aligned_preset_ties_vvs1_q_to_its_weight_and_is_its_own_rule():
         ("bp-bottleneck-0", {}, ">= 1"),
         ("nonsense", {}, "unknown preset"),
         ("bp", {"n_bn": 0}, "n_bn"),
-        ("bp", {"layer_rank": {"vvs_9": 2}}, "unknown layer"),
+        ("bp", {"layer_rank": {"vvs_9": 2}}, "selects no layer"),
     ],
 )
 def test_invalid_configurations_are_rejected(preset, overrides, message):
@@ -210,7 +210,7 @@ def test_raf_presets_stay_stable_with_the_paper_recipe():
     ds = load_cifar10()
     x = torch.from_numpy(ds.x_train[:512]).float().div(255).unsqueeze(1)
     x, y = (x - x.mean()) / x.std(), torch.from_numpy(ds.y_train[:512])
-    sets = ["model.vvs_layers=1", "model.fc_units=128"]
+    sets = ["model.retina.vvs_layers=1", "model.retina.fc_units=128"]
     for preset in ("raf-r2", "raf-r32"):
         cfg = resolve_run_config(preset, 0, parse_overrides(sets))
         torch.manual_seed(0)

@@ -13,7 +13,8 @@ from torch import nn
 from retina_raf.config import resolve_run_config
 from retina_raf.errors import ConfigError
 from retina_raf.feedback import DirectFeedback, RAFConv2d, RAFLinear
-from retina_raf.nets import build_net, feedback_layer_widths, layer_plan
+from retina_raf.nets import build_net
+from retina_raf.plan import feedback_layer_widths, layer_plan
 
 
 def n_params(model: nn.Module) -> int:
@@ -90,7 +91,7 @@ def test_vit_is_seven_pre_norm_blocks_of_width_384_with_four_heads():
 
 
 def test_vit_patches_are_the_image_tiles():
-    net = build_net("vit", vit_depth=1, vit_dim=8, vit_heads=2, vit_mlp_dim=8, image_size=8)
+    net = build_net("vit", depth=1, dim=8, heads=2, mlp_dim=8, image_size=8)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     patches = net.patches(x)  # (2, 4, 48): row-major tiles, each (c, y, x)
     assert patches.shape == (2, 4, 48)
@@ -102,7 +103,7 @@ def test_vit_patches_are_the_image_tiles():
 def test_convert_gives_every_layer_its_rule_and_rank_attention_included():
     """rank r reaches every weight matrix but the input one, capped at the layer's width;
     queries, keys, values and the attention output are RAF layers of rank r."""
-    net = build_net("vit", rule="raf", rank=10, vit_depth=2)
+    net = build_net("vit", rule="raf", rank=10, depth=2)
     layers = net.weight_layers()
     assert type(layers["patch_embed"]) is nn.Linear  # reads the image: no feedback used
     for name, layer in layers.items():
@@ -112,10 +113,10 @@ def test_convert_gives_every_layer_its_rule_and_rank_attention_included():
         assert layer.rule == "raf" and layer.feedback_rank == 10, name
     for proj in ("query", "key", "value", "out"):
         assert getattr(net.block_2.attn, proj).feedback_rank == 10
-    low = build_net("vit", rule="raf", rank=4, vit_depth=1, num_classes=2)
+    low = build_net("vit", rule="raf", rank=4, depth=1, num_classes=2)
     assert low.head.feedback_rank == 2  # capped at the error's dimension
-    cfg = resolve_run_config("raf", 0, {"model": {"arch": "vit", "in_channels": 3, "vit_depth": 1,
-                                                  "rank": 4}, "data": {"rgb": True}})  # fmt: skip
+    model = {"arch": "vit", "in_channels": 3, "vit": {"depth": 1}, "rank": 4}
+    cfg = resolve_run_config("raf", 0, {"model": model, "data": {"rgb": True}})
     assert list(feedback_layer_widths(cfg.model)) == [
         name for name, layer in low.weight_layers().items() if isinstance(layer, RAFLinear)
     ]
@@ -123,7 +124,7 @@ def test_convert_gives_every_layer_its_rule_and_rank_attention_included():
 
 def test_per_layer_rules_and_ranks_by_name_and_pattern():
     net = build_net(
-        "vit", rule="raf", vit_depth=2,
+        "vit", rule="raf", depth=2,
         layer_rank={"block_1.attn.key": 3, "block_*.mlp.*": 5},
         layer_rule={"head": "bp", "block_2.attn.*": "fa"},
     )  # fmt: skip
@@ -173,10 +174,10 @@ def test_bad_rules_and_ranks_are_config_errors(fields, message):
 
 def test_vit_and_vgg_shapes_are_checked():
     with pytest.raises(ConfigError, match="must divide model.image_size"):
-        build_net("vit", vit_patch_size=5)
-    with pytest.raises(ConfigError, match="must divide model.vit_dim"):
-        build_net("vit", vit_heads=5)
-    with pytest.raises(ConfigError, match="dRAF is built for the mlp"):
+        build_net("vit", patch_size=5)
+    with pytest.raises(ConfigError, match="must divide model.vit.dim"):
+        build_net("vit", heads=5)
+    with pytest.raises(ConfigError, match="dRAF is built for the retina and the mlp"):
         build_net("vgg", rule="raf", direct_target="all")
 
 
@@ -231,12 +232,12 @@ TINY = {
     "mlp": {"hidden_units": 32, "image_size": 8},
     "vgg": {"image_size": 8},
     "vit": {
-        "vit_dim": 32,
-        "vit_depth": 2,
-        "vit_heads": 2,
-        "vit_mlp_dim": 64,
+        "dim": 32,
+        "depth": 2,
+        "heads": 2,
+        "mlp_dim": 64,
         "image_size": 16,
-        "net_dropout": 0.0,
+        "dropout": 0.0,
     },  # fmt: skip
 }
 

@@ -1,9 +1,12 @@
 """The report notebooks (docs/design.md#reports): rf_atlas, compare_ranks and training are
-papermill templates that run on any results dataset of the analysis.results schema, export
-the panels they show, and stop at their first cell with a clear message on a bad parameter."""
+papermill templates that run on any results dataset of the analysis.results schema, show the
+paper panels that `retina-raf figures` writes and export their own, and stop at their first
+cell with a clear message on a bad parameter."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
 from pathlib import Path
 
 import nbformat
@@ -68,9 +71,26 @@ def _figures(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir()}
 
 
+def _code(name: str) -> str:
+    """A notebook's code cells as Python (IPython magics left out)."""
+    cells = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
+    return "\n".join(line for cell in cells if cell.cell_type == "code"
+                     for line in cell.source.splitlines() if not line.startswith("%"))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["rf_atlas", "compare_ranks", "training"])
+def test_reports_export_panels_only_through_the_one_writer_rule(name):
+    """These reports draw paper panels: they export through export_report_panel, which
+    leaves the paper panels to `retina-raf figures`, never through export_panel itself."""
+    called = {node.func.id for node in ast.walk(ast.parse(_code(name)))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}  # fmt: skip
+    assert "export_report_panel" in called and "export_panel" not in called
+
+
 @pytest.mark.slow
 def test_rf_atlas_renders_a_montage_per_run(results_file, make_report_results, tmp_path):
-    """rf_atlas: one montage per condition and seed, exported as PDF, SVG and PNG."""
+    """rf_atlas: one montage per condition and seed, shown; those of the seeds above each
+    condition's lowest exported as PDF, SVG and PNG (the lowest's are paper panels)."""
     figures = tmp_path / "figures"
     html = run_report(
         NOTEBOOKS / "rf_atlas.ipynb",
@@ -79,24 +99,30 @@ def test_rf_atlas_renders_a_montage_per_run(results_file, make_report_results, t
     )
     assert html.is_file() and html.with_suffix(".ipynb").is_file()
     ds = make_report_results()
-    expected = {f"rf_montage_{p}_seed{s}.{fmt}" for p, s in zip(ds["preset"].values,
-                ds["seed"].values, strict=True) for fmt in ("pdf", "svg", "png")}  # fmt: skip
+    seeds = zip(ds["preset"].values, ds["seed"].values, strict=True)
+    expected = {f"rf_montage_{p}_seed{s}.{fmt}" for p, s in seeds if s > 0
+                for fmt in ("pdf", "svg", "png")}  # fmt: skip
     assert _figures(figures) == expected
+    shown = nbformat.read(html.with_suffix(".ipynb"), as_version=4).cells
+    images = [out for cell in shown for out in cell.get("outputs", []) if "image/png" in
+              out.get("data", {})]  # fmt: skip
+    assert len(images) == ds.sizes["run"]
     assert "center-surround" in html.read_text()  # the class table
 
 
 @pytest.mark.slow
 def test_compare_ranks_renders_panels_tests_and_table(results_file, tmp_path):
-    """compare_ranks: each metric against rank and N_bn, the tests' results, the table."""
+    """compare_ranks: each metric against rank and N_bn, the tests' results, the table; the
+    fraction center-surround panels exported, symmetry's and OSI's left to the paper's."""
     figures = tmp_path / "figures"
     html = run_report(
         NOTEBOOKS / "compare_ranks.ipynb",
         {"results": str(results_file), "figures_dir": str(figures), "alpha": 0.1},
         tmp_path / "reports",
     )
-    for metric in ("symmetry", "osi", "fraction_center_surround"):
-        for axis in ("rank", "nbn"):
-            assert f"{metric}_vs_{axis}.pdf" in _figures(figures)
+    exported = {f"fraction_center_surround_vs_{axis}.{fmt}" for axis in ("rank", "nbn")
+                for fmt in ("pdf", "svg", "png")}  # fmt: skip
+    assert _figures(figures) == exported
     page = html.read_text()
     assert "Kruskal-Wallis H =" in page  # 2 seeds per group: the test runs
     assert "no pair can reach significance" in page  # and says 2 vs 2 seeds cannot be enough
@@ -105,16 +131,35 @@ def test_compare_ranks_renders_panels_tests_and_table(results_file, tmp_path):
 
 @pytest.mark.slow
 def test_training_renders_curves_and_alignment(results_file, tmp_path):
-    """training: learning curves, feedback alignment and P's subspace angle (low rank only)."""
+    """training: learning curves, feedback alignment and P's subspace angle (low rank only);
+    the curves of variables other than the paper's exported under their own name."""
     figures = tmp_path / "figures"
     html = run_report(
         NOTEBOOKS / "training.ipynb",
         {"results": str(results_file), "figures_dir": str(figures), "variables": ["test_acc"]},
         tmp_path / "reports",
     )
-    assert {"learning_curves.png", "alignment.png", "alignment.svg"} <= _figures(figures)
-    assert "subspace_angle.pdf" in _figures(figures)  # only raf-r2 has a low-rank P
+    assert _figures(figures) == {f"learning_curves_test_acc.{fmt}" for fmt in ("pdf", "svg", "png")}
     assert "raf-r2-s1: " in html.read_text() and "raf-r32-s1: " not in html.read_text()
+
+
+@pytest.mark.slow
+def test_each_panel_file_has_one_writer(results_file, tmp_path, run_cli):
+    """`retina-raf figures` and the compare_ranks, rf_atlas and training reports on one
+    results file, as `make publish` runs them: the reports show the paper panels, drawn by
+    the same functions, and write none of them, so that no panel is written twice, under
+    its own name or another."""
+    published = tmp_path / "experiment"
+    code, _, err = run_cli("figures", results_file, "--out", published / "figures")
+    assert code == 0, err
+    for name in ("compare_ranks", "rf_atlas", "training"):
+        run_report(NOTEBOOKS / f"{name}.ipynb", {"results": str(results_file)}, published)
+    paper = {path.stem for path in (published / "figures").glob("*.svg")}
+    own = {path.stem for path in published.glob("*/figures/*.svg")}
+    assert "osi_vs_rank" in paper and "fraction_center_surround_vs_rank" in own
+    assert not paper & own
+    panels = sorted(published.rglob("*.svg"))
+    assert len({hashlib.sha256(path.read_bytes()).digest() for path in panels}) == len(panels)
 
 
 @pytest.mark.slow

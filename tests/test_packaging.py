@@ -98,14 +98,14 @@ def test_a_runs_history_enters_its_results_without_the_files_attributes(tmp_path
     of history.nc's own attributes (provenance, config) and keeps its variables' CF ones."""
     import xarray as xr
 
-    from analysis.results import _history
+    from analysis.stacking import history_variables
     from retina_raf import runs
 
     loss = ("epoch", [2.0, 1.5], {"long_name": "cross-entropy", "units": "1"})
     xr.Dataset({"train_loss": loss}, coords={"epoch": [1, 2]},
                attrs={"preset": "bp", "config": "seed: 0\n"}).to_netcdf(
         tmp_path / runs.HISTORY_FILE, engine="h5netcdf")  # fmt: skip
-    history = _history(tmp_path)
+    history = history_variables(runs.load_history(tmp_path))
     assert history.attrs == {}
     assert history["train_loss"].attrs == {"long_name": "cross-entropy", "units": "1"}
     assert list(history["train_loss"].values) == [2.0, 1.5]

@@ -211,7 +211,7 @@ def test_the_quickstart_runs_as_written(tmp_path, monkeypatch, run_cli, tiny_set
     assert [c.split()[1] for c in commands] == ["train", "rfs", "metrics", "theory", "sweep"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    tiny = [s for s in tiny_sets if not s.startswith("model.n_bn")]
+    tiny = [s for s in tiny_sets if not s.startswith("model.retina.n_bn")]
     for command in commands:
         args = shlex.split(command)[1:]
         if args[0] == "train":
@@ -248,8 +248,11 @@ def test_paper_fig4_expands_to_the_stated_runs_with_the_default_recipe():
             default.train.lr_decay, default.train.batch_size)  # fmt: skip
         assert (t.rmsprop_alpha, t.rmsprop_eps) == (0.99, 1e-8) and t.epochs == 120
         assert t.amp and t.retina_snapshots and t.checkpoint_every == 1
-        assert (m.vvs_layers, m.init, m.dropout) == (3, "kaiming", 0.5) == (
-            default.model.vvs_layers, default.model.init, default.model.dropout)  # fmt: skip
+        assert (
+            (m.retina.vvs_layers, m.init, m.retina.dropout)
+            == (3, "kaiming", 0.5)
+            == (default.model.retina.vvs_layers, default.model.init, default.model.retina.dropout)
+        )
         assert cfg.data.standardize and cfg.data.augment and cfg.data.path == "cifar10-gray"
         assert m.rule == "bp" and set(m.layer_rule) <= {"vvs_1"}
         if cfg.preset.startswith("raf-"):

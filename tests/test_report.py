@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -268,3 +273,102 @@ def test_report_shows_no_absolute_path_and_keeps_panels_in_its_folder(
         text = (project / "X" / "panels" / page).read_text()
         assert str(tmp_path) not in text  # no absolute path of this machine
         assert "data/results.nc" in text and "X/panels/figures" in text
+
+
+def _slow_notebook(folder: Path) -> Path:
+    """A report whose one cell exports a panel, notes the kernel's process id and that it
+    started, then sleeps."""
+    return write_notebook(
+        folder / "slow.ipynb",
+        [
+            "import os, time\nfrom pathlib import Path\n"
+            "Path(figures_dir).mkdir(parents=True, exist_ok=True)\n"
+            "(Path(figures_dir) / 'panel.svg').write_text('this run')\n"
+            "Path(started).write_text(str(os.getpid()))\ntime.sleep(seconds)"
+        ],
+        parameters='seconds = 600\nstarted = "started"\nfigures_dir = "reports/slow/figures"',
+    )
+
+
+def _press_ctrl_c_during(notebook: Path, out: Path, started: Path) -> tuple[int, str, int]:
+    """Run `retina-raf report NOTEBOOK --out OUT` in a process of its own and send it SIGINT
+    (what Ctrl-C sends) once the notebook's cell runs; return its exit status, its stderr
+    and the kernel's process id."""
+    command = [sys.executable, "-m", "retina_raf_cli", "report", str(notebook), "--out", str(out),
+               "-p", "started", str(started), "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # SIGINT raises KeyboardInterrupt as in a terminal, even where this test's own
+        # process was started with SIGINT ignored (a background job)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not started.is_file() or not started.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the notebook never started: {process.communicate()[1]}")
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err, int(started.read_text())
+
+
+def _stopped(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("earlier_report", [False, True], ids=["new", "over-an-earlier-one"])
+def test_ctrl_c_stops_a_report_in_one_line_and_writes_nothing(tmp_path, earlier_report):
+    """SIGINT while the kernel runs a cell: exit status 130, one line on stderr and no
+    traceback (of this process or the kernel's), the kernel stopped, and the report folder as
+    it was before: not there, or an earlier report with its panels, without a FAILED
+    marker or the run's scratch folder."""
+    notebook = _slow_notebook(tmp_path / "nb")
+    out = tmp_path / "reports"
+    if earlier_report:
+        (out / "slow" / "figures").mkdir(parents=True)
+        (out / "slow" / "figures" / "panel.svg").write_text("earlier run")
+        (out / "slow" / "slow.ipynb").write_text("earlier run")
+    before = _tree(tmp_path / "reports") if earlier_report else None
+    code, err, kernel = _press_ctrl_c_during(notebook, out, tmp_path / "started")
+    assert code == 130
+    assert "Traceback" not in err
+    assert err.splitlines() == ["retina-raf: interrupted: report not written"], err
+    assert _stopped(kernel)
+    if earlier_report:
+        assert _tree(out) == before
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_report_replaces_its_panels_as_a_whole(tmp_path):
+    """The panels of an earlier run (a montage of an epoch no longer shown) do not outlive
+    the next run of the report, which leaves only the panels it wrote."""
+    notebook = _slow_notebook(tmp_path / "nb")
+    figures = tmp_path / "reports" / "slow" / "figures"
+    figures.mkdir(parents=True)
+    (figures / "montage_of_an_earlier_epoch.svg").write_text("earlier run")
+    report.run_report(
+        notebook, {"seconds": 0, "started": str(tmp_path / "started")}, tmp_path / "reports"
+    )
+    assert [path.name for path in figures.iterdir()] == ["panel.svg"]
+    assert [path.name for path in figures.parent.iterdir() if path.name.startswith(".")] == []

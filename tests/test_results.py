@@ -18,10 +18,11 @@ RF_OPTIONS = {"n_starts": 1, "n_steps": 3}
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("runs")
-    configs = [tiny_config("bp-bottleneck-2", epochs=1, extra=["model.n_bn=2"]),
-               tiny_config("raf-r2", epochs=1, extra=["model.vvs_channels=4"]),
-               tiny_config("raf-r4", epochs=1, extra=["model.vvs_channels=4"]),
-               tiny_config("raf-r4", epochs=1, seed=1, extra=["model.vvs_channels=4"])]  # fmt: skip
+    narrow = ["model.retina.vvs_channels=4"]
+    configs = [tiny_config("bp-bottleneck-2", epochs=1, extra=["model.retina.n_bn=2"]),
+               tiny_config("raf-r2", epochs=1, extra=narrow),
+               tiny_config("raf-r4", epochs=1, extra=narrow),
+               tiny_config("raf-r4", epochs=1, seed=1, extra=narrow)]  # fmt: skip
     return [train(cfg, out, log=lambda m: None) for cfg in configs]
 
 

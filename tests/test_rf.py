@@ -429,12 +429,12 @@ def test_cuda_matches_cpu(method):
 # ----------------------------------------------------------------------------- CLI
 KERNEL = 3  # kernel size of the tiny run
 TINY_RUN = [
-    "model.retina_channels=4",
-    "model.n_bn=4",
-    "model.vvs_channels=4",
-    "model.vvs_layers=1",
-    "model.fc_units=8",
-    f"model.kernel_size={KERNEL}",
+    "model.retina.retina_channels=4",
+    "model.retina.n_bn=4",
+    "model.retina.vvs_channels=4",
+    "model.retina.vvs_layers=1",
+    "model.retina.fc_units=8",
+    f"model.retina.kernel_size={KERNEL}",
     "data.train_limit=64",
     "data.test_limit=32",
     "train.progress=false",

@@ -38,7 +38,7 @@ def cli_sets(tiny_sets):
     raf-r2` (n_bn stays the preset's)."""
 
     def as_options(extra=()) -> list[str]:
-        sets = [s for s in tiny_sets if not s.startswith("model.n_bn")] + list(extra)
+        sets = [s for s in tiny_sets if not s.startswith("model.retina.n_bn")] + list(extra)
         return [arg for s in sets for arg in ("--set", s)]
 
     return as_options
@@ -164,11 +164,11 @@ def test_no_import_cycles_between_modules():
 def test_train_and_a_sweep_put_a_run_in_the_same_folder(tmp_path):
     """One run id: `retina-raf train` and a sweep give the same config the same folder; the
     number of epochs is not part of it (more epochs extend the run)."""
-    overrides = {"model": {"vvs_channels": 4, "fc_units": 16}, "train": {"epochs": 3}}
+    overrides = {"model": {"retina": {"vvs_channels": 4, "fc_units": 16}}, "train": {"epochs": 3}}
     path = tmp_path / "exp.yaml"
     path.write_text(f"name: exp\npresets: [raf-r2]\nseeds: [1]\noverrides: {overrides}\n")
     (run,) = expand(load_experiment(path))
-    sets = ("model.vvs_channels=4", "model.fc_units=16")
+    sets = ("model.retina.vvs_channels=4", "model.retina.fc_units=16")
     for epochs in (3, 7):
         cfg = config_from_cli("raf-r2", 1, epochs, sets=sets)
         assert runs.run_id(cfg) == run.run_id
@@ -377,7 +377,7 @@ def test_sigterm_to_a_training_process_exits_143_and_the_same_command_resumes(
     """A real SIGTERM to a real `retina-raf train` (output to a pipe, as under SLURM): it
     logs one line per epoch without progress-bar codes, stops with a checkpoint, exits 143
     with one line; the same command resumes, ending bitwise equal to an uninterrupted run."""
-    values = [s for s in tiny_sets if not s.startswith(("model.n_bn", "train.progress"))]
+    values = [s for s in tiny_sets if not s.startswith(("model.retina.n_bn", "train.progress"))]
     values.append("data.train_limit=1000")  # 20 batches an epoch: SIGTERM lands in one
     sets = [arg for value in values for arg in ("--set", value)]
     args = ["train", "--preset", "raf-r2", "--epochs", "3", "--device", "cpu", *sets]
@@ -463,10 +463,16 @@ def test_amp_on_a_cpu_trains_in_bf16_and_keeps_the_state_float32(tmp_path, run_c
     ("args", "message"),
     [
         (["--set", "train.lr=nan"], "train.lr: nan is not a finite number"),
-        (["--set", "model.dropout=.nan"], "model.dropout: nan is not a finite number"),
+        (
+            ["--set", "model.retina.dropout=.nan"],
+            "model.retina.dropout: nan is not a finite number",
+        ),
         (["--set", "train.lr_decay=inf"], "train.lr_decay: inf is not a finite number"),
         (["--set", "train.weight_decay=-.inf"], "not a finite number"),
-        (["--set", "model.input_noise=NaN"], "model.input_noise: nan is not a finite number"),
+        (
+            ["--set", "model.retina.input_noise=NaN"],
+            "model.retina.input_noise: nan is not a finite number",
+        ),
         (["--name", "../../x"], "--name: '../../x' is not a run folder name"),
         (["--name", "a/b"], "is not a run folder name"),
         (["--name", ".hidden"], "is not a run folder name"),
@@ -531,8 +537,8 @@ def test_a_done_file_that_names_no_epochs_counts_those_of_the_history(tmp_path, 
 
 def test_sweep_state_counts_epochs(tmp_path):
     """A sweep asking for more epochs than a run finished sees it as not done."""
-    overrides = {"model": {"retina_channels": 4, "vvs_channels": 4, "vvs_layers": 1,
-                           "kernel_size": 5, "fc_units": 16},
+    overrides = {"model": {"retina": {"retina_channels": 4, "vvs_channels": 4, "vvs_layers": 1,
+                                      "kernel_size": 5, "fc_units": 16}},
                  "train": {"epochs": 1, "batch_size": 50, "progress": False},
                  "data": {"train_limit": 100, "test_limit": 50}}  # fmt: skip
     path = tmp_path / "exp.yaml"

@@ -36,11 +36,13 @@ EXPERIMENTS = REPO / "experiments"
 # these tests compare no weights, and torch's deterministic mode costs seconds per process.
 TINY = {
     "model": {
-        "retina_channels": 4,
-        "vvs_channels": 4,
-        "vvs_layers": 1,
-        "kernel_size": 5,
-        "fc_units": 16,
+        "retina": {
+            "retina_channels": 4,
+            "vvs_channels": 4,
+            "vvs_layers": 1,
+            "kernel_size": 5,
+            "fc_units": 16,
+        }
     },
     "train": {"epochs": 1, "batch_size": 64, "progress": False, "deterministic": False},
     "data": {"train_limit": 128, "test_limit": 64},
@@ -88,7 +90,7 @@ def test_fig4_file_is_the_papers_grid_and_recipe():
         assert (t.optimizer, t.lr, t.weight_decay, t.lr_decay, t.epochs) == (
             "rmsprop", 1e-4, 1e-5, 0.985, 120,
         )  # fmt: skip
-        assert run.config().model.vvs_layers == 3
+        assert run.config().model.retina.vvs_layers == 3
         assert run.run_id.startswith(f"{run.preset}-s{run.seed}")
     ranks = {r.preset: r.config().model.layer_rank.get("vvs_1") for r in runs}
     assert (ranks["raf-r2"], ranks["raf-r4"], ranks["raf-r32"]) == (2, 4, 32)
@@ -99,12 +101,12 @@ def test_lindsey_file_sweeps_the_bottleneck_width_with_backprop():
     runs = expand(load_experiment(EXPERIMENTS / "lindsey_bottleneck.yaml"))
     assert len(runs) == 60 and len({r.run_id for r in runs}) == 60
     configs = [r.config() for r in runs]
-    assert sorted({c.model.n_bn for c in configs}) == [1, 2, 4, 8, 16, 32]
+    assert sorted({c.model.retina.n_bn for c in configs}) == [1, 2, 4, 8, 16, 32]
     assert {c.seed for c in configs} == set(range(10))
     assert {c.model.rule for c in configs} == {"bp"} and not any(
         c.model.layer_rule for c in configs
     )
-    assert all(f"n_bn{r.config().model.n_bn}-" in r.run_id for r in runs)
+    assert all(f"n_bn{r.config().model.retina.n_bn}-" in r.run_id for r in runs)
 
 
 def test_smoke_file_is_tiny():
@@ -114,7 +116,7 @@ def test_smoke_file_is_tiny():
     for run in runs:
         cfg = run.config()
         assert cfg.train.epochs <= 2 and cfg.data.train_limit <= 512
-        assert cfg.model.vvs_channels <= 8 and cfg.model.fc_units <= 32
+        assert cfg.model.retina.vvs_channels <= 8 and cfg.model.retina.fc_units <= 32
 
 
 def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
@@ -123,7 +125,7 @@ def test_ids_are_stable_unique_and_do_not_depend_on_spelling(tmp_path):
     number of epochs (more epochs extend a run) do not."""
     a = write_experiment(
         tmp_path / "a", presets=["bp", "raf-r4"], seeds=2, ranks=[None],
-        overrides={"train": {"epochs": 3, "lr": 1e-3}}, grid={"model.n_bn": [8, 32]},
+        overrides={"train": {"epochs": 3, "lr": 1e-3}}, grid={"model.retina.n_bn": [8, 32]},
     )  # fmt: skip
     (tmp_path / "b").mkdir()
     b = tmp_path / "b" / "exp.yaml"  # short keys, dotted keys, other key order
@@ -189,10 +191,10 @@ def test_old_others_key_still_reads_as_unconstrained_rule(tmp_path):
         ({"seed": 3}, "'seed'"),
         ({"overrides": {"train": {"epoch": 3}}}, "train.epoch"),
         ({"overrides": {"epoch": 3}}, "'epoch'"),
-        ({"overrides": {"model": {"n_bn": 0}}}, "model.n_bn"),
-        ({"grid": {"model.n_bn": [4, 0]}}, "model.n_bn"),
-        ({"grid": {"model.n_bn": 4}}, "grid.model.n_bn"),
-        ({"grid": {"model.n_bn": [4, 4]}}, "grid.model.n_bn"),
+        ({"overrides": {"model": {"n_bn": 0}}}, "model.retina.n_bn"),
+        ({"grid": {"model.retina.n_bn": [4, 0]}}, "model.retina.n_bn"),
+        ({"grid": {"model.retina.n_bn": 4}}, "grid.model.retina.n_bn"),
+        ({"grid": {"model.retina.n_bn": [4, 4]}}, "grid.model.retina.n_bn"),
         ({"grid": {"seed": [1, 2]}}, "'seed'"),
         ({"presets": ["bp", "raf-rx"]}, "raf-rx"),
         ({"presets": []}, "presets"),

@@ -26,7 +26,7 @@ def snapshot_runs(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("runs")
     return [  # the tiny settings set n_bn=4: the bottleneck run sets its own again
         train(
-            tiny_config(preset, epochs=2, extra=(*SNAPSHOTS, f"model.n_bn={n_bn}")),
+            tiny_config(preset, epochs=2, extra=(*SNAPSHOTS, f"model.retina.n_bn={n_bn}")),
             out,
             log=lambda m: None,
         )  # fmt: skip
@@ -173,8 +173,9 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(tmp_p
     experiment = tmp_path / "exp.yaml"
     experiment.write_text(
         "name: inflight\npresets: [raf-r2, bp, bp-bottleneck-1]\nunconstrained_rule: bp\n"
-        "seeds: [0]\noverrides:\n  model: {retina_channels: 4, vvs_channels: 4, vvs_layers: 1,"
-        " kernel_size: 5, fc_units: 16}\n  train: {epochs: 2, batch_size: 50, progress: false,"
+        "seeds: [0]\noverrides:\n  model: {retina: {retina_channels: 4, vvs_channels: 4,"
+        " vvs_layers: 1, kernel_size: 5, fc_units: 16}}\n"
+        "  train: {epochs: 2, batch_size: 50, progress: false,"
         " num_threads: 1, retina_snapshots: true, checkpoint_every: 1}\n"
         "  data: {train_limit: 200, test_limit: 100}\n"
     )

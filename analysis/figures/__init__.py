@@ -4,7 +4,9 @@
   :func:`export_panel` (PDF, SVG, PNG, written atomically);
 - :mod:`analysis.figures.panels`: metric against feedback rank and bottleneck (seaborn, on
   the tidy per-run table of :mod:`analysis.per_run`), fraction center-surround, learning
-  curves, feedback alignment, and :func:`export_paper_panels`;
+  curves, feedback alignment, and :func:`export_paper_panels`, the one writer of the paper
+  panels (``retina-raf figures``; the report notebooks show them and export the others,
+  :func:`export_report_panel`);
 - :mod:`analysis.figures.montage`: :func:`plot_rf_montage`, the one RF montage of the
   project (``retina-raf rfs``, ``retina-raf figures``, the ``rf_atlas`` notebook).
 - :mod:`analysis.figures.theory`: :func:`plot_figure2`, the paper's Fig. 2 (the linear
@@ -15,6 +17,7 @@ Everything public is importable from ``analysis.figures`` directly.
 
 from analysis.figures.montage import (
     montage_tiles,
+    paper_montage_runs,
     plot_rf_montage,
     plot_run_rfs,
     rf_atlas_panels,
@@ -25,6 +28,8 @@ from analysis.figures.panels import (
     PanelSkipped,
     axis_table,
     export_paper_panels,
+    export_report_panel,
+    paper_panel_names,
     paper_panels,
     per_run_label,
     plot_alignment,
@@ -69,8 +74,11 @@ __all__ = [
     "condition_color",
     "export_panel",
     "export_paper_panels",
+    "export_report_panel",
     "montage_tiles",
     "new_figure",
+    "paper_montage_runs",
+    "paper_panel_names",
     "paper_panels",
     "paper_style",
     "per_run_label",

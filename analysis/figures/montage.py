@@ -282,6 +282,24 @@ def rf_atlas_panels(
     return [(i, f"rf_montage_{slug(available[i])}_seed{int(seeds[i])}") for i in runs]
 
 
+def paper_montage_runs(results: xr.Dataset) -> dict[int, str]:
+    """The RF montages among the paper panels: ``{run position: panel name}``, the lowest
+    seed of each condition, named ``rf_montage_<preset>``; empty without ``rf``.
+
+    The ``rf_atlas`` report shows these runs' montages and leaves their files to
+    ``retina-raf figures``, so that each montage is written once.
+    """
+    if "rf" not in results:
+        return {}
+    presets = run_coord(results, "preset")
+    montages = {}
+    for run in runs_in_condition_order(results):  # by condition, then seed
+        name = f"rf_montage_{slug(presets[run])}"
+        if name not in montages.values():
+            montages[run] = name
+    return montages
+
+
 def run_support(results: xr.Dataset, run: int) -> list[int] | None:
     """The crop box of a run's RFs: the ``rf_support`` attribute that ``analysis.results``
     copies from ``analysis.rf`` (and derives for files written before it, when opening them),

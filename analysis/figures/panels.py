@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +30,7 @@ import seaborn as sns
 import xarray as xr
 from matplotlib.ticker import MaxNLocator
 
-from analysis.figures.montage import plot_run_rfs, runs_in_condition_order, slug
+from analysis.figures.montage import paper_montage_runs, plot_run_rfs
 from analysis.figures.style import (
     METRIC_LABELS,
     PANEL_FORMATS,
@@ -478,17 +478,10 @@ def paper_panels(results: xr.Dataset, full_width: int = FULL_WIDTH):
     ``*_vs_nbn`` panels only when the results hold bottleneck runs (BP or dRAF with
     ``n_bn < full_width``): without them the axis would repeat the BP reference alone.
     """
-    panels = []
-    if "rf" in results:
-        presets = run_coord(results, "preset")
-        seen = set()
-        for run in runs_in_condition_order(results):  # the lowest seed of each condition
-            preset = str(presets[run])
-            if preset not in seen:
-                seen.add(preset)
-                panels.append(
-                    (f"rf_montage_{slug(preset)}", lambda r=run: plot_run_rfs(results, r))
-                )
+    panels = [
+        (name, lambda r=run: plot_run_rfs(results, r))
+        for run, name in paper_montage_runs(results).items()
+    ]
     bottlenecks = has_bottleneck_runs(results, full_width)
     for metric in ("symmetry", "osi", "orientedness"):
         if metric in results:
@@ -504,6 +497,31 @@ def paper_panels(results: xr.Dataset, full_width: int = FULL_WIDTH):
     if "principal_angle_max_rad" in results:
         panels.append(("subspace_angle", lambda: plot_subspace_angle(results)))
     return panels
+
+
+def paper_panel_names(results: xr.Dataset, full_width: int = FULL_WIDTH) -> set[str]:
+    """The names of the panels :func:`export_paper_panels` (``retina-raf figures``) writes
+    for ``results``.
+
+    Each panel file has one writer: a report notebook that draws one of these panels (with
+    the same function) shows it and leaves its file to that command, which writes them all
+    into ``<experiment>/figures/``; the notebook exports only the panels no command writes.
+    """
+    return {name for name, _ in paper_panels(results, full_width)}
+
+
+def export_report_panel(
+    fig, name: str, figures_dir: str | Path, paper_names: Collection[str] = (), **export_kw
+) -> dict[str, Path]:
+    """Export a report notebook's panel (:func:`export_panel`) unless it is one of
+    ``paper_names`` (:func:`paper_panel_names`), which ``retina-raf figures`` writes: the
+    notebook shows those and exports the rest, so each panel file has one writer.
+
+    Returns ``{format: path}`` of the written files, empty for a paper panel.
+    """
+    if name in paper_names:
+        return {}
+    return export_panel(fig, name, out_dir=figures_dir, **export_kw)
 
 
 def export_paper_panels(

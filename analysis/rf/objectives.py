@@ -150,7 +150,7 @@ def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> lis
     """
     cfg = getattr(model, "cfg", None)
     names = list(getattr(model, "layer_names", []))
-    kernel = getattr(cfg, "kernel_size", None)
+    kernel = getattr(getattr(cfg, "retina", None), "kernel_size", None)
     if units.center is None or kernel is None or layer not in names or layer.startswith("fc"):
         return None
     half = (names.index(layer) + 1) * (int(kernel) // 2)

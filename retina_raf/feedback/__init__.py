@@ -8,6 +8,7 @@ the backward pass fills, so any torch optimizer trains them.
     RAFLinear, RAFConv2d      the layers (``rank``, ``train_q``, ``p_rule``)
     DirectFeedback, ErrorTap  direct feedback from a later source (dRAF)
     convert                   swap the layers of an existing model
+    convert_by_plan           ... each to the rule and rank a layer plan gives it
     feedback_diagnostics      alignment, principal angles, effective error rank per layer
     model_diagnostics         the same by the model's own layer names (what a history records)
     exact_gradients           backprop's exact gradients through the feedback layers (a with block)
@@ -25,7 +26,7 @@ Named rules (``RULES``; ``from_rule`` / ``convert(rule=...)``):
 
 from retina_raf.feedback.base import FeedbackMixin
 from retina_raf.feedback.conv import RAFConv2d
-from retina_raf.feedback.convert import convert
+from retina_raf.feedback.convert import convert, convert_by_plan
 from retina_raf.feedback.diagnostics import (
     alignment_angle,
     angle_degrees,
@@ -38,7 +39,8 @@ from retina_raf.feedback.diagnostics import (
 from retina_raf.feedback.direct import DirectFeedback, ErrorTap, FeedbackWiringError
 from retina_raf.feedback.exact import exact_gradients
 from retina_raf.feedback.linear import RAFLinear
-from retina_raf.feedback.rules import P_RULES, RULE_NAMES, RULES, oja_gradient, rule_options
+from retina_raf.feedback.rules import P_RULES, RULES, oja_gradient, rule_options
+from retina_raf.plan import RULE_NAMES
 
 __all__ = [
     "P_RULES",
@@ -53,6 +55,7 @@ __all__ = [
     "alignment_angle",
     "angle_degrees",
     "convert",
+    "convert_by_plan",
     "effective_rank",
     "exact_gradients",
     "feedback_diagnostics",

@@ -1,8 +1,7 @@
-"""Swap a model's nn.Linear / nn.Conv2d layers for their feedback versions, in place."""
+"""Swap a model's nn.Linear / nn.Conv2d layers for their feedback versions, in place: by rule
+(:func:`convert`) or by a network's layer plan (:func:`convert_by_plan`)."""
 
 from __future__ import annotations
-
-from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
@@ -10,15 +9,12 @@ from torch import nn
 from retina_raf.errors import ConfigError
 from retina_raf.feedback.conv import RAFConv2d
 from retina_raf.feedback.linear import RAFLinear
-from retina_raf.feedback.rules import RULE_NAMES, check_rank, rule_options
+from retina_raf.feedback.rules import check_rank, rule_options
+from retina_raf.plan import RULE_NAMES, selects
 
 
 def _matches(name: str, patterns) -> bool:
-    """Exact name, a module that contains it ("vvs_1" selects "vvs_1.conv"), or a glob."""
-    return any(
-        name == pattern or name.startswith(pattern + ".") or fnmatchcase(name, pattern)
-        for pattern in patterns
-    )
+    return any(selects(name, pattern) for pattern in patterns)
 
 
 def _as_patterns(value, what: str) -> tuple[str, ...] | None:
@@ -193,4 +189,27 @@ def convert(
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, new)
+    return model
+
+
+def convert_by_plan(
+    model: nn.Module, plan: dict[str, tuple[str, int | None]], **layer_kwargs
+) -> nn.Module:
+    """Give every layer of ``model`` its rule and rank from a layer plan, in place.
+
+    Args:
+        model: a network of plain nn.Linear / nn.Conv2d layers.
+        plan: layer name -> (rule, rank or None for full), as :func:`retina_raf.plan.layer_plan`
+            gives; backprop layers stay as they are.
+        **layer_kwargs: passed to every new layer (e.g. track_error_covariance=True).
+
+    The layers of one rule are converted together, rules in the order they first appear in
+    the plan: the order of the random draws of Q and P, which a seed reproduces.
+    """
+    by_rule: dict[str, dict[str, int | None]] = {}
+    for name, (rule, rank) in plan.items():
+        by_rule.setdefault(rule, {})[name] = rank
+    for rule, ranks in by_rule.items():
+        if rule != "bp":
+            convert(model, rule, rank=ranks, include=list(ranks), **layer_kwargs)
     return model

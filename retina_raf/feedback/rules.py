@@ -20,22 +20,12 @@ import numbers
 import torch
 
 from retina_raf.errors import ConfigError
+from retina_raf.plan import RULES
 
 P_RULES = ("oja", "pca", "fixed", "identity")
 
-# rule name -> (train_q, tie_q, p_rule at full rank, p_rule below full rank; None = not allowed)
-RULES = {
-    "raf": (True, False, "oja", "oja"),  # restricted adaptive feedback (paper eq. 11)
-    "raf_pca": (True, False, "pca", "pca"),  # RAF with the normative PCA rule for P
-    # RAF at its fixed point: P the error's top-r principal subspace, Q = W^T P^T, so the input
-    # receives backprop's error projected onto its top r components, B = W^T P^T P. It asks
-    # what the error's dimensionality alone does, without waiting for Q and P to align.
-    "raf_aligned": (False, True, "pca", "pca"),
-    "kp": (True, False, "identity", None),  # Kolen-Pollack: B = Q, trained
-    "fa": (False, False, "identity", "fixed"),  # feedback alignment: B = Q (or Q P), frozen
-    "lowrank_fa": (True, False, "fixed", "fixed"),  # "low-rank FA" of Fig. 2b,c: P random
-}
-RULE_NAMES = ("bp", *RULES)
+# The named rules (rule -> train_q, tie_q, p_rule at full rank, below full rank) and their
+# list live with the layer plan, which configs check without torch.
 
 
 def check_rank(rank: int | str | None, full: int, what: str) -> int:

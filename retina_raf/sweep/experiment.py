@@ -31,6 +31,7 @@ from retina_raf.config import (
     to_dict,
 )
 from retina_raf.errors import ConfigError
+from retina_raf.plan import layer_plan
 from retina_raf.presets import preset_model_fields, preset_with_rank
 from retina_raf.runs import run_id
 
@@ -258,18 +259,28 @@ def _check_runs(part: ExperimentConfig, where_prefix: str) -> None:
         where = where_prefix + ("grid" if point else "overrides")
         for preset in part.presets:
             for rank in part.ranks:
-                overrides = experiment_overrides(part, rank, point)
                 try:
-                    cfg = resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
-                                             overrides, part.unconstrained_rule)  # fmt: skip
+                    if rank is not None:  # first the preset's own rule into the retina
+                        _check_rank_axis(part, preset, point, where_prefix)
+                    overrides = experiment_overrides(part, rank, point)
+                    resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
+                                       overrides, part.unconstrained_rule)  # fmt: skip
                 except ConfigError as exc:
+                    if str(exc).startswith(f"{where_prefix}ranks"):
+                        raise
                     raise ConfigError(f"{where}: {exc}") from None
-                retina_rule = cfg.model.layer_rule.get("vvs_1", cfg.model.rule)
-                if rank is not None and retina_rule != "raf":
-                    raise ConfigError(
-                        f"{where_prefix}ranks: preset {preset!r} sends {retina_rule} into the "
-                        "retina; a feedback rank needs RAF there (use a raf-r<k> preset)"
-                    )
+
+
+def _check_rank_axis(part: ExperimentConfig, preset: str, point: dict, where_prefix: str) -> None:
+    """A ``ranks:`` value sets vvs_1's RAF rank: the preset must send RAF into the retina."""
+    overrides = experiment_overrides(part, None, point)
+    cfg = resolve_run_config(preset, part.seeds[0], overrides, part.unconstrained_rule)
+    retina_rule = layer_plan(cfg.model)["vvs_1"][0]
+    if retina_rule != "raf":
+        raise ConfigError(
+            f"{where_prefix}ranks: preset {preset!r} sends {retina_rule} into the "
+            "retina; a feedback rank needs RAF there (use a raf-r<k> preset)"
+        )
 
 
 def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
