@@ -17,7 +17,9 @@ and :class:`~retina_raf.dense.ColumnMajorLinear`, their maths in faster forms) o
 layer of :mod:`retina_raf.feedback`. The rule of a layer decides what the layer sends to its
 *input*: the feedback of ``vvs_1`` is therefore the error that crosses into the retina.
 ``retina_1`` is always a plain convolution, since nothing consumes the gradient at the
-image.
+image. Which rule and rank every other layer gets is the layer plan's
+(:func:`retina_raf.plan.layer_plan`, from ``model.rule``, ``model.layer_rule`` and
+``model.layer_rank``); the sizes are ``model.retina``'s.
 """
 
 from __future__ import annotations
@@ -69,18 +71,14 @@ class DenseBlock(nn.Module):
 
 def _plain_blocks(cfg: ModelConfig, widths: dict[str, int]) -> dict[str, nn.Module]:
     """Every layer as a backprop block: FFTConv2d and ColumnMajorLinear (nn.Conv2d, nn.Linear)."""
-    blocks, c_in, pad = {}, cfg.in_channels, cfg.retina.kernel_size // 2
-    names = list(widths)
-    for name in names[:-2]:
-        conv = FFTConv2d(
-            c_in, widths[name], cfg.retina.kernel_size, padding=pad, conv_impl=cfg.conv_impl
-        )
+    r, blocks, c_in = cfg.retina, {}, cfg.in_channels
+    for name in list(widths)[:-2]:
+        conv = FFTConv2d(c_in, widths[name], r.kernel_size, padding=r.kernel_size // 2,
+                         conv_impl=cfg.conv_impl)  # fmt: skip
         blocks[name], c_in = ConvBlock(conv), widths[name]
     flat = c_in * cfg.image_size**2
-    blocks["fc_1"] = DenseBlock(
-        ColumnMajorLinear(flat, cfg.retina.fc_units), True, cfg.retina.dropout
-    )
-    blocks["fc_2"] = DenseBlock(ColumnMajorLinear(cfg.retina.fc_units, cfg.num_classes), False, 0)
+    blocks["fc_1"] = DenseBlock(ColumnMajorLinear(flat, r.fc_units), True, r.dropout)
+    blocks["fc_2"] = DenseBlock(ColumnMajorLinear(r.fc_units, cfg.num_classes), False, 0)
     return blocks
 
 

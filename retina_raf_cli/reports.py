@@ -3,6 +3,7 @@ panels and the findings tables from results files, and the whole pipeline on the
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -35,13 +36,17 @@ EXIT_SIGINT = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C sto
 @click.option("--name", default=None, help="Report name (default: the notebook's file stem).")
 @click.option(
     "--progress/--no-progress",
-    default=True,
-    show_default=True,
-    help="Per-cell progress bar on stderr.",
+    default=None,
+    help="Per-cell progress bar on stderr (default: when stderr is a terminal).",
 )
 @click.pass_context
 def report(
-    ctx: click.Context, notebook: str, parameters: tuple, out: str, name: str | None, progress: bool
+    ctx: click.Context,
+    notebook: str,
+    parameters: tuple,
+    out: str,
+    name: str | None,
+    progress: bool | None,
 ) -> None:
     """Execute a parameterized NOTEBOOK (papermill) into an executed .ipynb and an HTML page.
 
@@ -59,6 +64,8 @@ def report(
         if isinstance(values[key], str) and values[key].lower().endswith(".nc"):
             if not Path(values[key]).is_file():
                 raise click.BadParameter(f"{key}: no such file {values[key]!r}", param_hint="-p")
+    if progress is None:  # a log or a pipe gets no bar (as training's progress)
+        progress = sys.stderr.isatty()
     try:
         html = run_report(notebook, values, out_dir=out, name=name, progress_bar=progress)
     except RunError as exc:  # the notebook itself failed: exit 1, bad input stays exit 2

@@ -191,6 +191,18 @@ def test_report_executes_with_parameters_into_ipynb_and_html(greeting_notebook, 
 
 
 @pytest.mark.slow
+def test_report_to_a_log_has_no_progress_bar(greeting_notebook, tmp_path, capsys):
+    """Claim: stderr that is not a terminal (a log, a pipe) gets no per-cell progress bar
+    unless --progress asks for it."""
+    args = ["report", str(greeting_notebook), "--out", str(tmp_path / "reports")]
+    code, _, err = _cli(args, capsys)
+    assert code == 0, err
+    assert "Executing" not in err and "cell/s" not in err
+    code, _, err = _cli([*args, "--name", "again", "--progress"], capsys)
+    assert code == 0 and "Executing" in err
+
+
+@pytest.mark.slow
 def test_failing_cell_keeps_partial_report_marked_failed(tmp_path, capsys):
     """A failing cell: exit 1, a message naming the cell (number, first line, exception),
     the partial report kept with a FAILED marker and an HTML titled FAILED."""
