@@ -22,7 +22,16 @@ def _recipe(target: str) -> list[str]:
     """The commands `make TARGET` would run (make -n), continuation lines joined; the
     install step is left out."""
     printed = subprocess.run(
-        ["make", "--no-print-directory", "-n", target, "STAMP=", "TRAJECTORY=1", "EXPERIMENT=paper_fig4", "RUNS=/runs"],
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            target,
+            "STAMP=",
+            "TRAJECTORY=1",
+            "EXPERIMENT=paper_fig4",
+            "RUNS=/runs",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
