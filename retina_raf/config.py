@@ -287,7 +287,8 @@ FLAT_MODEL_KEYS = {
 def sectioned_model(model: dict) -> dict:
     """A stored ``model`` mapping in the flat layout -> the layout of :class:`ModelConfig`
     (a mapping already in it comes back as it is)."""
-    out = {k: v for k, v in model.items() if k not in FLAT_MODEL_KEYS}
+    out = {k: dict(v) if k in SECTIONS and isinstance(v, dict) else v
+           for k, v in model.items() if k not in FLAT_MODEL_KEYS}  # fmt: skip
     for key, (section, name) in FLAT_MODEL_KEYS.items():
         if key not in model:
             continue
