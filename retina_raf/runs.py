@@ -31,8 +31,10 @@ The contract:
   dies, so a killed run is resumable and two processes never train one run.
 - Bad or damaged folders raise :class:`~retina_raf.errors.RunError` with a one-line message.
 - **Earlier layouts are translated in one place**: what a run folder of an earlier version
-  holds differently is read as today's layout here (:func:`upgrade_done`), so that no
-  reader elsewhere branches on a file's age.
+  holds differently is read as today's layout here (:func:`upgrade_done`; a stored config of
+  the flat model layout by :func:`retina_raf.config.stored_run_config`, the configuration's
+  owner, through which every stored config is read), so that no reader elsewhere branches
+  on a file's age.
 
 torch and xarray are imported inside the functions that need them: a sweep checks the state
 of hundreds of runs without loading either.
