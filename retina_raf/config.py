@@ -184,6 +184,11 @@ class TrainConfig:
     )
     channels_last: bool = spec(True, doc="channels_last memory format on CUDA")
     deterministic: bool = spec(True, doc="deterministic algorithms on the CPU")
+    flush_denormal: bool = spec(
+        True,
+        doc="on a CPU, flush denormal floats (below 1.2e-38) to zero: as a run trains, tiny "
+        "values appear whose arithmetic is several times slower (docs/performance.md)",
+    )
     num_threads: int = spec(0, low=0, high=1024, doc="torch CPU threads (0: torch's default)")
     diagnostics: bool = spec(True, doc="record feedback diagnostics every epoch")
     progress: bool = spec(True, doc="tqdm progress bars")

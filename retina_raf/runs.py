@@ -107,6 +107,7 @@ RESUMABLE_KEYS = {
     ("train", "retina_snapshots"),
     ("train", "compile"),  # a compiled model computes what the eager one computes
     ("model", "conv_impl"),  # direct and FFT convolution compute the same, to float tolerance
+    ("train", "flush_denormal"),  # values below 1.2e-38 as zero: the same, to float tolerance
     ("data", "path"),  # the same data may live elsewhere on another machine
 }
 
@@ -782,12 +783,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def training_provenance(device, amp: bool) -> dict:
+def training_provenance(device, amp: bool, flush_denormal: bool = False) -> dict:
     """Attributes of ``history.nc``: what trained the run, for the record.
 
     ``device`` is the ``torch.device`` trained on; ``amp`` whether bf16 autocast was on;
-    ``tf32`` whether TF32 matmuls/convolutions were allowed (CUDA only). NetCDF attributes
-    hold no booleans, so flags are 0/1.
+    ``tf32`` whether TF32 matmuls/convolutions were allowed (CUDA only); ``flush_denormal``
+    whether a CPU flushed denormal floats to zero. NetCDF attributes hold no booleans, so
+    flags are 0/1.
     """
     import torch
 
@@ -804,6 +806,7 @@ def training_provenance(device, amp: bool) -> dict:
         "device": name,
         "amp": int(bool(amp)),
         "tf32": int(bool(tf32)),
+        "flush_denormal": int(bool(flush_denormal) and not cuda),
         "deterministic": int(torch.are_deterministic_algorithms_enabled()),
         "hostname": socket.gethostname(),
     }

@@ -123,6 +123,9 @@ def _load_data(cfg: RunConfig, device: torch.device) -> tuple[DeviceData, Device
 
 def _configure_torch(cfg: RunConfig, device: torch.device) -> None:
     t = cfg.train
+    if device.type == "cpu":
+        # before any thread pool starts: new threads inherit the floating-point mode
+        torch.set_flush_denormal(t.flush_denormal)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     if device.type == "cuda":
@@ -302,7 +305,7 @@ def _train_locked(cfg, run_dir: Path, device, train_data, test_data, echo) -> Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(dump_yaml(cfg), run_dir / runs.CONFIG_FILE)
     log = runs.RunLog(run_dir, echo)
-    provenance = runs.training_provenance(device, cfg.train.amp)
+    provenance = runs.training_provenance(device, cfg.train.amp, cfg.train.flush_denormal)
 
     model = model_from_config(cfg.model, seed=cfg.seed).to(device)
     if device.type == "cuda" and cfg.train.channels_last:

@@ -228,3 +228,20 @@ def test_cli_results_seed_is_named_rf_seed(run_cli):
     assert code == 0 and "--rf-seed" in out and "--seed " not in out
     code, _, err = run_cli("results", "nowhere", "--out", "x.nc", "--seed", "1", "--rf-seed", "2")
     assert code == 2 and "only --rf-seed" in err
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_on_a_cpu_flushes_denormals_and_says_so(tmp_path, tiny_config, flush):
+    """Claim: a CPU run computes with denormal floats (below 1.2e-38) flushed to zero unless
+    train.flush_denormal is false (a denormal times one is then zero), and its history
+    records which; the setting is not part of the run's id."""
+    denormal = torch.tensor([1e-39], dtype=torch.float32)
+    cfg = tiny_config(epochs=1, extra=[f"train.flush_denormal={str(flush).lower()}"])
+    try:
+        run_dir = train(cfg, tmp_path, log=lambda m: None)
+        assert ((denormal * 1.0).item() == 0.0) == flush
+    finally:
+        torch.set_flush_denormal(False)
+    with xr.open_dataset(run_dir / "history.nc", engine="h5netcdf") as history:
+        assert history.attrs["flush_denormal"] == int(flush)
+    assert run_dir.name == run_id(tiny_config(epochs=1))
