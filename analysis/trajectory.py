@@ -87,7 +87,10 @@ def rf_trajectory(
     snapshots = runs.retina_snapshots(run_dir)
     if not snapshots:
         raise RunError(f"{run_dir} has no retina snapshots (train with train.retina_snapshots)")
-    wanted = sorted(snapshots) if epochs is None else list(epochs)
+    # a run in flight saves an epoch's snapshot just before its history row: map only the
+    # epochs the history (read when the run was opened) records, so each RF has its metrics
+    recorded = [e for e in sorted(snapshots) if e <= run.epochs]
+    wanted = recorded if epochs is None else list(epochs)
     missing = [e for e in wanted if e not in snapshots]
     if missing:
         raise RunError(

@@ -222,3 +222,17 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(tmp_p
     assert printed.count("not started") == 1  # listed once, under each run's last epoch
     code, _, err = run_cli("trajectory", raf.run_id, "--experiment", experiment, "--out", path)
     assert code == 2 and "not both" in err
+
+
+def test_a_snapshot_ahead_of_the_history_waits_for_its_epoch(snapshot_runs, tmp_path):
+    """A run in flight writes an epoch's snapshot just before its history row: the trajectory
+    maps only the epochs the history records, so every RF has its accuracy and diagnostics."""
+    import shutil
+
+    run_dir = tmp_path / snapshot_runs[0].name
+    shutil.copytree(snapshot_runs[0], run_dir)
+    snapshots = run_dir / "snapshots"
+    shutil.copy(snapshots / "epoch_002.pt", snapshots / "epoch_003.pt")  # epoch 3 under way
+    ds = rf_trajectory(run_dir, **RF_OPTIONS)
+    assert list(ds["epoch"].values) == [0, 1, 2]
+    assert ds["test_acc"].sel(epoch=[1, 2]).notnull().all()
