@@ -111,8 +111,7 @@ class RetinaNet(nn.Module):
     def _draw_parameters(self) -> None:
         """Kaiming-uniform W and b of every layer, its Q and P after them, in forward order;
         then the dRAF pathway's Q and P."""
-        for block in self.layers.values():
-            layer = block.conv if hasattr(block, "conv") else block.linear
+        for layer in self.weight_layers().values():
             layer.reset_parameters()
         if self.direct is not None:
             self.direct.reset_feedback_parameters()
@@ -123,8 +122,7 @@ class RetinaNet(nn.Module):
         Only the forward weights change; Q and P keep their Kaiming-uniform init
         (docs/design.md#learning-rules).
         """
-        for block in self.layers.values():
-            layer = block.conv if hasattr(block, "conv") else block.linear
+        for layer in self.weight_layers().values():
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
@@ -193,9 +191,13 @@ class RetinaNet(nn.Module):
                 )
         return total
 
+    def weight_layers(self) -> dict[str, nn.Module]:
+        """Layer name -> its conv or linear module (plain or feedback), in forward order."""
+        return {n: b.conv if hasattr(b, "conv") else b.linear for n, b in self.layers.items()}
+
     def feedback_layers(self) -> dict[str, nn.Module]:
         """Layer name -> its feedback module (RAF layers and the dRAF pathway)."""
-        out = {n: b.conv if hasattr(b, "conv") else b.linear for n, b in self.layers.items()}
+        out = self.weight_layers()
         out = {n: m for n, m in out.items() if isinstance(m, (RAFConv2d, RAFLinear))}
         if self.direct is not None:
             out[f"direct:{self.direct_source}->{self.direct_target}"] = self.direct

@@ -282,7 +282,10 @@ def finished_epochs(run_dir: str | Path) -> int:
 
 
 def _history_epochs(run_dir: Path) -> int:
-    history = load_history(run_dir)
+    return _epochs_of(load_history(run_dir))
+
+
+def _epochs_of(history) -> int:
     return 0 if history is None else int(history.sizes.get("epoch", 0))
 
 
@@ -304,6 +307,14 @@ def check_finished(run_dir: str | Path) -> RunConfig:
     that many runs can be validated before any costly work starts.
     """
     run_dir = Path(run_dir)
+    _check_done(run_dir)
+    cfg = load_config(run_dir)
+    load_history(run_dir)
+    return cfg
+
+
+def _check_done(run_dir: Path) -> None:
+    """The folder exists, has ``model.pt`` and ``DONE``: the checks that read no file."""
     if not run_dir.is_dir():
         raise RunError(f"no such run folder: {run_dir}")
     if not (run_dir / MODEL_FILE).is_file():
@@ -313,9 +324,6 @@ def check_finished(run_dir: str | Path) -> RunConfig:
             f"{run_dir} is not finished (no DONE): it is being trained or extended, or was "
             "interrupted; `retina-raf train` with its config finishes it"
         )
-    cfg = load_config(run_dir)
-    load_history(run_dir)
-    return cfg
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -660,20 +668,15 @@ def open_run(run_dir: str | Path, require_finished: bool = False) -> Run:
     """
     run_dir = Path(run_dir)
     if require_finished:
-        config = check_finished(run_dir)
+        _check_done(run_dir)
     elif not run_dir.is_dir():
         raise RunError(f"no such run folder: {run_dir}")
-    else:
-        config = load_config(run_dir)
+    config = load_config(run_dir)
     history = load_history(run_dir)
     finished = is_finished(run_dir)
     # an unfinished run's epochs from the history just read: one snapshot of a run in flight
     epochs = finished_epochs(run_dir) if finished else _epochs_of(history)
     return Run(run_dir, config, run_identity(config), history, finished, epochs)
-
-
-def _epochs_of(history) -> int:
-    return 0 if history is None else int(history.sizes.get("epoch", 0))
 
 
 # -------------------------------------------------------------------------------- lock

@@ -259,28 +259,44 @@ def _check_runs(part: ExperimentConfig, where_prefix: str) -> None:
         where = where_prefix + ("grid" if point else "overrides")
         for preset in part.presets:
             for rank in part.ranks:
-                try:
-                    if rank is not None:  # first the preset's own rule into the retina
-                        _check_rank_axis(part, preset, point, where_prefix)
-                    overrides = experiment_overrides(part, rank, point)
-                    resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
-                                       overrides, part.unconstrained_rule)  # fmt: skip
-                except ConfigError as exc:
-                    if str(exc).startswith(f"{where_prefix}ranks"):
-                        raise
-                    raise ConfigError(f"{where}: {exc}") from None
+                _check_run(part, preset, rank, point, where, where_prefix)
 
 
-def _check_rank_axis(part: ExperimentConfig, preset: str, point: dict, where_prefix: str) -> None:
-    """A ``ranks:`` value sets vvs_1's RAF rank: the preset must send RAF into the retina."""
-    overrides = experiment_overrides(part, None, point)
-    cfg = resolve_run_config(preset, part.seeds[0], overrides, part.unconstrained_rule)
-    retina_rule = layer_plan(cfg.model)["vvs_1"][0]
-    if retina_rule != "raf":
-        raise ConfigError(
-            f"{where_prefix}ranks: preset {preset!r} sends {retina_rule} into the "
-            "retina; a feedback rank needs RAF there (use a raf-r<k> preset)"
-        )
+def _check_run(part, preset: str, rank, point: dict, where: str, where_prefix: str) -> None:
+    """One run resolves. A ``ranks:`` value sets vvs_1's RAF rank, so the preset must send RAF
+    into the retina: that is said first, since a rank on a backprop layer fails to resolve."""
+    cfg, error = None, None
+    try:
+        cfg = resolve_run_config(preset_with_rank(preset, rank), part.seeds[0],
+                                 experiment_overrides(part, rank, point),
+                                 part.unconstrained_rule)  # fmt: skip
+    except ConfigError as exc:
+        error = exc
+    if rank is not None:
+        rule = _retina_rule(cfg) if cfg else _retina_rule_without_rank(part, preset, point)
+        if rule not in (None, "raf"):
+            raise ConfigError(
+                f"{where_prefix}ranks: preset {preset!r} sends {rule} into the retina; a "
+                "feedback rank needs RAF there (use a raf-r<k> preset)"
+            )
+    if error is not None:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _retina_rule(cfg) -> str:
+    """The rule of vvs_1's feedback: what the retina receives."""
+    return layer_plan(cfg.model)["vvs_1"][0]
+
+
+def _retina_rule_without_rank(part: ExperimentConfig, preset: str, point: dict) -> str | None:
+    """The preset's rule into the retina under the grid's settings (None: they do not resolve
+    either, and the run's own error says why)."""
+    try:
+        cfg = resolve_run_config(preset, part.seeds[0], experiment_overrides(part, None, point),
+                                 part.unconstrained_rule)  # fmt: skip
+    except ConfigError:
+        return None
+    return _retina_rule(cfg)
 
 
 def _check_axis(key, values, tp, low=None, high=None, allow_none=False) -> None:
