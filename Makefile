@@ -94,8 +94,9 @@ endif
 # last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
 # the runs that learn it (kp_decay.md), and the executed rf_trajectory report with montages at
 # the milestones (a report replaces its figures/ as a whole: no montage of an earlier epoch
-# stays). E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero image,
-# which is the mean image):
+# stays), and, with each run at its last epoch, the paper panels (`figures/`) and the executed
+# compare_ranks report. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero
+# image, which is the mean image):
 #   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros"
 MILESTONES ?= 0 10 30 60 120
 # the milestones as the notebook's YAML list, [0,10,...], spelled in make (no shell)
@@ -111,6 +112,9 @@ publish-trajectories: install
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \
 		-p montage_epochs "[$(subst $(SPACE),$(COMMA),$(strip $(MILESTONES)))]" --out $(PUBLISHED)
+	$(VENV)/bin/retina-raf figures $(PUBLISHED)/trajectories.nc --out $(PUBLISHED)/figures
+	$(VENV)/bin/retina-raf report notebooks/compare_ranks.ipynb \
+		-p results $(PUBLISHED)/trajectories.nc --out $(PUBLISHED)
 
 # Fig. 3a and the offline Fig. 3c for the MLP at CPU scale: the test accuracies of every
 # finished run, the table the README quotes, and the executed notebook with its panels.

@@ -293,6 +293,29 @@ def combine_methods(
     return parts[0] if len(parts) == 1 else stack_methods(parts)
 
 
+def rf_results_view(
+    ds: xr.Dataset, method: str | None = None, epoch: int | None = None
+) -> xr.Dataset:
+    """The single-method RF results that reports and panels read, from an opened file of
+    RF results (:func:`select_method`) or of trajectories (each run at ``epoch``, or at its
+    last where it has not reached it: :func:`analysis.trajectory.results_at_epoch`).
+
+    Raises:
+        DataError: a file of accuracies (no RFs), ``epoch`` given for RF results (which hold
+            one epoch per run), or no RFs by ``method``.
+    """
+    kind = ds.attrs.get("kind")  # one built in memory may have none: RF results
+    if kind == KIND_TRAJECTORIES:
+        from analysis.trajectory import results_at_epoch
+
+        return select_method(results_at_epoch(ds, epoch), method)
+    if kind == KIND_ACCURACY:
+        raise DataError("this file holds test accuracies, not RFs (`retina-raf findings` reads it)")
+    if epoch is not None:
+        raise DataError("an epoch applies to a trajectories file; RF results hold one per run")
+    return select_method(ds, method)
+
+
 def select_method(ds: xr.Dataset, method: str | None = None) -> xr.Dataset:
     """The single-method view of a results dataset: ``method`` of a :func:`stack_methods`
     file (None: its first), with that method's attributes; a single-method file is returned
@@ -476,8 +499,13 @@ def load_results(
     require: Sequence[str] = (),
     history: Sequence[str] | str = (),
     method: str | None = None,
+    epoch: int | None = None,
 ) -> xr.Dataset:
     """Open a results file into memory and check it has what a notebook asks for.
+
+    A trajectories file (``retina-raf trajectory``) is read as the RF results at ``epoch``
+    (None: each run's last; :func:`rf_results_view`), so that the reports can follow
+    runs still training.
 
     Args:
         path: the results NetCDF file.
@@ -489,6 +517,8 @@ def load_results(
             (``train_loss``, ``test_acc``, ...); one name or a list.
         method: the RF method, for a file that holds several (:func:`select_method`; None:
             the first).
+        epoch: for a trajectories file, the epoch of the RFs (a run that has not reached
+            it: its last; None: each run's last).
 
     Raises:
         DataError: a missing or unreadable file, an empty one, an unknown metric or a
@@ -505,7 +535,7 @@ def load_results(
     names = names_of(metrics, "metrics")
     history_names = names_of(history, "history variables")
     with open_results(path) as opened:
-        ds = select_method(opened.load(), method)
+        ds = rf_results_view(opened.load(), method, epoch)
     if ds.sizes["run"] == 0:
         raise DataError(f"{path} holds no runs")
     per_unit = [

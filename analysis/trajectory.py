@@ -313,6 +313,68 @@ def missing_runs(trajectories: xr.Dataset) -> list[tuple[str, str, int | None]]:
     return [(run_id, *parse_run_id(run_id)) for run_id in ids]
 
 
+def epochs_shown(trajectories: xr.Dataset, epoch: int | None = None) -> np.ndarray:
+    """Per run, the epoch at which the findings tables and :func:`results_at_epoch` show it:
+    ``epoch`` where the run has RFs at that epoch, else (None, or an epoch it has not
+    reached) its last epoch with RFs. Shape (run,), int.
+
+    Raises:
+        DataError: a run without RFs at any epoch.
+    """
+    mapped = np.isfinite(trajectories["rf"]).any(("y", "x")).any("channel")
+    mapped = mapped.transpose("run", "epoch").values
+    epochs = np.asarray(trajectories["epoch"].values)
+    shown = []
+    for run, row in enumerate(mapped):
+        if not row.any():
+            raise DataError(f"run {trajectories['run_id'].values[run]} has no RFs at any epoch")
+        reached = epochs[row]
+        shown.append(int(epoch if epoch is not None and epoch in reached else reached.max()))
+    return np.asarray(shown, dtype=int)
+
+
+def results_at_epoch(trajectories: xr.Dataset, epoch: int | None = None) -> xr.Dataset:
+    """A trajectories dataset as RF results at one epoch, for what reads RF results (the
+    ``compare_ranks`` report, ``retina-raf figures``) while the runs are still training.
+
+    Each run is taken at :func:`epochs_shown` (``epoch``, or its last where it has not
+    reached it, as the findings tables do), which the coordinate ``rf_epoch`` (run) records.
+
+    Args:
+        trajectories: :func:`combine_trajectories` (or its file, opened by
+            :func:`analysis.results.open_results`): dims run, epoch, channel, y, x.
+        epoch: the epoch to show (None: each run's last).
+
+    Returns:
+        A results dataset (kind ``rf_results``, :mod:`analysis.results`): the RFs and
+        per-unit metrics over (run, channel[, y, x]) at each run's ``rf_epoch``; the history
+        and feedback diagnostics over (run, epoch[, layer]) for epochs 1 to ``rf_epoch``
+        (NaN after it: what the run had done when its RFs were taken); attribute
+        ``trajectory_epoch`` (the epoch asked for, or "last").
+    """
+    from analysis.provenance import KIND_RF_RESULTS
+    from analysis.results import index_run_coords
+
+    shown = xr.DataArray(epochs_shown(trajectories, epoch), dims="run")
+
+    def per_unit(var: xr.DataArray) -> bool:  # RFs and metrics, not history or diagnostics
+        return {"epoch", "channel"} <= set(var.dims)
+
+    unit_coords = [n for n, c in trajectories.coords.items() if per_unit(c)]  # n_active_starts
+    ds = trajectories.reset_coords(unit_coords)
+    units = [name for name, var in ds.data_vars.items() if per_unit(var)]
+    history = [name for name, var in ds.data_vars.items()
+               if "epoch" in var.dims and name not in units]  # fmt: skip
+    at = ds[units].sel(epoch=shown).drop_vars("epoch")
+    done = ds[history].where(ds["epoch"] <= shown).sel(epoch=slice(1, int(shown.max())))
+    rest = ds.drop_vars(units + history).drop_dims("epoch", errors="ignore")
+    out = xr.merge([rest, at, done], combine_attrs="override").set_coords(unit_coords)
+    out = out.assign_coords(rf_epoch=shown.assign_attrs(long_name="epoch of the RFs", units="1"))
+    out.attrs = {**trajectories.attrs, "kind": KIND_RF_RESULTS,
+                 "trajectory_epoch": "last" if epoch is None else int(epoch)}  # fmt: skip
+    return index_run_coords(out)
+
+
 def findings_table(
     trajectories: xr.Dataset, epoch: int | None = None, not_started: bool = True
 ) -> str:
@@ -337,10 +399,11 @@ def findings_table(
                 "error_variance_captured": "P's share of top-r variance"}[m]
                for m in alignment]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    shown = epochs_shown(trajectories, epoch)
     for run in range(trajectories.sizes["run"]):
         row = summary.isel(run=run)
         reached = row["epoch"].values[row["n_mapped"].values > 0]
-        at = int(reached.max() if epoch is None or epoch not in reached else epoch)
+        at = int(shown[run])
         row = row.sel(epoch=at)
         channels = int(trajectories["present"].isel(run=run).sum())
         acc = float(row["test_acc"]) if "test_acc" in row else float("nan")

@@ -106,8 +106,16 @@ def report(
     help="File format(s) to write; repeat the option for several.",
 )
 @method_option("RF method, for a results file that holds several [default: its first].")
-def figures_command(results: str, out: str, dpi: int, formats: tuple, method) -> None:
-    """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file.
+@click.option(
+    "--epoch",
+    type=click.IntRange(0),
+    default=None,
+    help="Trajectories: the epoch of the RFs (a run that has not reached it: its last) "
+    "[default: each run's last].",
+)
+def figures_command(results: str, out: str, dpi: int, formats: tuple, method, epoch) -> None:
+    """Export the paper's figure panels (PDF, SVG, PNG) from a RESULTS NetCDF file, or from
+    a trajectories file (`retina-raf trajectory`) at one epoch.
 
     Their one writer: the compare_ranks, rf_atlas and training reports show these panels
     and export only their own."""
@@ -117,7 +125,9 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method) ->
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PanelSkipped)
-        written = export_paper_panels(results, out, dpi=dpi, formats=formats, method=method)
+        written = export_paper_panels(
+            results, out, dpi=dpi, formats=formats, method=method, epoch=epoch
+        )
     for warning in caught:
         if issubclass(warning.category, PanelSkipped):
             click.echo(f"note: {warning.message}", err=True)

@@ -8,6 +8,7 @@ results-style file that the ``rf_trajectory`` notebook renders.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,14 +163,13 @@ def test_trajectory_maps_each_snapshot_once(snapshot_runs, monkeypatch):
     assert again["rf"].equals(first["rf"]) and again["rf_class"].equals(first["rf_class"])
 
 
-def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(tmp_path, run_cli):
-    """experiment_trajectories takes the finished and the running runs of an experiment (a
-    run in flight at the epochs it reached) and lists those not started; the findings table
-    says which is which, and gives the alignment of the feedback into the retina for the RAF
-    run (per epoch, from its history) and none for backprop."""
-    from analysis.trajectory import experiment_trajectories, findings_table
+@pytest.fixture(scope="module")
+def inflight(tmp_path_factory):
+    """An experiment of three runs: raf-r2 finished (2 epochs), bp stopped after its first of
+    two epochs (no DONE, snapshots 0 and 1), bp-bottleneck-1 not started."""
     from retina_raf.sweep import expand, load_experiment, run_dir
 
+    tmp_path = tmp_path_factory.mktemp("inflight")
     experiment = tmp_path / "exp.yaml"
     experiment.write_text(
         "name: inflight\npresets: [raf-r2, bp, bp-bottleneck-1]\nunconstrained_rule: bp\n"
@@ -182,12 +182,23 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(tmp_p
     out = tmp_path / "runs"
     raf, bp, not_started = expand(load_experiment(experiment))
     train(raf.config(), out, name=raf.run_id, log=lambda m: None)
-    # bp stopped after its first of two epochs: no DONE, snapshots 0 and 1
     cfg = bp.config()
     cfg.train.epochs = 1
     train(cfg, out, name=bp.run_id, log=lambda m: None)
     runs.mark_unfinished(run_dir(out, bp))
+    return experiment, out, (raf, bp, not_started)
 
+
+def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(
+    inflight, tmp_path, run_cli
+):
+    """experiment_trajectories takes the finished and the running runs of an experiment (a
+    run in flight at the epochs it reached) and lists those not started; the findings table
+    says which is which, and gives the alignment of the feedback into the retina for the RAF
+    run (per epoch, from its history) and none for backprop."""
+    from analysis.trajectory import experiment_trajectories, findings_table
+
+    experiment, out, (raf, bp, not_started) = inflight
     ds = experiment_trajectories(experiment, out, **RF_OPTIONS)
     assert list(ds["run_id"].values) == [raf.run_id, bp.run_id]
     assert list(ds["finished"].values) == [True, False]
@@ -236,3 +247,43 @@ def test_a_snapshot_ahead_of_the_history_waits_for_its_epoch(snapshot_runs, tmp_
     ds = rf_trajectory(run_dir, **RF_OPTIONS)
     assert list(ds["epoch"].values) == [0, 1, 2]
     assert ds["test_acc"].sel(epoch=[1, 2]).notnull().all()
+
+
+def test_reports_and_panels_read_a_trajectory_at_an_epoch(inflight, tmp_path, run_cli):
+    """What reads RF results (load_results, the compare_ranks report, `retina-raf figures`)
+    reads a trajectories file as the RF results at one epoch: each run at that epoch, or at
+    its last where it has not reached it (as the findings tables), with the history up to it."""
+    from analysis.report import run_report
+    from analysis.results import load_results, open_results, write_results
+    from analysis.trajectory import experiment_trajectories
+
+    experiment, out, _ = inflight
+    trajectories = experiment_trajectories(experiment, out, **RF_OPTIONS)
+    path = write_results(trajectories, tmp_path / "trajectories.nc")
+    with open_results(path) as opened:  # RFs are stored rounded: compare with what is stored
+        trajectories = opened.load()
+
+    last = load_results(path, metrics=["symmetry", "fraction_center_surround"])
+    assert last.attrs["kind"] == "rf_results" and last["symmetry"].dims == ("run", "channel")
+    assert last["rf_epoch"].values.tolist() == [2, 1]  # raf-r2 finished, bp at its first epoch
+    for run, epoch in enumerate([2, 1]):
+        expected = trajectories["symmetry"].isel(run=run).sel(epoch=epoch)
+        assert np.array_equal(last["symmetry"].isel(run=run), expected, equal_nan=True)
+        assert np.array_equal(last["rf"].isel(run=run), trajectories["rf"].isel(run=run)
+                              .sel(epoch=epoch), equal_nan=True)  # fmt: skip
+    assert last["test_acc"].sel(epoch=2).isnull().values.tolist() == [False, True]
+
+    first = load_results(path, metrics=["osi"], epoch=1)
+    assert first["rf_epoch"].values.tolist() == [1, 1]
+    assert first["test_acc"].sel(epoch=1).notnull().all() and first.sizes["epoch"] == 1
+    assert load_results(path, epoch=9)["rf_epoch"].values.tolist() == [2, 1]  # not reached
+    with pytest.raises(DataError, match="trajectories file"):
+        load_results(write_results(last, tmp_path / "results.nc"), epoch=1)
+
+    code, printed, err = run_cli("figures", path, "--epoch", "1", "--out", tmp_path / "figures",
+                                 "--format", "png", "--dpi", "60")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "figures" / "symmetry_vs_rank.png").is_file()
+    html = run_report("notebooks/compare_ranks.ipynb", {"results": str(path)},
+                      out_dir=tmp_path / "reports")  # fmt: skip
+    assert "per run: raf-r2 s0: 2, bp s0: 1" in html.read_text()

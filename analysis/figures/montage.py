@@ -316,8 +316,9 @@ def plot_run_rfs(results: xr.Dataset, run: int, max_rfs: int | None = None, **mo
         results: results dataset (``rf``; ``rf_class`` and ``present`` where available).
         run: position of the run along ``run``.
         max_rfs: show at most this many RFs (the first channels); None: all.
-        montage_kw: passed to :func:`plot_rf_montage` (default title: "preset, seed s";
-            default crop: :func:`run_support`).
+        montage_kw: passed to :func:`plot_rf_montage` (default title: "preset, seed s",
+            with ", epoch e" for RFs taken from a trajectory; default crop:
+            :func:`run_support`).
 
     The padding channels of a bottleneck run are left out. Returns the figure.
     """
@@ -335,7 +336,10 @@ def plot_run_rfs(results: xr.Dataset, run: int, max_rfs: int | None = None, **mo
         raise DataError(f"run {run} ({preset}) has no finite RF")
     channels = np.flatnonzero(real)[:max_rfs]
     classes = selected["rf_class"].values[channels] if "rf_class" in results else None
-    montage_kw.setdefault("title", f"{preset}, seed {seed}")
+    title = f"{preset}, seed {seed}"
+    if "rf_epoch" in selected.coords:  # RFs of a run still training: say when
+        title += f", epoch {int(selected['rf_epoch'])}"
+    montage_kw.setdefault("title", title)
     montage_kw.setdefault("support", run_support(results, run))
     rfs = rfs.isel(channel=channels).reset_coords(drop=True)
     return plot_rf_montage(rfs, classes=classes, **montage_kw)

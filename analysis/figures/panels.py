@@ -530,6 +530,7 @@ def export_paper_panels(
     dpi: int = 300,
     formats: Sequence[str] = PANEL_FORMATS,
     method: str | None = None,
+    epoch: int | None = None,
 ) -> list[Path]:
     """Export every paper panel the results provide (PDF, SVG, PNG each) into ``out_dir``.
 
@@ -537,19 +538,21 @@ def export_paper_panels(
     for symmetry, OSI and orientedness and, with bottleneck runs, ``<metric>_vs_nbn``,
     ``fraction_center_surround``, ``learning_curves`` and ``alignment``. A panel whose data
     the file lacks (e.g. no BP runs) is skipped with a :class:`PanelSkipped` warning.
-    ``method``: the RF method of a file that holds several (None: its first).
+    ``method``: the RF method of a file that holds several (None: its first). A
+    trajectories file is drawn at ``epoch`` (each run at its last where it has not reached
+    it; None: each run's last; :func:`analysis.results.rf_results_view`).
     Returns the written files.
     """
     unknown = [fmt for fmt in formats if fmt not in PANEL_FORMATS]
     if unknown:  # checked before drawing anything
         raise ConfigError(f"unknown panel format(s) {unknown}; choose from {PANEL_FORMATS}")
-    from analysis.results import open_results, select_method
+    from analysis.results import open_results, rf_results_view
 
     if isinstance(results_path, xr.Dataset):
-        results = select_method(results_path, method)
+        results = rf_results_view(results_path, method, epoch)
     else:
         with open_results(results_path) as opened:
-            results = select_method(opened.load(), method)
+            results = rf_results_view(opened.load(), method, epoch)
     written = []
     for name, draw in paper_panels(results):
         try:
