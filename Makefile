@@ -97,8 +97,13 @@ endif
 # stays), and, with each run at its last epoch, the paper panels (`figures/`) and the executed
 # compare_ranks report. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero
 # image, which is the mean image):
-#   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros"
+#   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros" \
+#       PLATEAU=reports/cpu_fig4/results.nc
 MILESTONES ?= 0 10 30 60 120
+# PLATEAU=RESULTS.nc adds whether each run's metrics have flattened over its last
+# PLATEAU_WINDOW epochs, against the seed spread of its condition in RESULTS.nc
+PLATEAU ?=
+PLATEAU_WINDOW ?= 20
 # the milestones as the notebook's YAML list, [0,10,...], spelled in make (no shell)
 COMMA := ,
 SPACE := $(subst ,, )
@@ -106,7 +111,7 @@ publish-trajectories: install
 	$(VENV)/bin/retina-raf trajectory --experiment experiments/$(EXPERIMENT).yaml \
 		--runs-dir $(RUNS) --method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/trajectories.nc $(MILESTONES:%=--epoch %) \
-		--out $(PUBLISHED)/findings.md
+		$(if $(PLATEAU),--plateau $(PLATEAU) --window $(PLATEAU_WINDOW)) --out $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \
 		--out $(PUBLISHED)/kp_decay.md
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \

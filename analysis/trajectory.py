@@ -444,6 +444,78 @@ def milestone_tables(trajectories: xr.Dataset, epochs: Sequence[int]) -> str:
     return "\n".join(parts)
 
 
+PLATEAU_METRICS = ("symmetry", "osi", "fraction_center_surround")
+
+
+def plateau_table(
+    trajectories: xr.Dataset,
+    reference: xr.Dataset,
+    window: int = 20,
+    metrics: Sequence[str] = PLATEAU_METRICS,
+) -> str:
+    """Whether each run's RF metrics have stopped moving: a Markdown table.
+
+    A run has flattened when every metric moved (max - min of its per-epoch value over
+    responsive units, :func:`trajectory_summary`) over the run's last ``window`` epochs by
+    less than the spread between seeds (s.d., ddof 1) of the same condition in
+    ``reference``, RF results of more seeds (e.g. a shorter experiment's): then training on
+    would not change the metric by more than a different seed does. A run with fewer than
+    ``window`` epochs, or whose condition ``reference`` lacks (or has with one seed), is not
+    judged ("–").
+
+    Args:
+        trajectories: :func:`combine_trajectories` (runs finished or still training).
+        reference: single-method RF results (:func:`analysis.results.load_results`).
+        window: epochs over which the movement is measured (>= 2).
+        metrics: per-unit metrics of both files, or ``fraction_center_surround``.
+
+    Returns:
+        One row per run: condition, seed, the epochs of the window, per metric "moved / s.d."
+        and a verdict (flat, moving, or –).
+    """
+    from analysis.per_run import per_run_metric
+
+    if int(window) < 2:
+        raise DataError(f"the plateau window must be at least 2 epochs, not {window}")
+    unknown = [m for m in metrics if m not in PLATEAU_METRICS]
+    if unknown:
+        raise DataError(f"no plateau metric {unknown}; choose from {', '.join(PLATEAU_METRICS)}")
+    summary = trajectory_summary(trajectories)
+    presets = np.asarray(reference["preset"].values).astype(str)
+    spread = {}
+    for metric in metrics:
+        values = per_run_metric(reference, metric).values
+        for preset in set(presets):
+            seeds = values[(presets == preset) & np.isfinite(values)]
+            spread[preset, metric] = float(np.std(seeds, ddof=1)) if seeds.size > 1 else np.nan
+    names = {"symmetry": "symmetry", "osi": "OSI", "fraction_center_surround": "center-surround"}
+    header = ["condition", "seed", "epochs", *(f"{names[m]}: moved / s.d." for m in metrics),
+              "verdict"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    last_epochs = epochs_shown(trajectories)
+    for run in range(trajectories.sizes["run"]):
+        preset = str(trajectories["preset"].values[run])
+        last = int(last_epochs[run])
+        cells = [preset, str(int(trajectories["seed"].values[run]))]
+        if last < window:
+            lines.append("| " + " | ".join(cells + [f"{last} (< {window})"]
+                                           + ["–"] * (len(metrics) + 1)) + " |")  # fmt: skip
+            continue
+        cells.append(f"{last - window + 1}-{last}")
+        flat = []
+        for metric in metrics:
+            values = summary[metric].isel(run=run).sel(epoch=slice(last - window + 1, last))
+            moved = float(values.max() - values.min())
+            sd = spread.get((preset, metric), np.nan)
+            cells.append(f"{moved:.3f} / {sd:.3f}" if np.isfinite(sd) else f"{moved:.3f} / –")
+            flat.append(np.isfinite(sd) and (moved < sd or moved == 0) if np.isfinite(moved)
+                        else False)  # fmt: skip
+        judged = all(np.isfinite(spread.get((preset, m), np.nan)) for m in metrics)
+        cells.append(("flat" if all(flat) else "moving") if judged else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_trajectories(
     summaries: dict[str, xr.Dataset],
     metrics: Sequence[str] | None = None,

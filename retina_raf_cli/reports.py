@@ -150,19 +150,45 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method, ep
     help="Trajectories: the epoch of the table (default each run's last); repeated, a table "
     "per epoch that some run has reached, each under a heading.",
 )
+@click.option(
+    "--plateau",
+    "plateau",
+    metavar="REFERENCE.nc",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Trajectories: add whether each run's RF metrics have flattened, against the seed "
+    "spread of its condition in these RF results (e.g. a shorter experiment's).",
+)
+@click.option(
+    "--window",
+    default=20,
+    show_default=True,
+    type=click.IntRange(2),
+    help="With --plateau: the last epochs over which a metric's movement is measured.",
+)
 @method_option("Results: the RF method of a file that holds several [default: its first].")
 @markdown_out_option("the tables")
-def findings_cmd(results, epochs, method, out):
+def findings_cmd(results, epochs, plateau, window, method, out):
     """Print the Markdown findings the README quotes: for a results file (`retina-raf
     results`), per condition the mean and s.d. over seeds and the tests between ranks and
     bottlenecks; for a trajectories file (`retina-raf trajectory`), the RFs at one epoch
-    of every run; for the test accuracies of a Fig. 3 experiment (`sweep --collect`),
-    accuracy at rank r = d against backprop's per task and constrained layer."""
-    from analysis.results import open_results
+    of every run (and, with --plateau, whether they have stopped moving); for the test
+    accuracies of a Fig. 3 experiment (`sweep --collect`), accuracy at rank r = d against
+    backprop's per task and constrained layer."""
+    from analysis.results import KIND_TRAJECTORIES, load_results, open_results, results_kind
 
     with open_results(results) as ds:
         ds = ds.load()
-    emit(_findings_markdown(ds, epochs, method), out)
+    text = _findings_markdown(ds, epochs, method)
+    if plateau is not None:
+        if results_kind(ds) != KIND_TRAJECTORIES:
+            raise click.UsageError("--plateau applies to a trajectories file")
+        from analysis.trajectory import plateau_table
+
+        reference = load_results(plateau, method=method)
+        text += (f"\n\nFlat over the last {window} epochs (against the seed spread in "
+                 f"{plateau}):\n\n{plateau_table(ds, reference, window)}")  # fmt: skip
+    emit(text, out)
 
 
 def _findings_markdown(ds, epochs: tuple, method: str | None) -> str:

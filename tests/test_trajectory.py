@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from analysis.rf import extract_rfs
 from analysis.trajectory import combine_trajectories, rf_trajectory, trajectory_summary
@@ -277,8 +278,15 @@ def test_reports_and_panels_read_a_trajectory_at_an_epoch(inflight, tmp_path, ru
     assert first["rf_epoch"].values.tolist() == [1, 1]
     assert first["test_acc"].sel(epoch=1).notnull().all() and first.sizes["epoch"] == 1
     assert load_results(path, epoch=9)["rf_epoch"].values.tolist() == [2, 1]  # not reached
+    results = write_results(last, tmp_path / "results.nc")
     with pytest.raises(DataError, match="trajectories file"):
-        load_results(write_results(last, tmp_path / "results.nc"), epoch=1)
+        load_results(results, epoch=1)
+    code, printed, err = run_cli("findings", path, "--plateau", results, "--window", "2")
+    assert code == 0, err
+    assert "Flat over the last 2 epochs" in printed and "| raf-r2 | 0 | 1-2 |" in printed
+    assert "| bp | 0 | 1 (< 2) |" in printed
+    code, _, err = run_cli("findings", results, "--plateau", results)
+    assert code == 2 and "trajectories" in err
 
     code, printed, err = run_cli("figures", path, "--epoch", "1", "--out", tmp_path / "figures",
                                  "--format", "png", "--dpi", "60")  # fmt: skip
@@ -287,3 +295,48 @@ def test_reports_and_panels_read_a_trajectory_at_an_epoch(inflight, tmp_path, ru
     html = run_report("notebooks/compare_ranks.ipynb", {"results": str(path)},
                       out_dir=tmp_path / "reports")  # fmt: skip
     assert "per run: raf-r2 s0: 2, bp s0: 1" in html.read_text()
+
+
+def _summary_inputs(symmetry: np.ndarray, presets: list[str]) -> xr.Dataset:
+    """A trajectories dataset with given per-(run, epoch) symmetry, the same on each of 3
+    responsive center-surround units, OSI 0.1 throughout."""
+    n_runs, n_epochs = symmetry.shape
+    shape = (n_runs, n_epochs, 3)
+    return xr.Dataset(
+        {
+            "symmetry": (("run", "epoch", "channel"), np.repeat(symmetry[..., None], 3, -1)),
+            "osi": (("run", "epoch", "channel"), np.full(shape, 0.1)),
+            "rf_class": (("run", "epoch", "channel"), np.full(shape, "center-surround")),
+            "rf": (("run", "epoch", "channel", "y", "x"), np.ones((*shape, 2, 2))),
+            "present": (("run", "channel"), np.ones((n_runs, 3), bool)),
+        },
+        coords={"epoch": np.arange(n_epochs), "preset": ("run", presets),
+                "seed": ("run", [0] * n_runs), "run_id": ("run", [f"{p}-s0" for p in presets])},
+    )  # fmt: skip
+
+
+def test_a_run_is_flat_when_no_metric_moves_more_than_a_different_seed_would():
+    """plateau_table: over the last `window` epochs, each metric's range against the s.d.
+    over seeds of the same condition in the reference; flat only if every metric moved less;
+    a run shorter than the window, or a condition the reference lacks, is not judged."""
+    from analysis.trajectory import plateau_table
+
+    epochs = np.arange(8)
+    settled = 0.3 + 0.001 * (epochs >= 5)  # moves 0.001 over the last 4 epochs
+    rising = 0.05 * epochs  # moves 0.15 over them
+    trajectories = _summary_inputs(np.stack([settled, rising, settled]), ["raf-r2", "bp", "raf-r4"])
+    reference = xr.Dataset(  # three seeds each of raf-r2 and bp: symmetry s.d. 0.05
+        {"symmetry": (("run", "channel"), np.repeat([[0.25], [0.3], [0.35]] * 2, 2, axis=1)),
+         "osi": (("run", "channel"), np.repeat([[0.1], [0.2], [0.3]] * 2, 2, axis=1)),
+         "rf_class": (("run", "channel"), np.full((6, 2), "oriented"))},
+        coords={"preset": ("run", ["raf-r2"] * 3 + ["bp"] * 3)},
+    )  # fmt: skip
+    rows = plateau_table(trajectories, reference, window=4, metrics=["symmetry", "osi"])
+    rows = rows.splitlines()[2:]
+    assert rows[0] == "| raf-r2 | 0 | 4-7 | 0.001 / 0.050 | 0.000 / 0.100 | flat |"
+    assert rows[1] == "| bp | 0 | 4-7 | 0.150 / 0.050 | 0.000 / 0.100 | moving |"
+    assert rows[2].endswith("| 0.001 / \u2013 | 0.000 / \u2013 | \u2013 |")  # no raf-r4 seeds
+    short = plateau_table(trajectories, reference, window=9, metrics=["symmetry"])
+    assert "| raf-r2 | 0 | 7 (< 9) |" in short and "flat" not in short
+    with pytest.raises(DataError, match="at least 2"):
+        plateau_table(trajectories, reference, window=1)
