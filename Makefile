@@ -92,7 +92,8 @@ endif
 # started run at each of its retina snapshots (trajectories.nc, with accuracy and the feedback
 # alignment per epoch; the runs not started are listed in it), the findings table at each run's
 # last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
-# the runs that learn it (kp_decay.md), and the executed rf_trajectory report with montages at
+# the runs that learn it (kp_decay.md), which of the error's leading directions each run's P
+# spans now (error_subspace.md), and the executed rf_trajectory report with montages at
 # the milestones (a report replaces its figures/ as a whole: no montage of an earlier epoch
 # stays), and, with each run at its last epoch, the paper panels (`figures/`) and the executed
 # compare_ranks report. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero
@@ -114,6 +115,8 @@ publish-trajectories: install
 		$(if $(PLATEAU),--plateau $(PLATEAU) --window $(PLATEAU_WINDOW)) --out $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \
 		--out $(PUBLISHED)/kp_decay.md
+	$(VENV)/bin/retina-raf error-subspace --experiment experiments/$(EXPERIMENT).yaml \
+		--runs-dir $(RUNS) --eigenvectors 4 --out $(PUBLISHED)/error_subspace.md
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \
 		-p montage_epochs "[$(subst $(SPACE),$(COMMA),$(strip $(MILESTONES)))]" --out $(PUBLISHED)

@@ -1,4 +1,5 @@
-"""Can weight decay align Kolen-Pollack's feedback within a run? The rate, from a checkpoint.
+"""Can weight decay align Kolen-Pollack's feedback within a run? The rate, from a checkpoint;
+and where Oja's P sits among the error's principal directions.
 
 Kolen-Pollack (KP) learns the feedback Q of a RAF layer with the same local gradient that W
 gets, projected by P: for a convolution ``Q.grad = einsum('rm,mnyx->rnyx', P, W.grad)``
@@ -21,6 +22,8 @@ epochs' worth to any length: a bound that no amount of training raises.
 :func:`weight_decay_alignment` reads a run's checkpoint (weights, optimizer state, scheduler)
 and returns those numbers for one RAF layer, at the median ``sqrt(v)`` of its Q;
 :func:`experiment_runs_with_learned_feedback` finds the runs of an experiment it applies to.
+:func:`error_subspace` reads the same checkpoint for the other half of RAF's feedback B = Q P:
+which of the error covariance's eigenvectors P's rows span.
 """
 
 from __future__ import annotations
@@ -56,22 +59,13 @@ def weight_decay_alignment(run_dir: str | Path, layer: str = "vvs_1") -> dict:
         RunError: no checkpoint, or an optimizer other than RMSprop.
         DataError: ``layer`` is not a RAF layer with a learned Q.
     """
-    from retina_raf import runs
     from retina_raf.feedback.diagnostics import alignment_angle
-    from retina_raf.models import model_from_config
 
     run_dir = Path(run_dir)
-    cfg = runs.load_config(run_dir)
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        raise RunError(f"{run_dir} has no checkpoint.pt yet")
+    cfg, state, model, module = _checkpoint_layer(run_dir, layer)
     if cfg.train.optimizer != "rmsprop":
         raise RunError(f"{run_dir} trained with {cfg.train.optimizer}, not RMSprop")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = model_from_config(cfg.model)
-    model.load_state_dict(state["model"])
-    module = dict(model.named_modules()).get(f"layers.{layer}.conv")
-    if module is None or not hasattr(module, "q") or not getattr(module, "train_q", False):
+    if not hasattr(module, "q") or not getattr(module, "train_q", False):
         raise DataError(f"{layer} of {run_dir.name} is not a RAF layer with a learned Q")
     # the optimizer's state is indexed by the position in its parameter list (make_optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -106,15 +100,95 @@ def weight_decay_alignment(run_dir: str | Path, layer: str = "vvs_1") -> dict:
     }
 
 
+def _checkpoint_layer(run_dir: Path, layer: str):
+    """(config, checkpoint state, model with its weights, the feedback convolution of
+    ``layer``) of a run folder's ``checkpoint.pt`` (finished or in flight).
+
+    Raises:
+        RunError: no checkpoint; DataError: ``layer`` is not a convolution of the model.
+    """
+    from retina_raf import runs
+    from retina_raf.models import model_from_config
+
+    cfg = runs.load_config(run_dir)
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no checkpoint.pt yet")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = model_from_config(cfg.model)
+    model.load_state_dict(state["model"])
+    module = dict(model.named_modules()).get(f"layers.{layer}.conv")
+    if module is None:
+        raise DataError(f"{run_dir.name} has no convolution {layer}")
+    return cfg, state, model, module
+
+
+def error_subspace(run_dir: str | Path, layer: str = "vvs_1", n_eigen: int | None = None) -> dict:
+    """Which of the error's principal directions P's rows span, at a run's checkpoint.
+
+    RAF sends the error through P (r, m); Oja's rule drives P's rows to the span of the r
+    leading eigenvectors of the error's channel covariance C (m, m), the layer's moving
+    average. The share of the top-r variance that P captures (the history's
+    ``error_variance_captured``) says how far it is; this says where it is: for each leading
+    eigenvector v_i of C, its overlap with P's row space, ``|Pi v_i|^2`` (Pi the orthogonal
+    projector onto the rows): 1 for a direction P spans, 0 for one it misses. The overlaps of
+    all m eigenvectors sum to r.
+
+    Args:
+        run_dir: a run folder with a ``checkpoint.pt`` (finished or in flight).
+        layer: a feedback convolution that keeps its error covariance
+            (``track_error_covariance``, RAF's default).
+        n_eigen: how many leading eigenvectors (default r + 2, at most m).
+
+    Returns:
+        ``epoch`` (epochs done), ``rank`` r, ``channels`` m, ``eigenvalue_share`` (the
+        leading eigenvalues of C over its trace, largest first), ``overlap`` (each one's
+        overlap with P's rows), ``variance_captured`` (the share of the top-r variance P
+        captures): plain floats and lists.
+
+    Raises:
+        RunError: no checkpoint; DataError: ``layer`` keeps no error covariance.
+    """
+    from retina_raf.feedback.diagnostics import variance_captured
+
+    run_dir = Path(run_dir)
+    _, state, _, module = _checkpoint_layer(run_dir, layer)
+    if not getattr(module, "track_error_covariance", False) or not hasattr(module, "p"):
+        raise DataError(f"{layer} of {run_dir.name} has no P or keeps no error covariance")
+    p = module.p.detach().double()
+    covariance = module.error_covariance.detach().double()
+    rank, channels = p.shape
+    n_eigen = min(rank + 2 if n_eigen is None else int(n_eigen), channels)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+    rows, _ = torch.linalg.qr(p.t())  # (m, r): orthonormal basis of P's row space
+    overlap = (rows.t() @ eigenvectors[:, :n_eigen]).square().sum(0)
+    return {
+        "epoch": float(len(state["history"])),
+        "rank": rank,
+        "channels": channels,
+        "eigenvalue_share": (eigenvalues[:n_eigen] / eigenvalues.sum()).tolist(),
+        "overlap": overlap.tolist(),
+        "variance_captured": variance_captured(p, covariance),
+    }
+
+
 LEARNED_Q_RULES = ("raf", "raf_pca", "kp")  # rules whose Q Kolen-Pollack learns
 
 
+ERROR_SUBSPACE_RULES = ("raf", "raf_pca", "raf_aligned")  # rules with a P from the error
+
+
 def experiment_runs_with_learned_feedback(
-    experiment: str | Path, runs_dir: str | Path, layer: str = "vvs_1"
+    experiment: str | Path,
+    runs_dir: str | Path,
+    layer: str = "vvs_1",
+    rules: tuple[str, ...] = LEARNED_Q_RULES,
 ) -> list[Path]:
-    """Run folders of an experiment whose ``layer`` learns its Q by Kolen-Pollack (by the
-    run's config, before any checkpoint is read) and that have a checkpoint, in the
-    experiment's order."""
+    """Run folders of an experiment whose ``layer`` learns by one of ``rules`` (default: Q
+    by Kolen-Pollack; :data:`ERROR_SUBSPACE_RULES`: a P from the error), by the run's
+    config before any checkpoint is read, and that have a checkpoint, in the experiment's
+    order."""
     from retina_raf.sweep import expand, load_experiment, run_dir
 
     found = []
@@ -122,6 +196,6 @@ def experiment_runs_with_learned_feedback(
         model = run.config().model
         folder = run_dir(Path(runs_dir), run)
         rule = model.layer_rule.get(layer, model.rule)
-        if rule in LEARNED_Q_RULES and (folder / "checkpoint.pt").is_file():
+        if rule in rules and (folder / "checkpoint.pt").is_file():
             found.append(folder)
     return found

@@ -42,6 +42,7 @@ for _command in (
     rfs.metrics_command,
     rfs.trajectory_cmd,
     training.kp_decay_cmd,
+    training.error_subspace_cmd,
     reports.findings_cmd,
     rfs.results_cmd,
     reports.demo_cmd,

@@ -54,6 +54,33 @@ def writable(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def experiment_options(experiment_help: str):
+    """``--experiment FILE --runs-dir DIR``, the other way than RUN folders to name the runs a
+    command reads; ``experiment_help`` says which runs of the experiment it takes. The
+    command checks the pair with :func:`check_runs_or_experiment`."""
+
+    def decorate(command):
+        command = click.option(
+            "--runs-dir",
+            default=None,
+            type=click.Path(path_type=str),
+            help="With --experiment: the sweep's --out folder.",
+        )(command)
+        return click.option(
+            "--experiment", default=None, type=click.Path(path_type=str), help=experiment_help
+        )(command)
+
+    return decorate
+
+
+def check_runs_or_experiment(runs: tuple, experiment: str | None, runs_dir: str | None) -> None:
+    """RUN folders or ``--experiment`` with ``--runs-dir``: one of the two, whole."""
+    if bool(runs) == bool(experiment):
+        raise click.UsageError("give RUN folders or --experiment FILE --runs-dir DIR, not both")
+    if experiment and not runs_dir:
+        raise click.UsageError("--experiment needs --runs-dir (the sweep's --out folder)")
+
+
 def markdown_out_option(what: str):
     """``--out FILE`` of a command that prints Markdown: write it to FILE instead, so that a
     Makefile calls the command rather than redirecting its output."""

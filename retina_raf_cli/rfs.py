@@ -8,7 +8,9 @@ import click
 from retina_raf_cli.options import (
     RF_METHODS_GRADIENT_FIRST,
     base_options,
+    check_runs_or_experiment,
     device_option,
+    experiment_options,
     method_option,
     netcdf_path,
     renamed,
@@ -129,18 +131,9 @@ def metrics_command(rfs_file: str, out: str) -> None:
     callback=writable,
     help="Output .nc file.",
 )
-@click.option(
-    "--experiment",
-    default=None,
-    type=click.Path(path_type=str),
-    help="Instead of RUNS: every run of this experiment file that has begun training "
-    "(finished or not) under --runs-dir; the runs not started are listed in the file.",
-)
-@click.option(
-    "--runs-dir",
-    default=None,
-    type=click.Path(path_type=str),
-    help="With --experiment: the sweep's --out folder.",
+@experiment_options(
+    "Instead of RUNS: every run of this experiment file that has begun training (finished or "
+    "not) under --runs-dir; the runs not started are listed in the file."
 )
 @click.option(
     "--layer", default="retina_2", show_default=True, type=click.Choice(["retina_1", "retina_2"])
@@ -167,10 +160,7 @@ def trajectory_cmd(runs, out, experiment, runs_dir, layer, method, base, gray_le
         trajectory_summary,
     )
 
-    if bool(runs) == bool(experiment):
-        raise click.UsageError("give RUN folders or --experiment FILE --runs-dir DIR, not both")
-    if experiment and not runs_dir:
-        raise click.UsageError("--experiment needs --runs-dir (the sweep's --out folder)")
+    check_runs_or_experiment(runs, experiment, runs_dir)
     netcdf_path(out)
     options = dict(agreement=agreement, base=base, gray_level=gray_level)
     if experiment:

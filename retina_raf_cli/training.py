@@ -1,5 +1,5 @@
-"""``retina-raf train``, ``sweep`` and ``kp-decay``: train runs and experiments, and ask
-what training did to Kolen-Pollack's feedback."""
+"""``retina-raf train``, ``sweep``, ``kp-decay`` and ``error-subspace``: train runs and
+experiments, and ask what training did to RAF's feedback (Kolen-Pollack's Q, Oja's P)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import click
 
 from retina_raf_cli.options import (
     base_options,
+    check_runs_or_experiment,
     data_root_option,
     device_option,
     emit,
+    experiment_options,
     markdown_out_option,
     method_option,
     netcdf_path,
@@ -265,18 +267,9 @@ def sweep_command(
 @click.command("kp-decay", short_help="Can weight decay align KP's feedback?")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=str))
 @click.option("--layer", default="vvs_1", show_default=True, help="The RAF layer whose Q to read.")
-@click.option(
-    "--experiment",
-    default=None,
-    type=click.Path(path_type=str),
-    help="Instead of RUNS: the runs of this experiment file under --runs-dir whose LAYER "
-    "learns Q by Kolen-Pollack and that have a checkpoint.",
-)
-@click.option(
-    "--runs-dir",
-    default=None,
-    type=click.Path(path_type=str),
-    help="With --experiment: the sweep's --out folder.",
+@experiment_options(
+    "Instead of RUNS: the runs of this experiment file under --runs-dir whose LAYER learns Q "
+    "by Kolen-Pollack and that have a checkpoint."
 )
 @markdown_out_option("the table")
 def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
@@ -287,11 +280,8 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
     B = QP and W^T now. A Markdown table."""
     from analysis.alignment import experiment_runs_with_learned_feedback, weight_decay_alignment
 
-    if bool(runs) == bool(experiment):
-        raise click.UsageError("give RUN folders or --experiment FILE --runs-dir DIR, not both")
+    check_runs_or_experiment(runs, experiment, runs_dir)
     if experiment:
-        if not runs_dir:
-            raise click.UsageError("--experiment needs --runs-dir (the sweep's --out folder)")
         runs = experiment_runs_with_learned_feedback(experiment, runs_dir, layer)
     header = ["run", "epoch", "lr", "median sqrt(v)", "decay per step", "e-folding (epochs)",
               "removable in the run", "removable ever", "norm(Q - PW) / norm(PW)",
@@ -304,5 +294,51 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
                  f"{r['efolding_epochs']:.3g}", f"{r['shrink_remaining']:.2%}",
                  f"{r['shrink_bound']:.2%}", f"{r['d_relative']:.3g}",
                  f"{r['alignment_deg']:.1f}\u00b0"]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    emit("\n".join(rows), out)
+
+
+# ------------------------------------------------------------------- error-subspace
+@click.command("error-subspace", short_help="Which error directions does P span?")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=str))
+@click.option("--layer", default="vvs_1", show_default=True, help="The RAF layer whose P to read.")
+@experiment_options(
+    "Instead of RUNS: the runs of this experiment file under --runs-dir whose LAYER has a P "
+    "learned or set from the error (raf, raf_pca, raf_aligned) and a checkpoint."
+)
+@click.option(
+    "--eigenvectors",
+    "n_eigen",
+    default=None,
+    type=click.IntRange(1),
+    help="How many of the error's leading eigenvectors [default: the rank + 2].",
+)
+@markdown_out_option("the table")
+def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, out):
+    """Where P sits among the error's principal directions. For each RUN (finished or in
+    flight), from its checkpoint: the leading eigenvalues of LAYER's error covariance (as
+    shares of its trace), the overlap of each leading eigenvector with P's rows (1: P spans
+    it, 0: P misses it; the overlaps of all sum to the rank), and P's share of the top-r
+    variance. A Markdown table."""
+    from analysis.alignment import (
+        ERROR_SUBSPACE_RULES,
+        error_subspace,
+        experiment_runs_with_learned_feedback,
+    )
+
+    check_runs_or_experiment(runs, experiment, runs_dir)
+    if experiment:
+        runs = experiment_runs_with_learned_feedback(
+            experiment, runs_dir, layer, rules=ERROR_SUBSPACE_RULES
+        )
+    header = ["run", "epoch", "rank", "leading eigenvalues (share of trace)",
+              "overlap with P's rows", "P's share of top-r variance"]  # fmt: skip
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        r = error_subspace(run, layer, n_eigen)
+        cells = [os.path.basename(os.path.normpath(run)), str(int(r["epoch"])), str(r["rank"]),
+                 ", ".join(f"{v:.3f}" for v in r["eigenvalue_share"]),
+                 ", ".join(f"{v:.2f}" for v in r["overlap"]),
+                 f"{r['variance_captured']:.3f}"]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     emit("\n".join(rows), out)

@@ -1,9 +1,11 @@
-"""Whether weight decay can align Kolen-Pollack's feedback (analysis.alignment).
+"""Whether weight decay can align Kolen-Pollack's feedback, and where Oja's P sits among the
+error's principal directions (analysis.alignment).
 
 Claims: under RMSprop, weight decay shrinks each element of Q by lr * lambda / (sqrt(v) + eps)
 per step (the number weight_decay_alignment reports, at the median sqrt(v)); the learning
 rate's geometric decay bounds what decay can ever remove; a layer without a learned Q is
-refused in one line.
+refused in one line. error_subspace gives each leading eigenvector of the error covariance
+its overlap with P's rows: 1 for a direction P spans, 0 for one it misses.
 """
 
 from __future__ import annotations
@@ -106,3 +108,54 @@ def test_the_command_takes_the_runs_of_an_experiment_that_learn_their_feedback(t
     assert code == 0, err
     rows = printed.strip().splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == [f"| {raf.run_id}"]
+
+
+def _with_p_on(run_dir, out, eigenvector_indices):
+    """A copy of a RAF run whose vvs_1 P has as rows the given eigenvectors of its error
+    covariance (0: the leading one)."""
+    import shutil
+
+    copy = out / f"{run_dir.name}-p{''.join(map(str, eigenvector_indices))}"
+    shutil.copytree(run_dir, copy)
+    state = torch.load(copy / "checkpoint.pt", weights_only=False)
+    covariance = state["model"]["layers.vvs_1.conv.error_covariance"].double()
+    eigenvectors = torch.linalg.eigh(covariance).eigenvectors.flip(1)
+    p = eigenvectors[:, list(eigenvector_indices)].t()
+    state["model"]["layers.vvs_1.conv.p"] = p.to(state["model"]["layers.vvs_1.conv.p"].dtype)
+    torch.save(state, copy / "checkpoint.pt")
+    return copy, torch.linalg.eigvalsh(covariance).flip(0)
+
+
+def test_the_error_subspace_says_which_principal_directions_p_spans(raf_run, tmp_path):
+    """P on the top-2 eigenvectors: overlaps 1, 1, then 0, and all of the top-2 variance;
+    P on the first and third (a saddle of Oja's rule): overlaps 1, 0, 1 and the share
+    (l1 + l3) / (l1 + l2); the overlaps of all m eigenvectors sum to the rank."""
+    from analysis.alignment import error_subspace
+
+    top, eigenvalues = _with_p_on(raf_run, tmp_path, (0, 1))
+    found = error_subspace(top, n_eigen=4)
+    assert found["rank"] == 2 and found["overlap"] == pytest.approx([1, 1, 0, 0], abs=1e-5)
+    assert found["variance_captured"] == pytest.approx(1, abs=1e-5)
+    assert found["eigenvalue_share"] == pytest.approx(
+        (eigenvalues[:4] / eigenvalues.sum()).tolist()
+    )
+    saddle, _ = _with_p_on(raf_run, tmp_path, (0, 2))
+    found = error_subspace(saddle, n_eigen=3)
+    assert found["overlap"] == pytest.approx([1, 0, 1], abs=1e-5)
+    expected = float((eigenvalues[0] + eigenvalues[2]) / (eigenvalues[0] + eigenvalues[1]))
+    assert found["variance_captured"] == pytest.approx(expected, rel=1e-4)
+    trained = error_subspace(raf_run, n_eigen=10**6)  # every eigenvector
+    assert len(trained["overlap"]) == trained["channels"]
+    assert sum(trained["overlap"]) == pytest.approx(2)
+
+
+def test_the_error_subspace_command_takes_runs_and_refuses_backprop(raf_run, run_cli, tmp_path,
+                                                                     tiny_config):  # fmt: skip
+    code, printed, err = run_cli("error-subspace", raf_run, "--eigenvectors", "3")
+    assert code == 0, err
+    rows = printed.strip().splitlines()
+    assert len(rows) == 3 and rows[2].startswith(f"| {raf_run.name} | 2 | 2 |")
+    assert len(rows[2].split(" | ")[4].split(", ")) == 3  # three overlaps
+    bp_run = train(tiny_config("bp", epochs=1), tmp_path, log=lambda m: None)
+    code, _, err = run_cli("error-subspace", bp_run)
+    assert code == 2 and "no P" in err and len(err.strip().splitlines()) == 1
