@@ -88,9 +88,10 @@ ifneq ($(TRAJECTORY),)
 		-p trajectories $(PUBLISHED)/trajectories.nc --out $(PUBLISHED)
 endif
 
-# Publish a long experiment as it trains (runs finished or still in flight): the RFs of every
-# started run at each of its retina snapshots (trajectories.nc, with accuracy and the feedback
-# alignment per epoch; the runs not started are listed in it), the findings table at each run's
+# Publish a long experiment as it trains (runs finished or still in flight): the RF metrics of
+# every started run at each of its retina snapshots and the RF maps at the milestones and each
+# run's last epoch (trajectories.nc, with accuracy and the feedback alignment per epoch; the
+# runs not started are listed in it), the findings table at each run's
 # last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
 # the runs that learn it (kp_decay.md), which of the error's leading directions each run's P
 # spans now (error_subspace.md), and the executed rf_trajectory report with montages at
@@ -110,7 +111,8 @@ COMMA := ,
 SPACE := $(subst ,, )
 publish-trajectories: install
 	$(VENV)/bin/retina-raf trajectory --experiment experiments/$(EXPERIMENT).yaml \
-		--runs-dir $(RUNS) --method actmax $(RF_BASE) --out $(PUBLISHED)/trajectories.nc
+		--runs-dir $(RUNS) --method actmax $(RF_BASE) $(MILESTONES:%=--rf-maps-at %) \
+		--out $(PUBLISHED)/trajectories.nc
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/trajectories.nc $(MILESTONES:%=--epoch %) \
 		$(if $(PLATEAU),--plateau $(PLATEAU) --window $(PLATEAU_WINDOW)) --out $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \

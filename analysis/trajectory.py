@@ -258,7 +258,7 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
 
     Returns a Dataset over ``epoch`` (and ``run``) with ``symmetry`` and ``osi`` (means over
     responsive units), ``fraction_center_surround`` and ``fraction_oriented`` (of responsive
-    units), ``n_responsive``, ``n_mapped`` (channels with an RF at that epoch; 0 for epochs a
+    units), ``n_responsive``, ``n_mapped`` (channels mapped at that epoch; 0 for epochs a
     run has not reached) and, where the run's history has them, ``test_acc`` and the
     diagnostics of the feedback into the retina (layer ``vvs_1``): ``alignment_deg``,
     ``principal_angle_deg`` and ``error_variance_captured``.
@@ -275,8 +275,8 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
             / safe,
             "fraction_oriented": (trajectory["rf_class"] == "oriented").sum("channel") / safe,
             "n_responsive": n_responsive,
-            # channels with an RF at that epoch: 0 where a run has no snapshot (padding)
-            "n_mapped": np.isfinite(trajectory["rf"]).any(("y", "x")).sum("channel"),
+            # channels mapped at that epoch: 0 where a run has no snapshot (padding, class "")
+            "n_mapped": (trajectory["rf_class"] != "").sum("channel"),
         }
     )
     if "test_acc" in trajectory:
@@ -321,7 +321,7 @@ def epochs_shown(trajectories: xr.Dataset, epoch: int | None = None) -> np.ndarr
     Raises:
         DataError: a run without RFs at any epoch.
     """
-    mapped = np.isfinite(trajectories["rf"]).any(("y", "x")).any("channel")
+    mapped = (trajectories["rf_class"] != "").any("channel")  # padding: class ""
     mapped = mapped.transpose("run", "epoch").values
     epochs = np.asarray(trajectories["epoch"].values)
     shown = []
@@ -331,6 +331,23 @@ def epochs_shown(trajectories: xr.Dataset, epoch: int | None = None) -> np.ndarr
         reached = epochs[row]
         shown.append(int(epoch if epoch is not None and epoch in reached else reached.max()))
     return np.asarray(shown, dtype=int)
+
+
+def keep_rf_maps(trajectories: xr.Dataset, epochs: Sequence[int]) -> xr.Dataset:
+    """The trajectories with the RF maps (``rf``) kept only at ``epochs`` and at each run's
+    last epoch, NaN elsewhere; every metric stays at every epoch.
+
+    The maps are most of a trajectories file (about 50 kB per run and epoch, compressed),
+    while the findings, curves and tests read only the metrics: a long experiment publishes
+    its maps at its milestones (the montages) and where each run stands. The attribute
+    ``rf_maps_kept`` lists the epochs kept besides each run's last.
+    """
+    last = xr.DataArray(epochs_shown(trajectories), dims="run")
+    kept = trajectories["epoch"].isin(list(epochs)) | (trajectories["epoch"] == last)
+    out = trajectories.copy()
+    out["rf"] = trajectories["rf"].where(kept)
+    out.attrs["rf_maps_kept"] = " ".join(str(int(e)) for e in sorted(set(epochs)))
+    return out
 
 
 def results_at_epoch(trajectories: xr.Dataset, epoch: int | None = None) -> xr.Dataset:

@@ -145,7 +145,17 @@ def metrics_command(rfs_file: str, out: str) -> None:
     default=False,
     help="Also correlate the gradient, actmax and STA RFs at each run's last epoch.",
 )
-def trajectory_cmd(runs, out, experiment, runs_dir, layer, method, base, gray_level, agreement):
+@click.option(
+    "--rf-maps-at",
+    "rf_maps_at",
+    multiple=True,
+    type=click.IntRange(0),
+    help="Keep the RF maps in the file only at this epoch (repeat it) and at each run's last; "
+    "the metrics stay at every epoch [default: maps at every epoch].",
+)
+def trajectory_cmd(
+    runs, out, experiment, runs_dir, layer, method, base, gray_level, agreement, rf_maps_at
+):
     """RFs through training: map and measure the RFs of LAYER at every retina snapshot
     (runs trained with train.retina_snapshots=true) of each RUN folder, or of every started
     run of an --experiment, into one NetCDF.
@@ -157,6 +167,7 @@ def trajectory_cmd(runs, out, experiment, runs_dir, layer, method, base, gray_le
     from analysis.trajectory import (
         combine_trajectories,
         experiment_trajectories,
+        keep_rf_maps,
         trajectory_summary,
     )
 
@@ -167,6 +178,8 @@ def trajectory_cmd(runs, out, experiment, runs_dir, layer, method, base, gray_le
         ds = experiment_trajectories(experiment, runs_dir, layer, method, **options)
     else:
         ds = combine_trajectories(list(runs), layer, method, **options)
+    if rf_maps_at:
+        ds = keep_rf_maps(ds, rf_maps_at)
     write_results(ds, out)
     summary = trajectory_summary(ds)
     for run in range(ds.sizes["run"]):

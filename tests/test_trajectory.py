@@ -340,3 +340,33 @@ def test_a_run_is_flat_when_no_metric_moves_more_than_a_different_seed_would():
     assert "| raf-r2 | 0 | 7 (< 9) |" in short and "flat" not in short
     with pytest.raises(DataError, match="at least 2"):
         plateau_table(trajectories, reference, window=1)
+
+
+def test_a_file_can_keep_the_rf_maps_at_milestones_and_every_metric(inflight, tmp_path, run_cli):
+    """keep_rf_maps (trajectory --rf-maps-at): the maps stay at the given epochs and at each
+    run's last, NaN elsewhere; the metrics, findings and summaries are those of the full file,
+    which is larger."""
+    from analysis.results import open_results, write_results
+    from analysis.trajectory import experiment_trajectories, findings_table, keep_rf_maps
+
+    experiment, out, _ = inflight
+    full = experiment_trajectories(experiment, out, **RF_OPTIONS)
+    thin = keep_rf_maps(full, [0])
+    has_maps = np.isfinite(thin["rf"]).any(("channel", "y", "x"))
+    assert has_maps.sel(run=0).values.tolist() == [True, False, True]  # raf-r2: 0 and last (2)
+    assert has_maps.sel(run=1).values.tolist() == [True, True, False]  # bp: 0 and last (1)
+    for name in ("symmetry", "osi", "rf_class", "test_acc", "alignment_deg"):
+        assert thin[name].equals(full[name])
+    assert findings_table(thin) == findings_table(full) and thin.attrs["rf_maps_kept"] == "0"
+    assert trajectory_summary(thin).equals(trajectory_summary(full))
+    sizes = [write_results(ds, tmp_path / f"{n}.nc").stat().st_size
+             for n, ds in (("full", full), ("thin", thin))]  # fmt: skip
+    assert sizes[1] < sizes[0]
+    path = tmp_path / "cli.nc"
+    code, _, err = run_cli("trajectory", "--experiment", experiment, "--runs-dir", out,
+                           "--out", path, "--base", "gray", "--gray-level", "0.5",
+                           "--rf-maps-at", "0")  # fmt: skip
+    assert code == 0, err
+    with open_results(path) as written:
+        assert np.isfinite(written["rf"]).any(("channel", "y", "x")).values.tolist() == [
+            [True, False, True], [True, True, False]]  # fmt: skip
