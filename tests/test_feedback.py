@@ -369,6 +369,29 @@ def test_oja_on_a_conv_layer_uses_the_error_covariance_over_pixels():
     assert principal_angles(layer.p, covariance).max() < 0.1
 
 
+def test_oja_under_the_recipes_rmsprop_leaves_the_saddle_of_the_first_and_third_directions():
+    """RMSprop divides each element of P's step by its own sqrt(v), which keeps Oja's fixed
+    points but could change their stability: started next to the saddle where P spans the
+    first and third eigenvectors (principal angle near 90 degrees), P still reaches the top-2
+    eigenspace under the recipe's optimizer (FusedRMSprop with weight decay)."""
+    from retina_raf.optim import FusedRMSprop
+
+    torch.manual_seed(0)
+    covariance, sample = stream_with_known_covariance(10, seed=1)
+    eigenvectors = torch.linalg.eigh(covariance).eigenvectors.flip(1)
+    layer = RAFConv2d(2, 10, 1, rank=2, **F64)
+    with torch.no_grad():
+        layer.p.copy_(eigenvectors[:, [0, 2]].t() + 0.01 * torch.randn(2, 10, **F64))
+    assert principal_angles(layer.p, covariance).max() > 1.5
+    optimizer = FusedRMSprop([layer.p], lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=1e-5)
+    x = torch.randn(4, 2, 4, 4, **F64)
+    for _ in range(2000):
+        optimizer.zero_grad()
+        (layer(x) * sample(4, 4, 4).permute(0, 3, 1, 2)).sum().backward()
+        optimizer.step()
+    assert principal_angles(layer.p, covariance).max() < 0.1
+
+
 def test_kolen_pollack_with_weight_decay_aligns_feedback_with_forward_weights():
     """KP (P = I, Q trained with W.grad^T) plus weight decay on W and Q: B = Q P -> W^T, angle
     below 10 degrees on a small regression task (starts near 90)."""
