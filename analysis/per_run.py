@@ -123,7 +123,7 @@ def run_table(results: xr.Dataset, metrics: Sequence[str] = ()) -> pd.DataFrame:
     """One row per run (tidy): its identity (run_id, preset, rule, rank, n_bn, seed), the
     number of responsive units ``n_units`` and each metric's per-run mean, in the order of
     the runs in ``results``; ``rf_epoch`` after the identity where the RFs come from a
-    trajectory (:func:`analysis.trajectory.results_at_epoch`)."""
+    trajectory (:func:`analysis.results.results_at_epoch`)."""
     missing = [c for c in RUN_COLUMNS if c not in results.coords and c not in results]
     if missing:
         raise DataError(f"the results dataset lacks the run coordinate(s) {missing}")

@@ -293,12 +293,71 @@ def combine_methods(
     return parts[0] if len(parts) == 1 else stack_methods(parts)
 
 
+def epochs_shown(trajectories: xr.Dataset, epoch: int | None = None) -> np.ndarray:
+    """Per run, the epoch at which the findings tables and :func:`results_at_epoch` show it:
+    ``epoch`` where the run has RFs at that epoch, else (None, or an epoch it has not
+    reached) its last epoch with RFs. Shape (run,), int.
+
+    Raises:
+        DataError: a run without RFs at any epoch.
+    """
+    mapped = (trajectories["rf_class"] != "").any("channel")  # padding: class ""
+    mapped = mapped.transpose("run", "epoch").values
+    epochs = np.asarray(trajectories["epoch"].values)
+    shown = []
+    for run, row in enumerate(mapped):
+        if not row.any():
+            raise DataError(f"run {trajectories['run_id'].values[run]} has no RFs at any epoch")
+        reached = epochs[row]
+        shown.append(int(epoch if epoch is not None and epoch in reached else reached.max()))
+    return np.asarray(shown, dtype=int)
+
+
+def results_at_epoch(trajectories: xr.Dataset, epoch: int | None = None) -> xr.Dataset:
+    """A trajectories dataset as RF results at one epoch, for what reads RF results (the
+    ``compare_ranks`` report, ``retina-raf figures``) while the runs are still training.
+
+    Each run is taken at :func:`epochs_shown` (``epoch``, or its last where it has not
+    reached it, as the findings tables do), which the coordinate ``rf_epoch`` (run) records.
+
+    Args:
+        trajectories: :func:`analysis.trajectory.combine_trajectories` (or its file,
+            opened by :func:`open_results`): dims run, epoch, channel, y, x.
+        epoch: the epoch to show (None: each run's last).
+
+    Returns:
+        A results dataset (kind ``rf_results``): the RFs and
+        per-unit metrics over (run, channel[, y, x]) at each run's ``rf_epoch``; the history
+        and feedback diagnostics over (run, epoch[, layer]) for epochs 1 to ``rf_epoch``
+        (NaN after it: what the run had done when its RFs were taken); attribute
+        ``trajectory_epoch`` (the epoch asked for, or "last").
+    """
+    shown = xr.DataArray(epochs_shown(trajectories, epoch), dims="run")
+
+    def per_unit(var: xr.DataArray) -> bool:  # RFs and metrics, not history or diagnostics
+        return {"epoch", "channel"} <= set(var.dims)
+
+    unit_coords = [n for n, c in trajectories.coords.items() if per_unit(c)]  # n_active_starts
+    ds = trajectories.reset_coords(unit_coords)
+    units = [name for name, var in ds.data_vars.items() if per_unit(var)]
+    history = [name for name, var in ds.data_vars.items()
+               if "epoch" in var.dims and name not in units]  # fmt: skip
+    at = ds[units].sel(epoch=shown).drop_vars("epoch")
+    done = ds[history].where(ds["epoch"] <= shown).sel(epoch=slice(1, int(shown.max())))
+    rest = ds.drop_vars(units + history).drop_dims("epoch", errors="ignore")
+    out = xr.merge([rest, at, done], combine_attrs="override").set_coords(unit_coords)
+    out = out.assign_coords(rf_epoch=shown.assign_attrs(long_name="epoch of the RFs", units="1"))
+    out.attrs = {**trajectories.attrs, "kind": KIND_RF_RESULTS,
+                 "trajectory_epoch": "last" if epoch is None else int(epoch)}  # fmt: skip
+    return index_run_coords(out)
+
+
 def rf_results_view(
     ds: xr.Dataset, method: str | None = None, epoch: int | None = None
 ) -> xr.Dataset:
     """The single-method RF results that reports and panels read, from an opened file of
     RF results (:func:`select_method`) or of trajectories (each run at ``epoch``, or at its
-    last where it has not reached it: :func:`analysis.trajectory.results_at_epoch`).
+    last where it has not reached it: :func:`results_at_epoch`).
 
     Raises:
         DataError: a file of accuracies (no RFs), ``epoch`` given for RF results (which hold
@@ -306,8 +365,6 @@ def rf_results_view(
     """
     kind = ds.attrs.get("kind")  # one built in memory may have none: RF results
     if kind == KIND_TRAJECTORIES:
-        from analysis.trajectory import results_at_epoch
-
         return select_method(results_at_epoch(ds, epoch), method)
     if kind == KIND_ACCURACY:
         raise DataError("this file holds test accuracies, not RFs (`retina-raf findings` reads it)")
