@@ -340,7 +340,9 @@ def findings_table(
     planned), epoch, test accuracy, responsive units (of the run's channels), mean symmetry
     and OSI over them, fractions center-surround and oriented, and, where any run has them,
     the feedback into the retina at that epoch: the angle between B and W^T at ``vvs_1``
-    and P's share of the top-r error variance ("\u2013" for backprop, whose feedback is W^T).
+    P's share of the top-r error variance and P's largest principal angle to the top-r
+    eigenvectors (a share near 1 can hide a P that misses one of them: the angle says so;
+    "\u2013" for backprop, whose feedback is W^T).
     A run that has not reached ``epoch`` is shown at its last; the runs of the experiment
     not started yet (``missing_runs``) close the table, so that it accounts for every run
     (unless ``not_started`` is False). A value a run does not have at that epoch (test
@@ -348,11 +350,13 @@ def findings_table(
     The findings pages quote this table; ``retina-raf findings FILE`` prints it.
     """
     summary = trajectory_summary(trajectories)
-    alignment = [m for m in ("alignment_deg", "error_variance_captured") if m in summary]
+    alignment = [m for m in ("alignment_deg", "error_variance_captured", "principal_angle_deg")
+                 if m in summary]  # fmt: skip
     header = ["condition", "seed", "status", "epoch", "test acc.", "responsive units",
               "symmetry", "OSI", "center-surround", "oriented"]  # fmt: skip
     header += [{"alignment_deg": f"B vs W^T ({ALIGNMENT_LAYER}, \u00b0)",
-                "error_variance_captured": "P's share of top-r variance"}[m]
+                "error_variance_captured": "P's share of top-r variance",
+                "principal_angle_deg": "P vs top-r subspace (\u00b0)"}[m]
                for m in alignment]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     shown = epochs_shown(trajectories, epoch)
@@ -378,7 +382,7 @@ def findings_table(
         ]
         for metric in alignment:
             value = float(row[metric])
-            digits = 1 if metric == "alignment_deg" else 2
+            digits = 2 if metric == "error_variance_captured" else 1
             cells.append(f"{value:.{digits}f}" if np.isfinite(value) else "\u2013")
         lines.append("| " + " | ".join(cells) + " |")
     for _, preset, seed in missing_runs(trajectories) if not_started else []:

@@ -214,6 +214,7 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(
 
     table = findings_table(ds).splitlines()
     assert len(table) == 2 + 3  # header, rule, one row per planned run
+    assert table[0].endswith("| P's share of top-r variance | P vs top-r subspace (\u00b0) |")
     assert table[2].startswith("| raf-r2 | 0 | finished | 2 |")
     assert table[3].startswith("| bp | 0 | training (1 of 2) | 1 |") and table[3].endswith(
         "| \u2013 | \u2013 |"
