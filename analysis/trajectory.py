@@ -359,19 +359,17 @@ def findings_table(
                 "principal_angle_deg": "P vs top-r subspace (\u00b0)"}[m]
                for m in alignment]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    shown = epochs_shown(trajectories, epoch)
+    shown, last = epochs_shown(trajectories, epoch), epochs_shown(trajectories)
     for run in range(trajectories.sizes["run"]):
-        row = summary.isel(run=run)
-        reached = row["epoch"].values[row["n_mapped"].values > 0]
         at = int(shown[run])
-        row = row.sel(epoch=at)
+        row = summary.isel(run=run).sel(epoch=at)
         channels = int(trajectories["present"].isel(run=run).sum())
         acc = float(row["test_acc"]) if "test_acc" in row else float("nan")
         acc_text = f"{acc:.3f}" if np.isfinite(acc) else "\u2013"  # epoch 0: not trained
         cells = [
             str(trajectories["preset"].values[run]),
             str(int(trajectories["seed"].values[run])),
-            run_status(trajectories, run, int(reached.max())),
+            run_status(trajectories, run, int(last[run])),
             str(at),
             acc_text,
             f"{int(row['n_responsive'])} of {channels}",
@@ -433,7 +431,7 @@ def plateau_table(
         One row per run: condition, seed, the epochs of the window, per metric "moved / s.d."
         and a verdict (flat, moving, or –).
     """
-    from analysis.per_run import per_run_metric
+    from analysis.stats import summary_table
 
     if int(window) < 2:
         raise DataError(f"the plateau window must be at least 2 epochs, not {window}")
@@ -441,13 +439,10 @@ def plateau_table(
     if unknown:
         raise DataError(f"no plateau metric {unknown}; choose from {', '.join(PLATEAU_METRICS)}")
     summary = trajectory_summary(trajectories)
-    presets = np.asarray(reference["preset"].values).astype(str)
-    spread = {}
-    for metric in metrics:
-        values = per_run_metric(reference, metric).values
-        for preset in set(presets):
-            seeds = values[(presets == preset) & np.isfinite(values)]
-            spread[preset, metric] = float(np.std(seeds, ddof=1)) if seeds.size > 1 else np.nan
+    # s.d. over seeds per condition (ddof 1; NaN with one seed)
+    per_condition = summary_table(reference, metrics).set_index("condition")
+    spread = {(preset, metric): float(row[f"{metric}_sd"])
+              for preset, row in per_condition.iterrows() for metric in metrics}  # fmt: skip
     names = {"symmetry": "symmetry", "osi": "OSI", "fraction_center_surround": "center-surround"}
     header = ["condition", "seed", "epochs", *(f"{names[m]}: moved / s.d." for m in metrics),
               "verdict"]  # fmt: skip
@@ -468,8 +463,7 @@ def plateau_table(
             moved = float(values.max() - values.min())
             sd = spread.get((preset, metric), np.nan)
             cells.append(f"{moved:.3f} / {sd:.3f}" if np.isfinite(sd) else f"{moved:.3f} / –")
-            flat.append(np.isfinite(sd) and (moved < sd or moved == 0) if np.isfinite(moved)
-                        else False)  # fmt: skip
+            flat.append(moved < sd or moved == 0)  # NaN (nothing measured) is not flat
         judged = all(np.isfinite(spread.get((preset, m), np.nan)) for m in metrics)
         cells.append(("flat" if all(flat) else "moving") if judged else "–")
         lines.append("| " + " | ".join(cells) + " |")

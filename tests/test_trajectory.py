@@ -330,7 +330,10 @@ def test_a_run_is_flat_when_no_metric_moves_more_than_a_different_seed_would():
         {"symmetry": (("run", "channel"), np.repeat([[0.25], [0.3], [0.35]] * 2, 2, axis=1)),
          "osi": (("run", "channel"), np.repeat([[0.1], [0.2], [0.3]] * 2, 2, axis=1)),
          "rf_class": (("run", "channel"), np.full((6, 2), "oriented"))},
-        coords={"preset": ("run", ["raf-r2"] * 3 + ["bp"] * 3)},
+        coords={"preset": ("run", ["raf-r2"] * 3 + ["bp"] * 3),
+                "rule": ("run", ["raf"] * 3 + ["bp"] * 3), "rank": ("run", [2] * 3 + [32] * 3),
+                "n_bn": ("run", [32] * 6), "seed": ("run", [0, 1, 2] * 2),
+                "run_id": ("run", [f"r{i}" for i in range(6)])},
     )  # fmt: skip
     rows = plateau_table(trajectories, reference, window=4, metrics=["symmetry", "osi"])
     rows = rows.splitlines()[2:]
