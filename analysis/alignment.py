@@ -23,15 +23,19 @@ epochs' worth to any length: a bound that no amount of training raises.
 and returns those numbers for one RAF layer, at the median ``sqrt(v)`` of its Q;
 :func:`experiment_runs_with_learned_feedback` finds the runs of an experiment it applies to.
 :func:`error_subspace` reads the same checkpoint for the other half of RAF's feedback B = Q P:
-which of the error covariance's eigenvectors P's rows span.
+which of the error covariance's eigenvectors P's rows span. The checkpoint holds only the
+latest epoch, so :func:`update_error_subspace_history` keeps each epoch's answer in a CSV
+file (one owner of that format, with :func:`error_subspace_markdown` for its table).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from retina_raf.errors import DataError, RunError
@@ -171,6 +175,80 @@ def error_subspace(run_dir: str | Path, layer: str = "vvs_1", n_eigen: int | Non
         "overlap": overlap.tolist(),
         "variance_captured": variance_captured(p, covariance),
     }
+
+
+ERROR_SUBSPACE_COLUMNS = ("run", "epoch", "rank", "eigenvector", "eigenvalue_share", "overlap",
+                          "variance_captured")  # fmt: skip
+
+
+def error_subspace_frame(found: Sequence[tuple[str, dict]]) -> pd.DataFrame:
+    """:func:`error_subspace` results as rows, one per (run, epoch, eigenvector).
+
+    Args:
+        found: (run id, :func:`error_subspace` result) pairs.
+
+    Returns:
+        A DataFrame with :data:`ERROR_SUBSPACE_COLUMNS`; ``eigenvector`` counts from 1
+        (the leading one), ``variance_captured`` repeats on each eigenvector's row.
+    """
+    rows = [
+        (run, int(r["epoch"]), int(r["rank"]), i + 1, share, overlap, r["variance_captured"])
+        for run, r in found
+        for i, (share, overlap) in enumerate(zip(r["eigenvalue_share"], r["overlap"], strict=True))
+    ]
+    return pd.DataFrame(rows, columns=list(ERROR_SUBSPACE_COLUMNS))
+
+
+def read_error_subspace_history(path: str | Path) -> pd.DataFrame:
+    """The rows an error-subspace history CSV holds (:func:`update_error_subspace_history`).
+
+    Raises:
+        DataError: the file lacks a column of :data:`ERROR_SUBSPACE_COLUMNS`.
+    """
+    frame = pd.read_csv(path)
+    missing = [c for c in ERROR_SUBSPACE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} is not an error-subspace history: no column {missing}")
+    return frame[list(ERROR_SUBSPACE_COLUMNS)]
+
+
+def update_error_subspace_history(path: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``frame``'s rows (:func:`error_subspace_frame`) to the CSV at ``path``, replacing
+    those of the same run and epoch, sorted by run and epoch; written atomically. Run after
+    every epoch, it records where P was at each (the checkpoint keeps only the latest).
+
+    Returns:
+        Every row the file now holds.
+    """
+    from retina_raf.io import write_text
+
+    path = Path(path)
+    if path.is_file():
+        old = read_error_subspace_history(path)
+        replaced = old.set_index(["run", "epoch"]).index.isin(
+            frame.set_index(["run", "epoch"]).index
+        )
+        frame = pd.concat([old[~replaced], frame], ignore_index=True)
+    frame = frame.sort_values(["run", "epoch", "eigenvector"], kind="stable", ignore_index=True)
+    write_text(frame.to_csv(index=False, float_format="%.6g"), path)
+    return frame
+
+
+def error_subspace_markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table of error-subspace rows (:func:`error_subspace_frame` or a history):
+    one line per run and epoch, with the leading eigenvalues (shares of the trace), their
+    overlaps with P's rows and P's share of the top-r variance."""
+    header = ["run", "epoch", "rank", "leading eigenvalues (share of trace)",
+              "overlap with P's rows", "P's share of top-r variance"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (run, epoch), rows in frame.groupby(["run", "epoch"], sort=False):
+        rows = rows.sort_values("eigenvector")
+        cells = [str(run), str(int(epoch)), str(int(rows["rank"].iloc[0])),
+                 ", ".join(f"{v:.3f}" for v in rows["eigenvalue_share"]),
+                 ", ".join(f"{v:.2f}" for v in rows["overlap"]),
+                 f"{float(rows['variance_captured'].iloc[0]):.3f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 LEARNED_Q_RULES = ("raf", "raf_pca", "kp")  # rules whose Q Kolen-Pollack learns

@@ -405,6 +405,17 @@ def milestone_tables(trajectories: xr.Dataset, epochs: Sequence[int]) -> str:
 PLATEAU_METRICS = ("symmetry", "osi", "fraction_center_surround")
 
 
+def _drift(values: xr.DataArray) -> float:
+    """|slope| x (epochs spanned) of a least-squares line through a per-epoch metric (NaN
+    epochs left out; NaN with fewer than two)."""
+    known = values.dropna("epoch")
+    if known.sizes["epoch"] < 2:
+        return np.nan
+    epochs = known["epoch"].values.astype(float)
+    slope = np.polyfit(epochs, known.values.astype(float), 1)[0]
+    return float(abs(slope) * (epochs[-1] - epochs[0]))
+
+
 def plateau_table(
     trajectories: xr.Dataset,
     reference: xr.Dataset,
@@ -413,13 +424,16 @@ def plateau_table(
 ) -> str:
     """Whether each run's RF metrics have stopped moving: a Markdown table.
 
-    A run has flattened when every metric moved (max - min of its per-epoch value over
-    responsive units, :func:`trajectory_summary`) over the run's last ``window`` epochs by
-    less than the spread between seeds (s.d., ddof 1) of the same condition in
-    ``reference``, RF results of more seeds (e.g. a shorter experiment's): then training on
-    would not change the metric by more than a different seed does. A run with fewer than
-    ``window`` epochs, or whose condition ``reference`` lacks (or has with one seed), is not
-    judged ("–").
+    A run has flattened when every metric (its per-epoch value over responsive units,
+    :func:`trajectory_summary`) drifted over the run's last ``window`` epochs by less than
+    the spread between seeds (s.d., ddof 1) of the same condition in ``reference``, RF
+    results of more seeds (e.g. a shorter experiment's): then training on would not change
+    the metric by more than a different seed does. The drift is the change along a
+    least-squares line through the window (slope x (window - 1)), not the range: a unit
+    whose class flickers for one epoch widens the range without moving the metric, and the
+    range of a settled run is its epoch-to-epoch noise. The range is shown beside it. A run
+    with fewer than ``window`` epochs, or whose condition ``reference`` lacks (or has with
+    one seed), is not judged ("–").
 
     Args:
         trajectories: :func:`combine_trajectories` (runs finished or still training).
@@ -428,8 +442,8 @@ def plateau_table(
         metrics: per-unit metrics of both files, or ``fraction_center_surround``.
 
     Returns:
-        One row per run: condition, seed, the epochs of the window, per metric "moved / s.d."
-        and a verdict (flat, moving, or –).
+        One row per run: condition, seed, the epochs of the window, per metric
+        "drift (range) / s.d." and a verdict (flat, moving, or –).
     """
     from analysis.stats import summary_table
 
@@ -444,8 +458,8 @@ def plateau_table(
     spread = {(preset, metric): float(row[f"{metric}_sd"])
               for preset, row in per_condition.iterrows() for metric in metrics}  # fmt: skip
     names = {"symmetry": "symmetry", "osi": "OSI", "fraction_center_surround": "center-surround"}
-    header = ["condition", "seed", "epochs", *(f"{names[m]}: moved / s.d." for m in metrics),
-              "verdict"]  # fmt: skip
+    header = ["condition", "seed", "epochs",
+              *(f"{names[m]}: drift (range) / s.d." for m in metrics), "verdict"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     last_epochs = epochs_shown(trajectories)
     for run in range(trajectories.sizes["run"]):
@@ -460,10 +474,12 @@ def plateau_table(
         flat = []
         for metric in metrics:
             values = summary[metric].isel(run=run).sel(epoch=slice(last - window + 1, last))
-            moved = float(values.max() - values.min())
+            drift, moved = _drift(values), float(values.max() - values.min())
             sd = spread.get((preset, metric), np.nan)
-            cells.append(f"{moved:.3f} / {sd:.3f}" if np.isfinite(sd) else f"{moved:.3f} / –")
-            flat.append(moved < sd or moved == 0)  # NaN (nothing measured) is not flat
+            cells.append(
+                f"{drift:.3f} ({moved:.3f}) / " + (f"{sd:.3f}" if np.isfinite(sd) else "–")
+            )
+            flat.append(drift < sd or moved == 0)  # NaN (nothing measured) is not flat
         judged = all(np.isfinite(spread.get((preset, m), np.nan)) for m in metrics)
         cells.append(("flat" if all(flat) else "moving") if judged else "–")
         lines.append("| " + " | ".join(cells) + " |")

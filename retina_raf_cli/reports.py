@@ -164,7 +164,7 @@ def figures_command(results: str, out: str, dpi: int, formats: tuple, method, ep
     default=20,
     show_default=True,
     type=click.IntRange(2),
-    help="With --plateau: the last epochs over which a metric's movement is measured.",
+    help="With --plateau: the last epochs over which a metric's drift is measured.",
 )
 @method_option("Results: the RF method of a file that holds several [default: its first].")
 @markdown_out_option("the tables")

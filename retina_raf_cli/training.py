@@ -313,8 +313,16 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
     type=click.IntRange(1),
     help="How many of the error's leading eigenvectors [default: the rank + 2].",
 )
+@click.option(
+    "--history",
+    default=None,
+    callback=writable,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also keep these rows in this CSV file (replacing those of the same run and epoch) "
+    "and show every epoch it holds: run after each epoch, it records where P was at each.",
+)
 @markdown_out_option("the table")
-def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, out):
+def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, history, out):
     """Where P sits among the error's principal directions. For each RUN (finished or in
     flight), from its checkpoint: the leading eigenvalues of LAYER's error covariance (as
     shares of its trace), the overlap of each leading eigenvector with P's rows (1: P spans
@@ -323,7 +331,10 @@ def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, out):
     from analysis.alignment import (
         ERROR_SUBSPACE_RULES,
         error_subspace,
+        error_subspace_frame,
+        error_subspace_markdown,
         experiment_runs_with_learned_feedback,
+        update_error_subspace_history,
     )
 
     check_runs_or_experiment(runs, experiment, runs_dir)
@@ -331,14 +342,12 @@ def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, out):
         runs = experiment_runs_with_learned_feedback(
             experiment, runs_dir, layer, rules=ERROR_SUBSPACE_RULES
         )
-    header = ["run", "epoch", "rank", "leading eigenvalues (share of trace)",
-              "overlap with P's rows", "P's share of top-r variance"]  # fmt: skip
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in runs:
-        r = error_subspace(run, layer, n_eigen)
-        cells = [os.path.basename(os.path.normpath(run)), str(int(r["epoch"])), str(r["rank"]),
-                 ", ".join(f"{v:.3f}" for v in r["eigenvalue_share"]),
-                 ", ".join(f"{v:.2f}" for v in r["overlap"]),
-                 f"{r['variance_captured']:.3f}"]  # fmt: skip
-        rows.append("| " + " | ".join(cells) + " |")
-    emit("\n".join(rows), out)
+    frame = error_subspace_frame(
+        [
+            (os.path.basename(os.path.normpath(run)), error_subspace(run, layer, n_eigen))
+            for run in runs
+        ]  # fmt: skip
+    )
+    if history is not None:
+        frame = update_error_subspace_history(history, frame)
+    emit(error_subspace_markdown(frame), out)

@@ -159,3 +159,41 @@ def test_the_error_subspace_command_takes_runs_and_refuses_backprop(raf_run, run
     bp_run = train(tiny_config("bp", epochs=1), tmp_path, log=lambda m: None)
     code, _, err = run_cli("error-subspace", bp_run)
     assert code == 2 and "no P" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_error_subspace_history_keeps_one_row_set_per_run_and_epoch(raf_run, run_cli,
+                                                                         tmp_path):  # fmt: skip
+    """error-subspace --history: each call adds the runs' current epoch to the CSV, replacing
+    a row set of the same run and epoch and keeping the others (earlier epochs, other runs),
+    and shows every epoch the file holds; a CSV of something else is refused in one line."""
+    import pandas as pd
+
+    from analysis.alignment import read_error_subspace_history
+
+    history = tmp_path / "history.csv"
+    earlier = pd.DataFrame({"run": [raf_run.name] * 2, "epoch": [0, 0], "rank": [2, 2],
+                            "eigenvector": [1, 2], "eigenvalue_share": [0.5, 0.2],
+                            "overlap": [0.3, 0.1], "variance_captured": [0.4, 0.4]})  # fmt: skip
+    earlier.to_csv(history, index=False)
+    for _ in range(2):  # the same epoch twice: its rows are replaced, not repeated
+        code, printed, err = run_cli("error-subspace", raf_run, "--eigenvectors", "3",
+                                     "--history", history)  # fmt: skip
+        assert code == 0, err
+    saddle, _ = _with_p_on(raf_run, tmp_path, (0, 2))
+    code, printed, err = run_cli("error-subspace", saddle, "--eigenvectors", "3",
+                                 "--history", history)  # fmt: skip
+    assert code == 0, err
+    kept = read_error_subspace_history(history)
+    assert kept.groupby(["run", "epoch"]).size().to_dict() == {
+        (raf_run.name, 0): 2, (raf_run.name, 2): 3, (saddle.name, 2): 3}  # fmt: skip
+    rows = printed.strip().splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in rows] == [[f"| {raf_run.name}", "0"],
+        [f"| {raf_run.name}", "2"], [f"| {saddle.name}", "2"]]  # fmt: skip
+    assert rows[0].endswith("| 0.500, 0.200 | 0.30, 0.10 | 0.400 |")
+    assert rows[2].split(" | ")[4] == "1.00, 0.00, 1.00"  # P on the first and third
+
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    code, _, err = run_cli("error-subspace", raf_run, "--history", other)
+    assert code == 2 and "not an error-subspace history" in err and len(err.splitlines()) == 1
+    assert other.read_text() == "a,b\n1,2\n"

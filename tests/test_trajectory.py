@@ -317,15 +317,18 @@ def _summary_inputs(symmetry: np.ndarray, presets: list[str]) -> xr.Dataset:
 
 
 def test_a_run_is_flat_when_no_metric_moves_more_than_a_different_seed_would():
-    """plateau_table: over the last `window` epochs, each metric's range against the s.d.
-    over seeds of the same condition in the reference; flat only if every metric moved less;
-    a run shorter than the window, or a condition the reference lacks, is not judged."""
+    """plateau_table: over the last `window` epochs, each metric's drift (along a
+    least-squares line) against the s.d. over seeds of the same condition in the reference;
+    flat only if every metric drifted less, however far it jitters from epoch to epoch; a
+    run shorter than the window, or a condition the reference lacks, is not judged."""
     from analysis.trajectory import plateau_table
 
     epochs = np.arange(8)
-    settled = 0.3 + 0.001 * (epochs >= 5)  # moves 0.001 over the last 4 epochs
-    rising = 0.05 * epochs  # moves 0.15 over them
-    trajectories = _summary_inputs(np.stack([settled, rising, settled]), ["raf-r2", "bp", "raf-r4"])
+    settled = 0.3 + 0.001 * (epochs >= 5)  # drifts 0.0009 over the last 4 epochs
+    rising = 0.05 * epochs  # drifts 0.15 over them
+    jittering = 0.3 + 0.08 * np.array([0, 0, 0, 0, 1, -1, -1, 1])  # range 0.16, no drift
+    trajectories = _summary_inputs(np.stack([settled, rising, settled, jittering]),
+                                   ["raf-r2", "bp", "raf-r4", "raf-r2"])  # fmt: skip
     reference = xr.Dataset(  # three seeds each of raf-r2 and bp: symmetry s.d. 0.05
         {"symmetry": (("run", "channel"), np.repeat([[0.25], [0.3], [0.35]] * 2, 2, axis=1)),
          "osi": (("run", "channel"), np.repeat([[0.1], [0.2], [0.3]] * 2, 2, axis=1)),
@@ -337,9 +340,10 @@ def test_a_run_is_flat_when_no_metric_moves_more_than_a_different_seed_would():
     )  # fmt: skip
     rows = plateau_table(trajectories, reference, window=4, metrics=["symmetry", "osi"])
     rows = rows.splitlines()[2:]
-    assert rows[0] == "| raf-r2 | 0 | 4-7 | 0.001 / 0.050 | 0.000 / 0.100 | flat |"
-    assert rows[1] == "| bp | 0 | 4-7 | 0.150 / 0.050 | 0.000 / 0.100 | moving |"
-    assert rows[2].endswith("| 0.001 / \u2013 | 0.000 / \u2013 | \u2013 |")  # no raf-r4 seeds
+    assert rows[0] == "| raf-r2 | 0 | 4-7 | 0.001 (0.001) / 0.050 | 0.000 (0.000) / 0.100 | flat |"
+    assert rows[1] == "| bp | 0 | 4-7 | 0.150 (0.150) / 0.050 | 0.000 (0.000) / 0.100 | moving |"
+    assert rows[2].endswith("| 0.001 (0.001) / \u2013 | 0.000 (0.000) / \u2013 | \u2013 |")
+    assert rows[3] == "| raf-r2 | 0 | 4-7 | 0.000 (0.160) / 0.050 | 0.000 (0.000) / 0.100 | flat |"
     short = plateau_table(trajectories, reference, window=9, metrics=["symmetry"])
     assert "| raf-r2 | 0 | 7 (< 9) |" in short and "flat" not in short
     with pytest.raises(DataError, match="at least 2"):
