@@ -292,6 +292,17 @@ def test_points_at_zero_stay_visible_with_their_mean(results):
     assert np.asarray(means.get_ydata(), float)[0] == 0.0  # raf-r2, drawn and visible
 
 
+def test_one_seed_per_condition_draws_the_runs_without_a_mean_or_bars(results):
+    """With n = 1 everywhere a mean tick would repeat the point and an s.d. does not exist:
+    only the runs are drawn, and the title says there is no spread."""
+    one = results.isel(run=np.flatnonzero(results["seed"].values == 0))
+    ax = figures.plot_metric_vs_rank(one, "symmetry").axes[0]
+    assert ax.get_title() == "n = 1 seed per condition\neach point one run: no spread to show"
+    assert not [line for line in ax.lines if line.get_marker() == "_"]
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert sum(len(c.get_offsets()) for c in points) == 4
+
+
 def test_unequal_seed_counts_show_n_under_each_tick(results):
     fewer = results.isel(run=[i for i in range(results.sizes["run"]) if i != 8])  # raf-r2 s0
     ticks = [
@@ -638,7 +649,8 @@ def test_subspace_angle_panel_shows_only_low_rank_raf_runs(results, tmp_path):
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert labels == ["raf-r2 (n=2)", "raf-r4 (n=2)"]
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), angle)
-    assert "P vs top error subspace (vvs_1" in fig.axes[0].get_ylabel()
+    assert "P vs top-r error subspace" in fig.axes[0].get_ylabel()
+    assert fig.axes[0].get_title() == "vvs_1 (into retina)"  # the layer, as the alignment panel
     assert "subspace_angle" in dict(figures.paper_panels(with_angle))
     with pytest.raises(DataError, match="principal_angle_max_rad"):
         figures.plot_subspace_angle(results)

@@ -131,20 +131,25 @@ def _sd_within(low: float, high: float):
 def _strip_panel(ax, table: pd.DataFrame, order: list[str], metric: str = "") -> None:
     """Seeds as a swarm colored by condition, mean and s.d. over seeds beside each swarm (the
     bar cut at [0, 1] for a fraction), rule headers above the axes, n (seeds) and what the
-    bars are in the title, or n under each tick."""
+    bars are in the title, or n under each tick. With one seed in every condition there is
+    no spread: the points stand alone and the title says so."""
     fraction = metric.startswith("fraction")
     errorbar = _sd_within(0.0, 1.0) if fraction else "sd"
-    bars = "bars: mean \u00b1 s.d." + (", cut at [0, 1]" if fraction else "")
+    counts = table.groupby("group", sort=False)["seed"].count().reindex(order)
+    single = bool((counts == 1).all())
+    bars = ("each point one run: no spread to show" if single
+            else "bars: mean \u00b1 s.d." + (", cut at [0, 1]" if fraction else ""))  # fmt: skip
     palette = {preset: condition_color(preset) for preset in table["preset"].unique()}
     sns.swarmplot(data=table, x="group", y="value", hue="preset", order=order, palette=palette,
                   size=3.6, edgecolor="white", linewidth=0.3, legend=False, clip_on=False,
                   zorder=3, ax=ax, warn_thresh=1.0)  # fmt: skip
     before = set(ax.lines) | set(ax.collections)
-    with warnings.catch_warnings():  # one seed: no s.d., seaborn draws the mean alone
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        sns.pointplot(data=table, x="group", y="value", order=order, errorbar=errorbar,
-                      color="0.15", markers="_", markersize=7, markeredgewidth=1.4,
-                      linestyle="none", err_kws={"linewidth": 0.9}, ax=ax)  # fmt: skip
+    if not single:
+        with warnings.catch_warnings():  # a condition with one seed: seaborn draws its mean
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            sns.pointplot(data=table, x="group", y="value", order=order, errorbar=errorbar,
+                          color="0.15", markers="_", markersize=7, markeredgewidth=1.4,
+                          linestyle="none", err_kws={"linewidth": 0.9}, ax=ax)  # fmt: skip
     shift = matplotlib.transforms.Affine2D().translate(MEAN_OFFSET, 0) + ax.transData
     for artist in (set(ax.lines) | set(ax.collections)) - before:
         artist.set_transform(shift)
@@ -153,7 +158,6 @@ def _strip_panel(ax, table: pd.DataFrame, order: list[str], metric: str = "") ->
         is_bar = isinstance(artist, matplotlib.lines.Line2D) and artist.get_marker() in (
             None, "None", "", " ")  # fmt: skip
         artist.set_clip_on(is_bar)
-    counts = table.groupby("group", sort=False)["seed"].count().reindex(order)
     ticks = table.drop_duplicates("group").set_index("group")["tick"].reindex(order)
     headers = _family_headers(table, order)
     two_lines = any("\n" in text for _, _, text in headers)
@@ -424,8 +428,9 @@ def plot_alignment(results: xr.Dataset, max_columns: int = 4):
             ax.set_xlabel("Epoch")
         for ax in axes[:, 0]:  # what is aligned with what, in two lines that fit a row
             ax.set_ylabel("Angle, feedback B\nvs. forward W$^{T}$ (\u00b0)")
-        axes.flat[0].text(0.98, 88, "chance", transform=axes.flat[0].get_yaxis_transform(),
-                          ha="right", va="top", fontsize=6, color="0.5")  # fmt: skip
+        # beside the axes, at the end of the dashed line: a run near 90° would hide it inside
+        axes.flat[0].text(1.01, 90, "chance", transform=axes.flat[0].get_yaxis_transform(),
+                          ha="left", va="center", fontsize=6, color="0.5")  # fmt: skip
         handles = {}  # label -> handle, each condition once
         for ax in axes.flat[: len(layers)]:
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -465,7 +470,8 @@ def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
         ax.axhline(90, color="0.6", lw=0.5, ls=(0, (2, 2)), zorder=0)
         _epoch_axis(ax, epochs)
         ax.set_xlabel("Epoch")
-        ax.set_ylabel(f"Largest principal angle,\nP vs top error subspace ({layer}, \u00b0)")
+        ax.set_title(layer + (" (into retina)" if layer == "vvs_1" else ""))
+        ax.set_ylabel("Largest principal angle,\nP vs top-r error subspace (\u00b0)")
         # below the axes: Oja's angles stay high, the PCA-set ones low, no corner is free
         handles, labels = ax.get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=2, title="Condition")
