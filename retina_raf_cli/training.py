@@ -321,8 +321,16 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
     help="Also keep these rows in this CSV file (replacing those of the same run and epoch) "
     "and show every epoch it holds: run after each epoch, it records where P was at each.",
 )
+@click.option(
+    "--figure",
+    default=None,
+    callback=writable,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also draw the overlaps and eigenvalues per epoch of the runs whose P has fewer rows "
+    "than the eigenvectors shown (e.g. with --history) into this file (.png, .pdf or .svg).",
+)
 @markdown_out_option("the table")
-def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, history, out):
+def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, history, figure, out):
     """Where P sits among the error's principal directions. For each RUN (finished or in
     flight), from its checkpoint: the leading eigenvalues of LAYER's error covariance (as
     shares of its trace), the overlap of each leading eigenvector with P's rows (1: P spans
@@ -348,6 +356,21 @@ def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, history, out)
             for run in runs
         ]  # fmt: skip
     )
+    suffix = os.path.splitext(figure)[1].lstrip(".") if figure else ""
+    if figure and suffix not in ("png", "pdf", "svg"):
+        raise click.BadParameter(f"{figure!r} is not a .png, .pdf or .svg file",
+                                 param_hint="--figure")  # fmt: skip
     if history is not None:
         frame = update_error_subspace_history(history, frame)
     emit(error_subspace_markdown(frame), out)
+    if figure:
+        from analysis.figures import export_panel, plot_error_subspace_history
+        from retina_raf.errors import DataError
+
+        try:
+            drawn = plot_error_subspace_history(frame)
+        except DataError as exc:  # e.g. only full-rank runs: a note, as `figures` skips
+            click.echo(f"note: no figure: {exc}", err=True)
+            return
+        name, _ = os.path.splitext(os.path.basename(figure))
+        export_panel(drawn, name, os.path.dirname(figure) or ".", formats=[suffix])

@@ -181,8 +181,9 @@ def test_the_error_subspace_history_keeps_one_row_set_per_run_and_epoch(raf_run,
         assert code == 0, err
     saddle, _ = _with_p_on(raf_run, tmp_path, (0, 2))
     code, printed, err = run_cli("error-subspace", saddle, "--eigenvectors", "3",
-                                 "--history", history)  # fmt: skip
+                                 "--history", history, "--figure", tmp_path / "p.png")  # fmt: skip
     assert code == 0, err
+    assert (tmp_path / "p.png").stat().st_size > 0  # rank 2 below 3 eigenvectors: drawn
     kept = read_error_subspace_history(history)
     assert kept.groupby(["run", "epoch"]).size().to_dict() == {
         (raf_run.name, 0): 2, (raf_run.name, 2): 3, (saddle.name, 2): 3}  # fmt: skip
@@ -191,6 +192,12 @@ def test_the_error_subspace_history_keeps_one_row_set_per_run_and_epoch(raf_run,
         [f"| {raf_run.name}", "2"], [f"| {saddle.name}", "2"]]  # fmt: skip
     assert rows[0].endswith("| 0.500, 0.200 | 0.30, 0.10 | 0.400 |")
     assert rows[2].split(" | ")[4] == "1.00, 0.00, 1.00"  # P on the first and third
+
+    code, _, err = run_cli("error-subspace", raf_run, "--eigenvectors", "2",
+                           "--figure", tmp_path / "none.png")  # fmt: skip
+    assert code == 0 and "note: no figure" in err and not (tmp_path / "none.png").exists()
+    code, _, err = run_cli("error-subspace", raf_run, "--figure", tmp_path / "p.txt")
+    assert code == 2 and ".png, .pdf or .svg" in err
 
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")

@@ -673,3 +673,26 @@ def test_a_fractions_bar_stops_at_1_and_the_panel_says_what_its_bars_are(results
     interval = figures.panels._sd_within(0.0, 1.0)
     low, high = interval([0.0, 1.0, 1.0])
     assert low == pytest.approx(2 / 3 - np.std([0, 1, 1], ddof=1)) and high == 1.0
+
+
+def test_the_error_subspace_history_panel_draws_where_p_was_per_epoch():
+    """One column per run whose P has fewer rows than the eigenvectors recorded: each
+    eigenvector's overlap with P's rows (top) and eigenvalue share (bottom) against the
+    epoch; a full-rank run (every overlap 1 by construction) is left out."""
+    import pandas as pd
+
+    rows = [("low", epoch, 2, i, 0.3 / i, overlap, 0.9)
+            for epoch, overlaps in ((1, (1.0, 0.0, 1.0)), (2, (1.0, 0.6, 0.4)))
+            for i, overlap in enumerate(overlaps, start=1)]  # fmt: skip
+    rows += [("full", 1, 3, i, 0.3, 1.0, 1.0) for i in (1, 2, 3)]
+    from analysis.alignment import ERROR_SUBSPACE_COLUMNS
+
+    history = pd.DataFrame(rows, columns=list(ERROR_SUBSPACE_COLUMNS))
+    fig = figures.plot_error_subspace_history(history)
+    top, bottom = fig.axes[:2]
+    assert top.get_title().startswith("low") and len(fig.axes) == 2  # "full" not drawn
+    second = top.lines[1]  # eigenvector 2: P left the (1, 3) saddle toward it
+    assert second.get_xdata().tolist() == [1, 2] and second.get_ydata().tolist() == [0.0, 0.6]
+    assert bottom.lines[2].get_ydata().tolist() == pytest.approx([0.1, 0.1])
+    with pytest.raises(DataError, match="fewer P rows"):
+        figures.plot_error_subspace_history(history[history["run"] == "full"])

@@ -4,7 +4,8 @@
   :func:`export_panel` (PDF, SVG, PNG, written atomically);
 - :mod:`analysis.figures.panels`: metric against feedback rank and bottleneck (seaborn, on
   the tidy per-run table of :mod:`analysis.per_run`), fraction center-surround, learning
-  curves, feedback alignment, and :func:`export_paper_panels`, the one writer of the paper
+  curves, feedback alignment, where Oja's P was (an error-subspace history, ``retina-raf
+  error-subspace --figure``), and :func:`export_paper_panels`, the one writer of the paper
   panels (``retina-raf figures``; the report notebooks show them and export the others,
   :func:`export_report_panel`);
 - :mod:`analysis.figures.montage`: :func:`plot_rf_montage`, the one RF montage of the
@@ -33,6 +34,7 @@ from analysis.figures.panels import (
     paper_panels,
     per_run_label,
     plot_alignment,
+    plot_error_subspace_history,
     plot_fraction_center_surround,
     plot_learning_curves,
     plot_metric_vs_nbn,
@@ -84,6 +86,7 @@ __all__ = [
     "per_run_label",
     "per_run_metric",
     "plot_alignment",
+    "plot_error_subspace_history",
     "plot_figure2",
     "plot_fraction_center_surround",
     "plot_learning_curves",

@@ -441,6 +441,47 @@ def plot_alignment(results: xr.Dataset, max_columns: int = 4):
     return fig
 
 
+def plot_error_subspace_history(history: pd.DataFrame):
+    """Where Oja's P was, epoch by epoch: for each run whose P has fewer rows than the
+    eigenvectors recorded (at full rank every overlap is 1), the overlap of each of the
+    error covariance's leading eigenvectors with P's rows (top; 1: P spans it, 0: P misses
+    it) and its eigenvalue as a share of the trace (bottom), over the epochs of an
+    error-subspace history (:func:`analysis.alignment.update_error_subspace_history`).
+
+    One column per run; returns the figure. Raises DataError when no run qualifies.
+    """
+    k = history.groupby("run")["eigenvector"].max()
+    ranks = history.groupby("run")["rank"].first()
+    runs = [run for run in k.index if ranks[run] < k[run]]
+    if not runs:
+        raise DataError("no run in the history has fewer P rows than eigenvectors recorded")
+    n_eigen = int(k[runs].max())
+    colors = sns.color_palette("viridis", n_eigen)
+    with paper_style():
+        width = "single" if len(runs) == 1 else "double"
+        fig, axes = new_figure(width, height_mm=85.0, nrows=2, ncols=len(runs), squeeze=False,
+                               sharex="col")  # fmt: skip
+        for column, run in enumerate(runs):
+            rows = history[history["run"] == run]
+            top, bottom = axes[0, column], axes[1, column]
+            for index in range(1, n_eigen + 1):
+                line = rows[rows["eigenvector"] == index].sort_values("epoch")
+                label = f"{index}" + (" (leading)" if index == 1 else "")
+                style = {"color": colors[index - 1], "marker": "o", "markersize": 2.0}
+                top.plot(line["epoch"], line["overlap"], label=label, **style)
+                bottom.plot(line["epoch"], line["eigenvalue_share"], **style)
+            top.set_title(f"{run}\n(P of rank {int(ranks[run])})")
+            top.set_ylim(-0.03, 1.03)
+            bottom.set_ylim(bottom=0)
+            bottom.set_xlabel("Epoch")
+            bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0, 0].set_ylabel("Overlap with P's rows")
+        axes[1, 0].set_ylabel("Eigenvalue\n(share of trace)")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", title="Error\neigenvector")
+    return fig
+
+
 # --------------------------------------------------------------------------- all panels
 def plot_subspace_angle(results: xr.Dataset, layer: str = "vvs_1"):
     """Whether Oja's rule found the error's top subspace: the largest principal angle
