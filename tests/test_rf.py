@@ -257,6 +257,68 @@ def test_feedback_models_are_probed_with_their_true_gradient(preset, twin, metho
     assert "forward" not in vars(feedback_model.retina_2.conv)  # patch removed
 
 
+# ----------------------------------------------------------------------------- the window
+@pytest.mark.parametrize("method", METHODS)
+def test_the_layer_computed_on_the_center_units_support_gives_the_same_rfs(method, monkeypatch):
+    """Claim: a center unit of stride-1 'same'-padded convolutions sees only its support, so
+    computing the layer on that window (9 x 9 of 32 x 32 pixels for retina_2 with 5 x 5
+    kernels) changes no RF, spread, activation or flag of any method."""
+    from analysis.rf.objectives import CenterUnits
+    from retina_raf.models import build_model
+
+    model = build_model("raf-r2", seed=0, **SMALL_RETINA)
+    used = []
+    restrict = CenterUnits.restrict_to
+
+    def recorded(self, support):
+        used.append(restrict(self, support))
+        return used[-1]
+
+    monkeypatch.setattr(CenterUnits, "restrict_to", recorded)
+    options = {"input_shape": (1, 32, 32), "seed": 2, **FAST[method]}
+    if method == "sta":
+        options["n_samples"] = 2048
+    windowed = extract_rfs(model, "retina_2", method, **options)
+    assert used == [True]
+    monkeypatch.setattr(CenterUnits, "restrict_to", lambda self, support: False)
+    whole = extract_rfs(model, "retina_2", method, **options)
+    scale = float(np.abs(whole).max())
+    assert windowed.attrs["support"] == [12, 21, 12, 21] and scale > 0
+    np.testing.assert_allclose(windowed.values, whole.values, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(windowed.spread.values, whole.spread.values, rtol=1e-4,
+                               atol=1e-5 * scale)  # fmt: skip
+    np.testing.assert_allclose(windowed.activation.values, whole.activation.values, rtol=1e-4,
+                               atol=1e-6)  # fmt: skip
+    assert np.array_equal(windowed.responsive.values, whole.responsive.values)
+
+
+def test_a_window_the_center_units_do_not_see_alone_is_refused():
+    """restrict_to checks before it crops: the true support of TinyNet's retina_2 (two
+    'same' convolutions: k1 + k2 - 1 pixels) is taken, a smaller window or a layer that mixes
+    every position (a global mean) keeps the whole image, and so does a flat layer."""
+    from analysis.rf.objectives import CenterUnits
+
+    class GlobalMean(TinyNet):
+        def activation(self, x, layer):
+            out = super().activation(x, layer)
+            return out + x.mean() if layer == "retina_2" else out
+
+    def units(model, layer="retina_2"):
+        return CenterUnits(model, layer, SHAPE, torch.device("cpu"), torch.float32)
+
+    net, center = TinyNet(seed=5), SIZE // 2
+    half = net.retina_1.kernel_size[0] // 2 + net.retina_2.kernel_size[0] // 2
+    support = [center - half, center + half + 1] * 2
+    true = units(net)
+    assert true.restrict_to(support) and true.window == tuple(support)
+    small = units(net)
+    assert not small.restrict_to([center - half + 1, center + half] * 2)
+    assert small.window is None
+    assert not units(GlobalMean(seed=5)).restrict_to(support)
+    assert not units(TinyNet(seed=5), "fc_1").restrict_to(support)
+    assert not units(TinyNet(seed=5)).restrict_to([0, SIZE, 0, SIZE])  # the whole image
+
+
 # ----------------------------------------------------------------------------- actmax
 @pytest.mark.parametrize("norm", [None, 0.5, 4.0])
 def test_actmax_respects_its_norm(norm):
@@ -427,14 +489,14 @@ def test_cuda_matches_cpu(method):
 
 
 # ----------------------------------------------------------------------------- CLI
-KERNEL = 3  # kernel size of the tiny run
+TINY_RUN_KERNEL = 3  # kernel size of the tiny run (the planted kernels keep KERNEL)
 TINY_RUN = [
     "model.retina.retina_channels=4",
     "model.retina.n_bn=4",
     "model.retina.vvs_channels=4",
     "model.retina.vvs_layers=1",
     "model.retina.fc_units=8",
-    f"model.retina.kernel_size={KERNEL}",
+    f"model.retina.kernel_size={TINY_RUN_KERNEL}",
     "data.train_limit=64",
     "data.test_limit=32",
     "train.progress=false",
@@ -478,7 +540,8 @@ def test_cli_writes_netcdf_with_run_identity(tiny_run, tmp_path, run_cli, method
         assert rfs.attrs["method"] == method and rfs.attrs["layer"] == "retina_2"
         # the center unit of the second k x k convolution sees 2 (k - 1) + 1 pixels
         y0, y1, x0, x1 = rfs.attrs["support"]
-        assert y1 - y0 == x1 - x0 == 2 * (KERNEL - 1) + 1 and (y0 + y1 - 1) / 2 == 16  # center
+        assert y1 - y0 == x1 - x0 == 2 * (TINY_RUN_KERNEL - 1) + 1
+        assert (y0 + y1 - 1) / 2 == 16  # centered
     assert (tmp_path / "rfs.png").read_bytes()[:4] == b"\x89PNG"
     assert "responsive" in out
 

@@ -150,6 +150,7 @@ def extract_rfs(
     )
     with probing(model):
         units = CenterUnits(model, layer, input_shape, device, dtype)
+        units.restrict_to(center_unit_support(model, layer, units))
         channel_list = _channel_list(units, channels)
         base = base_image(resolved, input_shape, device, dtype)
         if method == "gradient":
@@ -185,6 +186,7 @@ def actmax_starts(
     )
     with probing(model):
         units = CenterUnits(model, layer, input_shape, device, dtype)
+        units.restrict_to(center_unit_support(model, layer, units))
         channel_list = _channel_list(units, channels)
         base = base_image(resolved, input_shape, device, dtype)
         images, activation, responded = actmax_ascent(

@@ -5,7 +5,9 @@ each channel of one layer, and how the model is probed for it.
 channel ``rows[i]`` to batch element ``i``; one backward pass of the summed objective gives
 every element's input gradient at once, which is how all channels are probed in one batched
 pass (elements never interact in eval mode). :func:`probing` puts a model in the state
-probing needs, and :func:`center_unit_support` says which input pixels a center unit sees.
+probing needs, and :func:`center_unit_support` says which input pixels a center unit sees;
+:meth:`CenterUnits.restrict_to` then computes the layer on that window alone (same
+responses, a fraction of the cost).
 """
 
 from __future__ import annotations
@@ -86,23 +88,72 @@ class CenterUnits:
             )
         self.layer_shape = tuple(out.shape[1:])
         self.n_channels = out.shape[1]
+        self.device, self.dtype = device, dtype
+        self.window = None  # (y0, y1, x0, x1) of the input the layer is computed on; None: all
+        self.window_center = self.center
+
+    def restrict_to(self, support: list[int] | None) -> bool:
+        """Compute the layer on the input window its center units see, not the whole image.
+
+        A center unit of a stack of stride-1 'same'-padded convolutions depends only on the
+        pixels of its support (:func:`center_unit_support`): on that window it gives the
+        response it gives on the whole image, and its input gradient outside the window is
+        zero either way, so the objective and its gradient (still over the whole input) are
+        unchanged while each forward and backward pass shrinks with the area (17 x 17 of
+        32 x 32 pixels for ``retina_2``). Used only after a check on random images that the
+        window's center responses equal the whole image's; otherwise (a layer that mixes
+        positions or changes the size, a shape the model refuses) the units stay as they were.
+
+        Args:
+            support: ``[y0, y1, x0, x1]`` (half-open), or None.
+
+        Returns:
+            Whether the layer is now computed on the window.
+        """
+        if support is None or self.center is None:
+            return False
+        y0, y1, x0, x1 = (int(v) for v in support)
+        if (y1 - y0, x1 - x0) == tuple(self.input_shape[1:]):
+            return False  # the window is the whole image: nothing to gain
+        cy, cx = self.center
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(4, *self.input_shape, generator=generator)
+        images = images.to(device=self.device, dtype=self.dtype)
+        try:
+            with torch.no_grad():
+                whole = self.activation(images)[:, :, cy, cx]
+                part = self.activation(images[..., y0:y1, x0:x1])[:, :, cy - y0, cx - x0]
+        except (RuntimeError, ValueError, IndexError, ConfigError):
+            return False
+        scale = float(whole.abs().max().clamp_min(1.0))
+        if part.shape != whole.shape or not torch.allclose(part, whole, rtol=1e-4,
+                                                           atol=1e-5 * scale):  # fmt: skip
+            return False
+        self.window, self.window_center = (y0, y1, x0, x1), (cy - y0, cx - x0)
+        return True
+
+    def _layer(self, images: torch.Tensor) -> torch.Tensor:
+        if self.window is None:
+            return self.activation(images)
+        y0, y1, x0, x1 = self.window
+        return self.activation(images[..., y0:y1, x0:x1])
 
     def _select(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         batch = torch.arange(len(rows), device=out.device)
         if self.center is None:
             return out[batch, rows]
-        return out[batch, rows, self.center[0], self.center[1]]
+        return out[batch, rows, self.window_center[0], self.window_center[1]]
 
     def response(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B,) center-unit responses, element i driving channel rows[i]."""
-        return self._select(self.activation(images), rows)
+        return self._select(self._layer(images), rows)
 
     def responses_all(self, images: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
         """(B, len(channels)) center-unit responses of every listed channel to every image."""
-        out = self.activation(images)
+        out = self._layer(images)
         if self.center is None:
             return out[:, channels]
-        return out[:, channels, self.center[0], self.center[1]]
+        return out[:, channels, self.window_center[0], self.window_center[1]]
 
     def response_and_gradient(self, images: torch.Tensor, rows: torch.Tensor):
         """(B,) responses and (B, *input_shape) their input gradients, in one backward pass."""
@@ -146,7 +197,8 @@ def center_unit_support(model: nn.Module, layer: str, units: CenterUnits) -> lis
     Known for the project's :class:`~retina_raf.models.RetinaNet`, whose convolutions all
     have the same odd kernel k, stride 1 and same padding: the d-th convolution sees a
     square of d (k - 1) + 1 pixels (17 x 17 for ``retina_2`` with 9 x 9 kernels). Dense
-    layers see the whole image (None). Montages crop the RFs to this box.
+    layers see the whole image (None). Montages crop the RFs to this box, and the objective
+    computes the layer on it (:meth:`CenterUnits.restrict_to`).
     """
     cfg = getattr(model, "cfg", None)
     names = list(getattr(model, "layer_names", []))
