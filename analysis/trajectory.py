@@ -225,8 +225,10 @@ def experiment_trajectories(
     method: str = "gradient",
     **kwargs,
 ) -> xr.Dataset:
-    """:func:`combine_trajectories` of every run of an experiment file that has begun
-    training (its folder under ``runs_dir`` has retina snapshots), finished or not.
+    """:func:`combine_trajectories` of every run of an experiment file that has finished an
+    epoch (its folder under ``runs_dir`` has a retina snapshot after epoch 1 or later),
+    finished or not; a run that has only its initial snapshot counts as not started (it has
+    no history yet to stand beside its RFs).
 
     The runs not started yet are listed (run ids) in the ``missing_runs`` attribute, and the
     experiment's name in ``experiment``, so that the file accounts for every planned run.
@@ -239,7 +241,9 @@ def experiment_trajectories(
 
     exp = load_experiment(experiment)
     planned = expand(exp)
-    started = [run for run in planned if runs.retina_snapshots(run_dir(Path(runs_dir), run))]
+    folders = {run.run_id: run_dir(Path(runs_dir), run) for run in planned}
+    started = [run for run in planned
+               if max(runs.retina_snapshots(folders[run.run_id]), default=0) >= 1]  # fmt: skip
     if not started:
         raise RunError(f"no run of {exp.name} in {runs_dir} has retina snapshots yet")
     ds = combine_trajectories([run_dir(Path(runs_dir), run) for run in started], layer, method,

@@ -378,3 +378,22 @@ def test_a_file_can_keep_the_rf_maps_at_milestones_and_every_metric(inflight, tm
     with open_results(path) as written:
         assert np.isfinite(written["rf"]).any(("channel", "y", "x")).values.tolist() == [
             [True, False, True], [True, True, False]]  # fmt: skip
+
+
+def test_a_run_with_only_its_initial_snapshot_counts_as_not_started(inflight, tmp_path):
+    """A run that has just started (its epoch-0 snapshot written, no epoch finished, no
+    history) is listed with the runs not started, not stacked without its history."""
+    import shutil
+
+    from analysis.trajectory import experiment_trajectories
+    from retina_raf.sweep import run_dir
+
+    experiment, out, (raf, bp, just_started) = inflight
+    copy = tmp_path / "runs"
+    shutil.copytree(out, copy)
+    initial = run_dir(copy, just_started) / "snapshots"
+    initial.mkdir(parents=True)
+    shutil.copy(run_dir(copy, bp) / "snapshots" / "epoch_000.pt", initial / "epoch_000.pt")
+    ds = experiment_trajectories(experiment, copy, "retina_2", "gradient")
+    assert ds["run_id"].values.tolist() == [raf.run_id, bp.run_id]
+    assert ds.attrs["missing_runs"] == just_started.run_id
