@@ -245,8 +245,8 @@ def experiment_trajectories(
     started = [run for run in planned
                if max(runs.retina_snapshots(folders[run.run_id]), default=0) >= 1]  # fmt: skip
     if not started:
-        raise RunError(f"no run of {exp.name} in {runs_dir} has retina snapshots yet")
-    ds = combine_trajectories([run_dir(Path(runs_dir), run) for run in started], layer, method,
+        raise RunError(f"no run of {exp.name} in {runs_dir} has finished an epoch yet")
+    ds = combine_trajectories([folders[run.run_id] for run in started], layer, method,
                               **kwargs)  # fmt: skip
     # what the experiment asks for, not what a run's folder was last started with
     ds = ds.assign_coords(epochs_planned=("run", [run.config().train.epochs for run in started]))

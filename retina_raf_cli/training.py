@@ -346,6 +346,10 @@ def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, history, figu
     )
 
     check_runs_or_experiment(runs, experiment, runs_dir)
+    suffix = os.path.splitext(figure)[1].lstrip(".") if figure else ""
+    if figure and suffix not in ("png", "pdf", "svg"):  # before any checkpoint is read
+        raise click.BadParameter(f"{figure!r} is not a .png, .pdf or .svg file",
+                                 param_hint="--figure")  # fmt: skip
     if experiment:
         runs = experiment_runs_with_learned_feedback(
             experiment, runs_dir, layer, rules=ERROR_SUBSPACE_RULES
@@ -356,10 +360,6 @@ def error_subspace_cmd(runs, layer, experiment, runs_dir, n_eigen, history, figu
             for run in runs
         ]  # fmt: skip
     )
-    suffix = os.path.splitext(figure)[1].lstrip(".") if figure else ""
-    if figure and suffix not in ("png", "pdf", "svg"):
-        raise click.BadParameter(f"{figure!r} is not a .png, .pdf or .svg file",
-                                 param_hint="--figure")  # fmt: skip
     if history is not None:
         frame = update_error_subspace_history(history, frame)
     emit(error_subspace_markdown(frame), out)
