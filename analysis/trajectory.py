@@ -187,7 +187,9 @@ def combine_trajectories(
 
     Run coordinates as in :mod:`analysis.results` (run_id, preset, rank, n_bn, seed, rule),
     ``finished`` (the run has its ``DONE``: a run still training has only the epochs it
-    reached) and ``epochs_planned``, and ``config`` (run): each run's resolved config as YAML;
+    reached), ``being_trained`` (a process held the run's lock, :func:`retina_raf.runs.lock_holder`,
+    when the dataset was built: an unfinished run without one has stopped, to resume later)
+    and ``epochs_planned``, and ``config`` (run): each run's resolved config as YAML;
     runs with fewer channels (bottlenecks) or epochs are padded: ``present`` (run, channel)
     is False there, numbers NaN and ``rf_class`` "". ``agreement``: also the correlations
     of the gradient, actmax and STA RFs at each run's last epoch (``gradient_vs_actmax``
@@ -212,6 +214,7 @@ def combine_trajectories(
 
     def identity(run: runs.Run) -> dict:
         return {**stacking.run_coords(run), "finished": run.finished,
+                "being_trained": runs.lock_holder(run.path) is not None,
                 "epochs_planned": run.config.train.epochs}  # fmt: skip
 
     return stacking.stack_runs(run_dirs, reduce, kind=KIND_TRAJECTORIES, identity=identity,
@@ -302,11 +305,18 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
 
 
 def run_status(trajectories: xr.Dataset, run: int, epoch: int) -> str:
-    """``finished``, or ``training`` with the epoch reached of the epochs planned, for one run
-    of :func:`combine_trajectories`."""
+    """``finished``, or, with the epoch reached of the epochs planned, ``training`` (a process
+    was training it when the file was written) or ``stopped`` (none was: it resumes from its
+    checkpoint when started again), for one run of :func:`combine_trajectories`. Files
+    written before ``being_trained`` was recorded say ``training`` for every unfinished run."""
     if "finished" not in trajectories.coords or bool(trajectories["finished"].values[run]):
         return "finished"
-    return f"training ({epoch} of {int(trajectories['epochs_planned'].values[run])})"
+    planned = int(trajectories["epochs_planned"].values[run])
+    if "being_trained" in trajectories.coords and not bool(
+        trajectories["being_trained"].values[run]
+    ):
+        return f"stopped ({epoch} of {planned})"
+    return f"training ({epoch} of {planned})"
 
 
 def missing_runs(trajectories: xr.Dataset) -> list[tuple[str, str, int | None]]:
@@ -340,13 +350,13 @@ def findings_table(
 ) -> str:
     """A Markdown table of the RFs of every run at one epoch (default: each run's last).
 
-    Columns: condition, seed, status (finished; training, with the epoch reached of those
-    planned), epoch, test accuracy, responsive units (of the run's channels), mean symmetry
-    and OSI over them, fractions center-surround and oriented, and, where any run has them,
-    the feedback into the retina at that epoch: the angle between B and W^T at ``vvs_1``
-    P's share of the top-r error variance and P's largest principal angle to the top-r
-    eigenvectors (a share near 1 can hide a P that misses one of them: the angle says so;
-    "\u2013" for backprop, whose feedback is W^T).
+    Columns: condition, seed, status (:func:`run_status`: finished; training or stopped, with
+    the epoch reached of those planned), epoch, test accuracy, responsive units (of the run's
+    channels), mean symmetry and OSI over them, fractions center-surround and oriented, and,
+    where any run has them, the feedback into the retina at that epoch: the angle between B and
+    W^T at ``vvs_1``, P's share of the top-r error variance and P's largest principal angle to
+    the top-r eigenvectors (a share near 1 can hide a P that misses one of them: the angle says
+    so; "\u2013" for backprop, whose feedback is W^T).
     A run that has not reached ``epoch`` is shown at its last; the runs of the experiment
     not started yet (``missing_runs``) close the table, so that it accounts for every run
     (unless ``not_started`` is False). A value a run does not have at that epoch (test

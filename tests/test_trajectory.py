@@ -198,11 +198,15 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(
     says which is which, and gives the alignment of the feedback into the retina for the RAF
     run (per epoch, from its history) and none for backprop."""
     from analysis.trajectory import experiment_trajectories, findings_table
+    from retina_raf.sweep import run_lock
 
     experiment, out, (raf, bp, not_started) = inflight
-    ds = experiment_trajectories(experiment, out, **RF_OPTIONS)
+    with run_lock(out, bp) as mine:  # a worker is training bp
+        assert mine
+        ds = experiment_trajectories(experiment, out, **RF_OPTIONS)
     assert list(ds["run_id"].values) == [raf.run_id, bp.run_id]
     assert list(ds["finished"].values) == [True, False]
+    assert list(ds["being_trained"].values) == [False, True]
     assert list(ds["epochs_planned"].values) == [2, 2]
     assert ds.attrs["missing_runs"] == not_started.run_id
     summary = trajectory_summary(ds)
@@ -221,17 +225,20 @@ def test_an_experiment_in_flight_is_published_with_every_run_accounted_for(
     )
     assert table[4].startswith("| bp-bottleneck-1 | 0 | not started |")
 
+    # written while no worker trains bp: it has stopped at epoch 1, to resume later
     path = tmp_path / "trajectories.nc"
     code, _, err = run_cli("trajectory", "--experiment", experiment, "--runs-dir", out,
                            "--out", path, "--base", "gray", "--gray-level", "0.5")  # fmt: skip
     assert code == 0, err
+    stopped = [row.replace("training (1 of 2)", "stopped (1 of 2)") for row in table]
+    assert stopped != table
     code, printed, err = run_cli("findings", path)
     assert code == 0, err
-    assert printed.strip().splitlines() == table
+    assert printed.strip().splitlines() == stopped
     code, printed, err = run_cli("findings", path, "--epoch", "0", "--epoch", "1", "--epoch", "9")
     assert code == 0, err
     assert "At epoch 0 " in printed and "At epoch 1 " in printed  # milestones some run reached
-    assert "At epoch 9" not in printed and printed.count("| bp | 0 | training (1 of 2) |") == 3
+    assert "At epoch 9" not in printed and printed.count("| bp | 0 | stopped (1 of 2) |") == 3
     assert printed.count("not started") == 1  # listed once, under each run's last epoch
     code, _, err = run_cli("trajectory", raf.run_id, "--experiment", experiment, "--out", path)
     assert code == 2 and "not both" in err
