@@ -176,6 +176,14 @@ def train_cmd(
     "'0,' for seed 0 alone).",
 )
 @click.option(
+    "--only",
+    default=None,
+    metavar="LIST",
+    help="Train (or, with --dry-run, list) only the runs of these conditions, a comma list of "
+    "the names --dry-run shows (raf-r4 for rank 4 over raf-r2); the others are left as they "
+    "are, e.g. a run resting at a plateau while the rest of the queue trains.",
+)
+@click.option(
     "--layer", default="retina_2", show_default=True, help="--collect: RFs of this layer."
 )
 @method_option(
@@ -212,6 +220,7 @@ def sweep_command(
     slurm_options,
     no_wait,
     seeds,
+    only,
     layer,
     methods,
     results_path,
@@ -238,8 +247,15 @@ def sweep_command(
     slurm_options = [f"{k}={v}" for k, v in named.items() if v is not None] + list(slurm_options)
     exp = update_experiment(load_experiment(file), data, sets, slurm_options, seeds)
     out = Path(out or exp.out or Path("runs") / exp.name)
+    conditions = [name.strip() for name in (only or "").split(",") if name.strip()]
+    if only is not None and not conditions:
+        raise click.BadParameter("expects a comma list of conditions", param_hint="--only")
+    if collect and conditions:
+        raise click.BadParameter(
+            "selects runs to train; --collect combines every finished run", param_hint="--only"
+        )
     if dry_run:
-        click.echo(sweep.dry_run(exp, out))
+        click.echo(sweep.dry_run(exp, out, conditions))
         return
     if collect:
         from analysis.results import collect_experiment
@@ -251,7 +267,8 @@ def sweep_command(
                                   **rf_options)  # fmt: skip
         click.echo(f"wrote {path}")
         return
-    rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait)
+    rep = sweep.run_sweep(exp, out, executor=executor, workers=workers, wait=not no_wait,
+                          only=conditions)  # fmt: skip
     if rep is None:
         click.echo(f"check progress with: retina-raf sweep {file} --dry-run --out {out}")
         return

@@ -307,6 +307,36 @@ def test_local_executor_sees_the_gpus_cuda_visible_devices_names(monkeypatch):
     assert visible_gpus() == []
 
 
+def test_only_trains_the_named_conditions_and_leaves_the_others_as_they_are(tmp_path, run_cli):
+    """--only raf-r4 (rank 4 over raf-r2, as --dry-run names it) trains that condition's runs
+    alone: an interrupted run of another condition (one resting at its plateau) is neither
+    resumed nor touched; --dry-run lists the same selection; a condition the experiment does
+    not have is refused in one line, naming those it has, and so is --only with --collect."""
+    path = write_experiment(tmp_path, presets=["raf-r2"], ranks=[2, 4], unconstrained_rule="bp",
+                            overrides=TINY)  # fmt: skip
+    out = tmp_path / "out"
+    resting, chosen = expand(load_experiment(path))
+    assert (resting.preset, chosen.preset) == ("raf-r2", "raf-r4")
+    run_dir(out, resting).mkdir(parents=True)
+    (run_dir(out, resting) / "checkpoint.pt").write_bytes(b"resting")
+
+    code, text, err = run_cli("sweep", path, "--out", out, "--only", "raf-r4", "--dry-run")
+    assert code == 0, err
+    assert [line.split()[:2] for line in text.splitlines()[:-1]] == [[chosen.run_id, "pending"]]
+
+    code, text, err = run_cli("sweep", path, "--out", out, "--only", "raf-r4")
+    assert code == 0, err
+    assert run_state(out, chosen) == "done" and run_state(out, resting) == "interrupted"
+    assert (run_dir(out, resting) / "checkpoint.pt").read_bytes() == b"resting"
+    assert {rid for _, _, rid in journal_events(out)} == {chosen.run_id}
+
+    code, _, err = run_cli("sweep", path, "--out", out, "--only", "raf-r8")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "'raf-r8'" in err and "raf-r2, raf-r4" in err
+    code, _, err = run_cli("sweep", path, "--out", out, "--only", "raf-r4", "--collect")
+    assert code == 2 and "--collect" in err
+
+
 def test_a_run_another_process_holds_is_skipped_not_trained(tmp_path):
     """train_run does not touch a run whose lock another sweep holds."""
     path = write_experiment(tmp_path, presets=["bp"], overrides=TINY)

@@ -53,6 +53,7 @@ from retina_raf.sweep.experiment import (
     grid_points,
     load_experiment,
     normalize_overrides,
+    select_runs,
     update_experiment,
 )
 from retina_raf.sweep.local import run_local, visible_gpus
@@ -105,6 +106,7 @@ __all__ = [
     "run_slurm",
     "run_state",
     "run_sweep",
+    "select_runs",
     "submitit_parameters",
     "train_run",
     "update_experiment",

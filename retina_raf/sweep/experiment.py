@@ -14,6 +14,7 @@ import dataclasses
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -459,3 +460,20 @@ def expand(exp: ExperimentConfig) -> list[Run]:
                     seen[run.run_id] = run
                     runs.append(run)
     return runs
+
+
+def select_runs(runs: list[Run], conditions: Sequence[str] = ()) -> list[Run]:
+    """The runs of the given conditions (their ``preset``, as ``sweep --dry-run`` names them,
+    e.g. ``raf-r4`` for rank 4 over ``raf-r2``), in the experiment's order; all of them when
+    ``conditions`` is empty. Raises ConfigError for a condition the experiment has no run of,
+    naming those it has."""
+    if not conditions:
+        return list(runs)
+    known = list(dict.fromkeys(run.preset for run in runs))
+    unknown = [name for name in conditions if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"--only: no run of the experiment is {', '.join(map(repr, unknown))}"
+            f" (its conditions: {', '.join(known)})"
+        )
+    return [run for run in runs if run.preset in conditions]

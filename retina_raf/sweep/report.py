@@ -4,10 +4,11 @@ state and failure after, and the table of ``retina-raf sweep --dry-run``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retina_raf.sweep.experiment import ExperimentConfig, Run, expand
+from retina_raf.sweep.experiment import ExperimentConfig, Run, expand, select_runs
 from retina_raf.sweep.state import (
     STATES,
     error_file,
@@ -95,9 +96,10 @@ def progress(out: Path, runs: list[Run], finished, poll_s: float = 2.0) -> None:
             time.sleep(poll_s)
 
 
-def dry_run(exp: ExperimentConfig, out: Path) -> str:
-    """A table of every run with its state and folder, then the counts per state."""
-    runs = expand(exp)
+def dry_run(exp: ExperimentConfig, out: Path, only: Sequence[str] = ()) -> str:
+    """A table of every run (of the conditions ``only``, :func:`select_runs`) with its state
+    and folder, then the counts per state."""
+    runs = select_runs(expand(exp), only)
     queued = queued_jobs(out, runs)
     width = max(len(run.run_id) for run in runs)
     lines = []

@@ -3,11 +3,18 @@ local or the SLURM executor."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from retina_raf.errors import ConfigError, DataError
 from retina_raf.io import write_text
-from retina_raf.sweep.experiment import ExperimentConfig, Run, expand, experiment_yaml
+from retina_raf.sweep.experiment import (
+    ExperimentConfig,
+    Run,
+    expand,
+    experiment_yaml,
+    select_runs,
+)
 from retina_raf.sweep.local import run_local
 from retina_raf.sweep.report import SweepReport, merge_reports, report
 from retina_raf.sweep.slurm import run_slurm
@@ -21,11 +28,14 @@ def run_sweep(
     workers: int | None = None,
     wait: bool = True,
     slurm_cluster: str = "slurm",
+    only: Sequence[str] = (),
 ) -> SweepReport | None:
     """Train every run of ``exp`` that is not finished: skip ``done`` and ``running`` runs,
-    resume ``interrupted`` and ``failed`` ones from their checkpoints, start the rest."""
+    resume ``interrupted`` and ``failed`` ones from their checkpoints, start the rest.
+    ``only``: just the runs of these conditions (:func:`select_runs`); the others are left
+    as they are, e.g. a run resting at a plateau while the rest of the queue trains."""
     out = Path(out)
-    runs = expand(exp)
+    runs = select_runs(expand(exp), only)
     queued = queued_jobs(out, runs)
     todo = [run for run in runs if run_state(out, run, queued) not in ("done", "running", "queued")]
     _check_data(todo)
