@@ -66,7 +66,7 @@ def weight_decay_alignment(run_dir: str | Path, layer: str = "vvs_1") -> dict:
     from retina_raf.feedback.diagnostics import alignment_angle
 
     run_dir = Path(run_dir)
-    cfg, state, model, module = _checkpoint_layer(run_dir, layer)
+    cfg, state, model, module = checkpoint_layer(run_dir, layer)
     if cfg.train.optimizer != "rmsprop":
         raise RunError(f"{run_dir} trained with {cfg.train.optimizer}, not RMSprop")
     if not hasattr(module, "q") or not getattr(module, "train_q", False):
@@ -104,7 +104,7 @@ def weight_decay_alignment(run_dir: str | Path, layer: str = "vvs_1") -> dict:
     }
 
 
-def _checkpoint_layer(run_dir: Path, layer: str):
+def checkpoint_layer(run_dir: Path, layer: str):
     """(config, checkpoint state, model with its weights, the feedback convolution of
     ``layer``) of a run folder's ``checkpoint.pt`` (finished or in flight).
 
@@ -156,7 +156,7 @@ def error_subspace(run_dir: str | Path, layer: str = "vvs_1", n_eigen: int | Non
     from retina_raf.feedback.diagnostics import variance_captured
 
     run_dir = Path(run_dir)
-    _, state, _, module = _checkpoint_layer(run_dir, layer)
+    _, state, _, module = checkpoint_layer(run_dir, layer)
     if not getattr(module, "track_error_covariance", False) or not hasattr(module, "p"):
         raise DataError(f"{layer} of {run_dir.name} has no P or keeps no error covariance")
     p = module.p.detach().double()

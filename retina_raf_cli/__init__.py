@@ -43,6 +43,7 @@ for _command in (
     rfs.trajectory_cmd,
     training.kp_decay_cmd,
     training.error_subspace_cmd,
+    rfs.feedback_rfs_cmd,
     reports.findings_cmd,
     rfs.results_cmd,
     reports.demo_cmd,

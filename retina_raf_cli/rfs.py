@@ -1,5 +1,6 @@
-"""``retina-raf rfs``, ``metrics``, ``trajectory`` and ``results``: map and measure the
-receptive fields of trained runs, and combine runs into one results file."""
+"""``retina-raf rfs``, ``metrics``, ``trajectory``, ``feedback-rfs`` and ``results``: map and
+measure the receptive fields of trained runs (and of the readout their retina learns
+through), and combine runs into one results file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from retina_raf_cli.options import (
     base_options,
     check_runs_or_experiment,
     device_option,
+    emit,
     experiment_options,
+    markdown_out_option,
     method_option,
     netcdf_path,
     renamed,
@@ -196,6 +199,76 @@ def trajectory_cmd(
             text = ", ".join(f"{p} {float(ds[p].isel(run=run).mean()):.2f}" for p in pairs)
             click.echo(f"{run_id} RF methods at the last epoch (mean correlation): {text}")
     click.echo(f"wrote {out}")
+
+
+# --------------------------------------------------------------------- feedback-rfs
+@click.command("feedback-rfs", short_help="RFs of the readout the retina learns through.")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=str))
+@click.option(
+    "--layer",
+    default="vvs_1",
+    show_default=True,
+    help="The layer whose feedback trains the layers below it.",
+)
+@experiment_options(
+    "Instead of RUNS: the runs of this experiment file under --runs-dir that have a "
+    "checkpoint (dRAF runs left out: their retina learns through the direct feedback)."
+)
+@method_option("RF method (docs/design.md#rf-extraction).", default="actmax",
+               choices=RF_METHODS_GRADIENT_FIRST)  # fmt: skip
+@base_options("Base image of the RF maps.")
+@click.option(
+    "--results",
+    "results_path",
+    callback=writable,
+    default=None,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also write the RFs and their metrics to this NetCDF file.",
+)
+@click.option(
+    "--figures",
+    callback=writable,
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Also draw each run's readout RFs into this folder (readout_<run id>.png).",
+)
+@markdown_out_option("the table")
+def feedback_rfs_cmd(
+    runs, layer, experiment, runs_dir, method, base, gray_level, results_path, figures, out
+):
+    """RFs of the readout through which LAYER's feedback trains the layers below it. A RAF
+    layer sends them conv2d_input(Q, P delta): the gradient of <P delta, z> for the readout
+    z = conv2d(h, Q) of its input h, so the retina learns as if read out by z's r units
+    (backprop: Q = W, the layer's pre-activation). For each RUN (finished or in flight),
+    from its checkpoint: the RFs of z's center units and their metrics. A Markdown table."""
+    from pathlib import Path
+
+    from analysis.feedback_readout import (
+        experiment_runs_with_readout,
+        readout_dataset,
+        readout_table,
+    )
+    from retina_raf.errors import DataError
+
+    check_runs_or_experiment(runs, experiment, runs_dir)
+    if results_path is not None:
+        netcdf_path(results_path, "--results")
+    if experiment:
+        runs = experiment_runs_with_readout(experiment, runs_dir, layer)
+        if not runs:
+            raise DataError(f"no run of {experiment} in {runs_dir} has a checkpoint yet")
+    rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {"base": base}
+    readout = readout_dataset(list(runs), layer, method, **rf_options)
+    if results_path is not None:
+        from analysis.results import write_results
+
+        write_results(readout, results_path)
+    if figures is not None:
+        from analysis.figures import save_readout_montages
+
+        for path in save_readout_montages(readout, Path(figures)):
+            click.echo(f"wrote {path}", err=True)
+    emit(readout_table(readout), out)
 
 
 # -------------------------------------------------------------------------- results

@@ -9,7 +9,8 @@
   panels (``retina-raf figures``; the report notebooks show them and export the others,
   :func:`export_report_panel`);
 - :mod:`analysis.figures.montage`: :func:`plot_rf_montage`, the one RF montage of the
-  project (``retina-raf rfs``, ``retina-raf figures``, the ``rf_atlas`` notebook).
+  project (``retina-raf rfs``, ``retina-raf figures``, ``retina-raf feedback-rfs``, the
+  ``rf_atlas`` notebook).
 - :mod:`analysis.figures.theory`: :func:`plot_figure2`, the paper's Fig. 2 (the linear
   theory of :mod:`retina_raf.linear_theory`; ``retina-raf theory``).
 
@@ -23,6 +24,7 @@ from analysis.figures.montage import (
     plot_run_rfs,
     rf_atlas_panels,
     run_support,
+    save_readout_montages,
     save_rf_montage,
 )
 from analysis.figures.panels import (
@@ -98,6 +100,7 @@ __all__ = [
     "responsive_units",
     "rf_atlas_panels",
     "run_support",
+    "save_readout_montages",
     "save_rf_montage",
     "use_paper_style",
     "width_mm",

@@ -227,6 +227,31 @@ def save_rf_montage(
     return Path(path)
 
 
+def save_readout_montages(readout: xr.Dataset, folder: str | os.PathLike) -> list[Path]:
+    """One montage per run of a feedback readout dataset
+    (:func:`analysis.feedback_readout.readout_dataset`): the RFs of the readout's units with
+    their classes, cropped to what they see, as ``<folder>/readout_<run id>.png``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layer = readout.attrs.get("readout_of", "?")
+    written = []
+    for run in range(readout.sizes["run"]):
+        one = readout.isel(run=run)
+        present = one["present"].values.astype(bool)
+        rfs = (
+            one["rf"]
+            .isel(channel=present)
+            .assign_coords(responsive=("channel", one["responsive"].values[present].astype(bool)))
+        )
+        title = (f"{one['preset'].item()} seed {int(one['seed'])}, epoch "
+                 f"{int(one['readout_epoch'])}: readout of {layer}'s feedback")  # fmt: skip
+        support = readout.attrs.get("rf_support")
+        path = folder / f"readout_{slug(one['run_id'].item())}.png"
+        written.append(save_rf_montage(rfs, path, classes=one["rf_class"].values[present],
+                                       title=title, support=support))  # fmt: skip
+    return written
+
+
 # ---------------------------------------------------------------------- results datasets
 def _check_max_rfs(max_rfs) -> None:
     if max_rfs is not None and (
