@@ -94,8 +94,9 @@ endif
 # runs not started are listed in it), the findings table at each run's
 # last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
 # the runs that learn it (kp_decay.md), which of the error's leading directions each run's P
-# spans, added to those of earlier publications (error_subspace.csv, .md, .png), and the executed rf_trajectory report with montages at
-# the milestones (a report replaces its figures/ as a whole: no montage of an earlier epoch
+# spans, added to those of earlier publications (error_subspace.csv, .md, .png), the RFs of
+# the readout each run's retina learns through, at its checkpoint (feedback_readout.nc, .md and
+# a montage per run), and the executed rf_trajectory report with montages at the milestones (a report replaces its figures/ as a whole: no montage of an earlier epoch
 # stays), and, with each run at its last epoch, the paper panels (`figures/`) and the executed
 # compare_ranks report. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero
 # image, which is the mean image):
@@ -120,6 +121,9 @@ publish-trajectories: install
 	$(VENV)/bin/retina-raf error-subspace --experiment experiments/$(EXPERIMENT).yaml \
 		--runs-dir $(RUNS) --eigenvectors 4 --history $(PUBLISHED)/error_subspace.csv \
 		--figure $(PUBLISHED)/error_subspace.png --out $(PUBLISHED)/error_subspace.md
+	$(VENV)/bin/retina-raf feedback-rfs --experiment experiments/$(EXPERIMENT).yaml \
+		--runs-dir $(RUNS) $(RF_BASE) --results $(PUBLISHED)/feedback_readout.nc \
+		--figures $(PUBLISHED)/feedback_readout --out $(PUBLISHED)/feedback_readout.md
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \
 		-p montage_epochs "[$(subst $(SPACE),$(COMMA),$(strip $(MILESTONES)))]" --out $(PUBLISHED)
