@@ -244,7 +244,7 @@ def save_readout_montages(readout: xr.Dataset, folder: str | os.PathLike) -> lis
             .assign_coords(responsive=("channel", one["responsive"].values[present].astype(bool)))
         )
         title = (f"{one['preset'].item()} seed {int(one['seed'])}, epoch "
-                 f"{int(one['readout_epoch'])}: readout of {layer}'s feedback")  # fmt: skip
+                 f"{int(one['readout_epoch'])}\nreadout of {layer}'s feedback")  # fmt: skip
         support = readout.attrs.get("rf_support")
         path = folder / f"readout_{slug(one['run_id'].item())}.png"
         written.append(save_rf_montage(rfs, path, classes=one["rf_class"].values[present],
