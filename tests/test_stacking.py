@@ -210,13 +210,15 @@ def test_preset_and_seed_select_together_and_rf_method_selects(finished, rf_resu
 
 
 def test_trajectories_of_finished_and_running_runs_stack_with_padding(trained, tmp_path):
-    """combine_trajectories: each run's own rf_trajectory, its identity, finished and
-    epochs_planned; the 4-channel, 1-epoch bp run padded; written and reopened unchanged."""
+    """combine_trajectories: each run's own rf_trajectory, its identity, finished,
+    being_trained (no process trains the unfinished run here) and epochs_planned; the
+    4-channel, 1-epoch bp run padded; written and reopened unchanged."""
     run_dirs = [trained["bp"], trained["raf0"], trained["inflight"]]
     ds = combine_trajectories(run_dirs, **GRADIENT)
-    assert run_coordinates(ds) == [*RUN_COORDS, "finished", "epochs_planned"]
+    assert run_coordinates(ds) == [*RUN_COORDS, "finished", "being_trained", "epochs_planned"]
     assert_identity(ds, run_dirs)
     assert ds["finished"].values.tolist() == [True, True, False]
+    assert ds["being_trained"].values.tolist() == [False, False, False]
     assert ds["epochs_planned"].values.tolist() == [1, 2, 2]
     for i, run_dir in enumerate(run_dirs):
         own = rf_trajectory(run_dir, **GRADIENT)
@@ -232,7 +234,8 @@ def test_trajectories_of_finished_and_running_runs_stack_with_padding(trained, t
     with open_results(path) as reopened:
         assert results_kind(reopened) == KIND_TRAJECTORIES
         assert_identity(reopened, run_dirs)
-        for name in ("symmetry", "rf_class", "present", "responsive", "finished", "config"):
+        kept = ("symmetry", "rf_class", "present", "responsive", "finished", "being_trained")
+        for name in (*kept, "config"):
             assert reopened[name].variable.equals(ds[name].variable)
 
 
