@@ -281,7 +281,27 @@ def test_paper_fig4_findings_are_what_the_published_file_says():
     assert len(rows) == len(planned)
     statuses = {row.split(" | ")[2] for row in rows}
     assert statuses <= {"finished", "not started"} | {
-        s for s in statuses if re.fullmatch(r"training \(\d+ of 120\)", s)
+        s for s in statuses if re.fullmatch(r"(training|stopped) \(\d+ of 120\)", s)
     }
     published = (REPORTS / "paper_fig4" / "findings.md").read_text()
     assert table in published
+
+
+def test_paper_fig4_feedback_readout_is_what_the_published_file_says():
+    """reports/paper_fig4/feedback_readout.nc: its page and feedback_readout.md quote the
+    table `retina-raf feedback-rfs` computes from it, for runs of the experiment, each with a
+    montage beside it."""
+    from analysis.feedback_readout import readout_table
+    from analysis.results import open_results
+    from retina_raf.sweep import expand, load_experiment
+
+    folder = REPORTS / "paper_fig4"
+    with open_results(folder / "feedback_readout.nc") as ds:
+        ds = ds.load()
+    table = readout_table(ds)
+    assert table in page("paper_fig4")
+    assert (folder / "feedback_readout.md").read_text() == table + "\n"
+    planned = {r.run_id for r in expand(load_experiment(ROOT / "experiments" / "paper_fig4.yaml"))}
+    assert set(map(str, ds["run_id"].values)) <= planned
+    for run_id in ds["run_id"].values:
+        assert (folder / "feedback_readout" / f"readout_{run_id}.png").is_file()
