@@ -91,15 +91,18 @@ endif
 # Publish a long experiment as it trains (runs finished or still in flight): the RF metrics of
 # every started run at each of its retina snapshots and the RF maps at the milestones and each
 # run's last epoch (trajectories.nc, with accuracy and the feedback alignment per epoch; the
-# runs not started are listed in it), the findings table at each run's
-# last epoch and at each milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of
-# the runs that learn it (kp_decay.md), which of the error's leading directions each run's P
-# spans, added to those of earlier publications (error_subspace.csv, .md, .png), the RFs of
-# the readout each run's retina learns through, at its checkpoint (feedback_readout.nc, .md and
-# a montage per run), and the executed rf_trajectory report with montages at the milestones (a report replaces its figures/ as a whole: no montage of an earlier epoch
-# stays), and, with each run at its last epoch, the paper panels (`figures/`) and the executed
-# compare_ranks report. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero
-# image, which is the mean image):
+# runs not started are listed in it), the findings table at each run's last epoch and at each
+# milestone epoch, the weight-decay rate on Kolen-Pollack's feedback of the runs that learn it
+# (kp_decay.csv and .md), which of the error's leading directions each run's P spans, added to
+# those of earlier publications (error_subspace.csv, .md, .png), the RFs of the readout each
+# run's retina learns through, at its checkpoint (feedback_readout.nc, .md and a montage per
+# run), and the executed rf_trajectory report with montages at the milestones (a report
+# replaces its figures/ as a whole: no montage of an earlier epoch stays), and, with each run
+# at its last epoch, the paper panels (`figures/`) and the executed compare_ranks report.
+# A run whose folder has gone from RUNS (with the machine that trained it) keeps what the
+# earlier publication holds of it (--keep-earlier, the histories), marked as having no
+# checkpoint. E.g. the paper-recipe Fig. 4 (standardized images: RFs around the zero image,
+# which is the mean image):
 #   make publish-trajectories EXPERIMENT=paper_fig4 RUNS=/path/outside/the/tree RF_BASE="--base zeros" \
 #       PLATEAU=reports/cpu_fig4/results.nc
 MILESTONES ?= 0 10 30 60 120
@@ -113,16 +116,16 @@ SPACE := $(subst ,, )
 publish-trajectories: install
 	$(VENV)/bin/retina-raf trajectory --experiment experiments/$(EXPERIMENT).yaml \
 		--runs-dir $(RUNS) --method actmax $(RF_BASE) $(MILESTONES:%=--rf-maps-at %) \
-		--out $(PUBLISHED)/trajectories.nc
+		--keep-earlier --out $(PUBLISHED)/trajectories.nc
 	$(VENV)/bin/retina-raf findings $(PUBLISHED)/trajectories.nc $(MILESTONES:%=--epoch %) \
 		$(if $(PLATEAU),--plateau $(PLATEAU) --window $(PLATEAU_WINDOW)) --out $(PUBLISHED)/findings.md
 	$(VENV)/bin/retina-raf kp-decay --experiment experiments/$(EXPERIMENT).yaml --runs-dir $(RUNS) \
-		--out $(PUBLISHED)/kp_decay.md
+		--history $(PUBLISHED)/kp_decay.csv --out $(PUBLISHED)/kp_decay.md
 	$(VENV)/bin/retina-raf error-subspace --experiment experiments/$(EXPERIMENT).yaml \
 		--runs-dir $(RUNS) --eigenvectors 4 --history $(PUBLISHED)/error_subspace.csv \
 		--figure $(PUBLISHED)/error_subspace.png --out $(PUBLISHED)/error_subspace.md
 	$(VENV)/bin/retina-raf feedback-rfs --experiment experiments/$(EXPERIMENT).yaml \
-		--runs-dir $(RUNS) $(RF_BASE) --results $(PUBLISHED)/feedback_readout.nc \
+		--runs-dir $(RUNS) $(RF_BASE) --keep-earlier --results $(PUBLISHED)/feedback_readout.nc \
 		--figures $(PUBLISHED)/feedback_readout --out $(PUBLISHED)/feedback_readout.md
 	$(VENV)/bin/retina-raf report notebooks/rf_trajectory.ipynb \
 		-p trajectories $(PUBLISHED)/trajectories.nc \

@@ -25,7 +25,9 @@ and returns those numbers for one RAF layer, at the median ``sqrt(v)`` of its Q;
 :func:`error_subspace` reads the same checkpoint for the other half of RAF's feedback B = Q P:
 which of the error covariance's eigenvectors P's rows span. The checkpoint holds only the
 latest epoch, so :func:`update_error_subspace_history` keeps each epoch's answer in a CSV
-file (one owner of that format, with :func:`error_subspace_markdown` for its table).
+file (one owner of that format, with :func:`error_subspace_markdown` for its table), as
+:func:`update_kp_decay_history` keeps each run's latest decay rate (:func:`kp_decay_markdown`)
+after its folder is gone.
 """
 
 from __future__ import annotations
@@ -199,17 +201,44 @@ def error_subspace_frame(found: Sequence[tuple[str, dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(ERROR_SUBSPACE_COLUMNS))
 
 
+def _read_history(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
+    """The rows of a history CSV with ``columns``.
+
+    Raises:
+        DataError: the file lacks one of ``columns``.
+    """
+    frame = pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} is not {what}: no column {missing}")
+    return frame[list(columns)]
+
+
+def _update_history(
+    path: str | Path, frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str],
+    order: Sequence[str], what: str,
+) -> pd.DataFrame:  # fmt: skip
+    """Add ``frame``'s rows to the CSV at ``path``, replacing the rows of the file whose
+    ``key`` columns match one of them, sorted by ``order``; written atomically."""
+    from retina_raf.io import write_text
+
+    path = Path(path)
+    if path.is_file():
+        old = _read_history(path, columns, what)
+        replaced = old.set_index(list(key)).index.isin(frame.set_index(list(key)).index)
+        frame = pd.concat([old[~replaced], frame], ignore_index=True)
+    frame = frame.sort_values(list(order), kind="stable", ignore_index=True)
+    write_text(frame.to_csv(index=False, float_format="%.6g"), path)
+    return frame
+
+
 def read_error_subspace_history(path: str | Path) -> pd.DataFrame:
     """The rows an error-subspace history CSV holds (:func:`update_error_subspace_history`).
 
     Raises:
         DataError: the file lacks a column of :data:`ERROR_SUBSPACE_COLUMNS`.
     """
-    frame = pd.read_csv(path)
-    missing = [c for c in ERROR_SUBSPACE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path} is not an error-subspace history: no column {missing}")
-    return frame[list(ERROR_SUBSPACE_COLUMNS)]
+    return _read_history(path, ERROR_SUBSPACE_COLUMNS, "an error-subspace history")
 
 
 def update_error_subspace_history(path: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
@@ -220,18 +249,9 @@ def update_error_subspace_history(path: str | Path, frame: pd.DataFrame) -> pd.D
     Returns:
         Every row the file now holds.
     """
-    from retina_raf.io import write_text
-
-    path = Path(path)
-    if path.is_file():
-        old = read_error_subspace_history(path)
-        replaced = old.set_index(["run", "epoch"]).index.isin(
-            frame.set_index(["run", "epoch"]).index
-        )
-        frame = pd.concat([old[~replaced], frame], ignore_index=True)
-    frame = frame.sort_values(["run", "epoch", "eigenvector"], kind="stable", ignore_index=True)
-    write_text(frame.to_csv(index=False, float_format="%.6g"), path)
-    return frame
+    return _update_history(path, frame, ERROR_SUBSPACE_COLUMNS, key=("run", "epoch"),
+                           order=("run", "epoch", "eigenvector"),
+                           what="an error-subspace history")  # fmt: skip
 
 
 def error_subspace_markdown(frame: pd.DataFrame) -> str:
@@ -252,6 +272,52 @@ def error_subspace_markdown(frame: pd.DataFrame) -> str:
 
 
 LEARNED_Q_RULES = ("raf", "raf_pca", "kp")  # rules whose Q Kolen-Pollack learns
+
+KP_DECAY_COLUMNS = ("run", "epoch", "lr", "median_sqrt_v", "decay_per_step", "efolding_epochs",
+                    "shrink_remaining", "shrink_bound", "d_relative", "alignment_deg")  # fmt: skip
+
+
+def kp_decay_frame(found: Sequence[tuple[str, dict]]) -> pd.DataFrame:
+    """:func:`weight_decay_alignment` results as rows, one per run.
+
+    Args:
+        found: (run id, :func:`weight_decay_alignment` result) pairs.
+
+    Returns:
+        A DataFrame with :data:`KP_DECAY_COLUMNS`.
+    """
+    rows = [(run, int(r["epoch"]), *(r[c] for c in KP_DECAY_COLUMNS[2:])) for run, r in found]
+    return pd.DataFrame(rows, columns=list(KP_DECAY_COLUMNS))
+
+
+def update_kp_decay_history(path: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``frame``'s rows (:func:`kp_decay_frame`) to the CSV at ``path``, replacing the
+    row of the same run (each run at its latest checkpoint), sorted by run; written
+    atomically. A run whose folder is gone keeps the row it had.
+
+    Returns:
+        Every row the file now holds.
+    """
+    return _update_history(path, frame, KP_DECAY_COLUMNS, key=("run",), order=("run",),
+                           what="a kp-decay history")  # fmt: skip
+
+
+def kp_decay_markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table of :func:`kp_decay_frame` rows (or a history): per run the epoch,
+    the next epoch's learning rate, the median sqrt(v) of Q, the decay per step, its
+    e-folding time, the shares of D that decay can remove in the run and ever, |D| / |P W|
+    and the angle between B and W^T."""
+    header = ["run", "epoch", "lr", "median sqrt(v)", "decay per step", "e-folding (epochs)",
+              "removable in the run", "removable ever", "norm(Q - PW) / norm(PW)",
+              "B vs W^T"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in frame.itertuples(index=False):
+        cells = [str(r.run), str(int(r.epoch)), f"{r.lr:.3g}", f"{r.median_sqrt_v:.3g}",
+                 f"{r.decay_per_step:.3g}", f"{r.efolding_epochs:.3g}",
+                 f"{r.shrink_remaining:.2%}", f"{r.shrink_bound:.2%}", f"{r.d_relative:.3g}",
+                 f"{r.alignment_deg:.1f}\u00b0"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 ERROR_SUBSPACE_RULES = ("raf", "raf_pca", "raf_aligned")  # rules with a P from the error

@@ -158,3 +158,63 @@ def _fill_padding(stacked: xr.Dataset, parts: Sequence[xr.Dataset]) -> xr.Datase
         elif dtype.kind in "USO":  # text (rf_class), fixed-width or as Python objects
             stacked[name] = stacked[name].where(stacked[name].notnull(), "").astype(str)
     return stacked
+
+
+def with_earlier_runs(
+    current: xr.Dataset | None,
+    earlier: xr.Dataset,
+    keep: Sequence[str] | None = None,
+    order: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """``current`` (a stacked dataset, or None) with the runs of ``earlier`` (a file of the
+    same kind, published before) that it lacks: the record of a run whose folder is gone
+    (e.g. with the machine that trained it) stays as it was published.
+
+    Args:
+        current: the dataset built from the run folders now; None when none could be read.
+        earlier: the dataset read from the earlier file (:func:`analysis.results.open_results`).
+        keep: run ids that may be kept (e.g. the runs an experiment plans); default any.
+        order: run ids in the order of ``run`` in the result (e.g. the experiment's); runs
+            not in it follow in their own order.
+
+    Returns:
+        The stacked runs with a coordinate ``in_runs_dir`` (run): False for a run kept from
+        ``earlier`` (no folder to resume it from), True otherwise; ``current``'s attributes,
+        or ``earlier``'s where ``current`` is None.
+
+    Raises:
+        DataError: neither ``current`` nor any run to keep.
+    """
+    have = set() if current is None else {str(i) for i in current["run_id"].values}
+    allowed = None if keep is None else {str(i) for i in keep}
+    earlier_ids = [str(i) for i in earlier["run_id"].values]
+    kept = [i for i, run_id in enumerate(earlier_ids)
+            if run_id not in have and (allowed is None or run_id in allowed)]  # fmt: skip
+    parts = []
+    if current is not None:
+        flags = current["in_runs_dir"].values if "in_runs_dir" in current.coords else True
+        parts.append(current.assign_coords(in_runs_dir=("run", np.broadcast_to(
+            flags, current.sizes["run"]).astype(bool))))  # fmt: skip
+    if kept:
+        old = earlier.isel(run=kept).load()
+        parts.append(old.assign_coords(in_runs_dir=("run", np.zeros(len(kept), dtype=bool))))
+    if not parts:
+        raise DataError("no runs: none read from the run folders and none to keep")
+    if len(parts) == 1:
+        stacked = parts[0]
+    else:
+        parts = [part.drop_indexes([n for n in part.xindexes if part[n].dims == ("run",)])
+                 for part in parts]  # fmt: skip
+        for part in parts:
+            for var in part.variables.values():
+                var.encoding = {}
+        stacked = xr.concat(parts, dim="run", join="outer", data_vars="all",
+                            coords="different", compat="equals",
+                            combine_attrs="override")  # fmt: skip
+        stacked = _fill_padding(stacked, parts)
+    if order is not None:
+        rank = {run_id: i for i, run_id in enumerate(order)}
+        ids = [str(i) for i in stacked["run_id"].values]
+        places = sorted(range(len(ids)), key=lambda i: (rank.get(ids[i], len(rank)), i))
+        stacked = stacked.isel(run=places)
+    return stacked

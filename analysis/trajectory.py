@@ -226,6 +226,7 @@ def experiment_trajectories(
     runs_dir: str | Path,
     layer: str = "retina_2",
     method: str = "gradient",
+    earlier: xr.Dataset | None = None,
     **kwargs,
 ) -> xr.Dataset:
     """:func:`combine_trajectories` of every run of an experiment file that has finished an
@@ -237,8 +238,15 @@ def experiment_trajectories(
     experiment's name in ``experiment``, so that the file accounts for every planned run.
     Runs in flight are read as they stand: each snapshot is written whole after its epoch.
 
+    ``earlier``: the same experiment's trajectories as published before (a file read with
+    :func:`analysis.results.open_results`): a run it holds that has not started in
+    ``runs_dir`` (its folder is gone, e.g. with the machine that trained it, or was started
+    again and has not finished an epoch) keeps its earlier record, with ``in_runs_dir``
+    False (:func:`analysis.stacking.with_earlier_runs`; :func:`run_status` says it has no
+    checkpoint).
+
     Raises:
-        RunError: no run of the experiment has a snapshot in ``runs_dir``.
+        RunError: no run of the experiment has a snapshot in ``runs_dir`` (or in ``earlier``).
     """
     from retina_raf.sweep import expand, load_experiment, run_dir
 
@@ -247,15 +255,26 @@ def experiment_trajectories(
     folders = {run.run_id: run_dir(Path(runs_dir), run) for run in planned}
     started = [run for run in planned
                if max(runs.retina_snapshots(folders[run.run_id]), default=0) >= 1]  # fmt: skip
-    if not started:
+    earlier_ids = set() if earlier is None else {str(i) for i in earlier["run_id"].values}
+    kept = [run for run in planned if run not in started and run.run_id in earlier_ids]
+    if not started and not kept:
         raise RunError(f"no run of {exp.name} in {runs_dir} has finished an epoch yet")
-    ds = combine_trajectories([folders[run.run_id] for run in started], layer, method,
-                              **kwargs)  # fmt: skip
-    # what the experiment asks for, not what a run's folder was last started with
-    ds = ds.assign_coords(epochs_planned=("run", [run.config().train.epochs for run in started]))
+    ds = None
+    if started:
+        ds = combine_trajectories([folders[run.run_id] for run in started], layer, method,
+                                  **kwargs)  # fmt: skip
+        # what the experiment asks for, not what a run's folder was last started with
+        ds = ds.assign_coords(
+            epochs_planned=("run", [run.config().train.epochs for run in started])
+        )
+    if kept:
+        ds = stacking.with_earlier_runs(ds, earlier, keep=[run.run_id for run in kept],
+                               order=[run.run_id for run in planned])  # fmt: skip
     ds.attrs.update(
         experiment=exp.name,
-        missing_runs=" ".join(run.run_id for run in planned if run not in started),
+        missing_runs=" ".join(
+            run.run_id for run in planned if run not in started and run not in kept
+        ),  # fmt: skip
     )
     return ds
 
@@ -307,11 +326,15 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
 def run_status(trajectories: xr.Dataset, run: int, epoch: int) -> str:
     """``finished``, or, with the epoch reached of the epochs planned, ``training`` (a process
     was training it when the file was written) or ``stopped`` (none was: it resumes from its
-    checkpoint when started again), for one run of :func:`combine_trajectories`. Files
-    written before ``being_trained`` was recorded say ``training`` for every unfinished run."""
+    checkpoint when started again; ``stopped (E of N), no checkpoint`` where the record was
+    kept from an earlier file without the run's folder, ``in_runs_dir`` False: it trains
+    again from scratch), for one run of :func:`combine_trajectories`. Files written before
+    ``being_trained`` was recorded say ``training`` for every unfinished run."""
     if "finished" not in trajectories.coords or bool(trajectories["finished"].values[run]):
         return "finished"
     planned = int(trajectories["epochs_planned"].values[run])
+    if "in_runs_dir" in trajectories.coords and not bool(trajectories["in_runs_dir"].values[run]):
+        return f"stopped ({epoch} of {planned}), no checkpoint"
     if "being_trained" in trajectories.coords and not bool(
         trajectories["being_trained"].values[run]
     ):

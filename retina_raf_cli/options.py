@@ -81,6 +81,51 @@ def check_runs_or_experiment(runs: tuple, experiment: str | None, runs_dir: str 
         raise click.UsageError("--experiment needs --runs-dir (the sweep's --out folder)")
 
 
+def keep_earlier_option(file_option: str):
+    """``--keep-earlier``: the runs of the existing output file (``file_option``) that the
+    run folders no longer provide keep their record (a long experiment published as it
+    trains outlives the machine that trained it)."""
+    return click.option(
+        "--keep-earlier",
+        is_flag=True,
+        default=False,
+        help=f"Keep the runs of the existing {file_option} file that are not read now (e.g. "
+        "their folders are gone with the machine that trained them) as they are there, "
+        "marked in_runs_dir=False.",
+    )
+
+
+def open_earlier(path: str, keep_earlier: bool):
+    """The results file at ``path`` to keep runs from (:func:`keep_earlier_option`), or None
+    where ``--keep-earlier`` is off or the file does not exist yet (nothing to keep)."""
+    if not keep_earlier or not Path(path).is_file():
+        return None
+    from analysis.results import open_results
+
+    return open_results(path)
+
+
+def report_kept(ds, what: str) -> None:
+    """One line on stderr per run kept from the earlier file (``in_runs_dir`` False)."""
+    if "in_runs_dir" not in ds.coords:
+        return
+    for run_id, here in zip(ds["run_id"].values, ds["in_runs_dir"].values, strict=True):
+        if not bool(here):
+            click.echo(f"note: {run_id}: no run folder to read, kept from {what}", err=True)
+
+
+def history_option(help: str):
+    """``--history FILE.csv``: the rows a command computes kept with those of earlier calls
+    (what replaces what is the command's ``help``)."""
+    return click.option(
+        "--history",
+        default=None,
+        callback=writable,
+        type=click.Path(dir_okay=False, path_type=str),
+        help=help,
+    )
+
+
 def markdown_out_option(what: str):
     """``--out FILE`` of a command that prints Markdown: write it to FILE instead, so that a
     Makefile calls the command rather than redirecting its output."""

@@ -13,10 +13,13 @@ from retina_raf_cli.options import (
     device_option,
     emit,
     experiment_options,
+    keep_earlier_option,
     markdown_out_option,
     method_option,
     netcdf_path,
+    open_earlier,
     renamed,
+    report_kept,
     writable,
 )
 
@@ -156,8 +159,19 @@ def metrics_command(rfs_file: str, out: str) -> None:
     help="Keep the RF maps in the file only at this epoch (repeat it) and at each run's last; "
     "the metrics stay at every epoch [default: maps at every epoch].",
 )
+@keep_earlier_option("--out")
 def trajectory_cmd(
-    runs, out, experiment, runs_dir, layer, method, base, gray_level, agreement, rf_maps_at
+    runs,
+    out,
+    experiment,
+    runs_dir,
+    layer,
+    method,
+    base,
+    gray_level,
+    agreement,
+    rf_maps_at,
+    keep_earlier,
 ):
     """RFs through training: map and measure the RFs of LAYER at every retina snapshot
     (runs trained with train.retina_snapshots=true) of each RUN folder, or of every started
@@ -167,6 +181,7 @@ def trajectory_cmd(
     center-surround.
     """
     from analysis.results import write_results
+    from analysis.stacking import with_earlier_runs
     from analysis.trajectory import (
         combine_trajectories,
         experiment_trajectories,
@@ -176,13 +191,18 @@ def trajectory_cmd(
 
     check_runs_or_experiment(runs, experiment, runs_dir)
     netcdf_path(out)
+    earlier = open_earlier(out, keep_earlier)
     options = dict(agreement=agreement, base=base, gray_level=gray_level)
     if experiment:
-        ds = experiment_trajectories(experiment, runs_dir, layer, method, **options)
+        ds = experiment_trajectories(experiment, runs_dir, layer, method, earlier=earlier,
+                                     **options)  # fmt: skip
     else:
         ds = combine_trajectories(list(runs), layer, method, **options)
+        if earlier is not None:
+            ds = with_earlier_runs(ds, earlier)
     if rf_maps_at:
         ds = keep_rf_maps(ds, rf_maps_at)
+    report_kept(ds, out)
     write_results(ds, out)
     summary = trajectory_summary(ds)
     for run in range(ds.sizes["run"]):
@@ -232,9 +252,20 @@ def trajectory_cmd(
     type=click.Path(file_okay=False, path_type=str),
     help="Also draw each run's readout RFs into this folder (readout_<run id>.png).",
 )
+@keep_earlier_option("--results")
 @markdown_out_option("the table")
 def feedback_rfs_cmd(
-    runs, layer, experiment, runs_dir, method, base, gray_level, results_path, figures, out
+    runs,
+    layer,
+    experiment,
+    runs_dir,
+    method,
+    base,
+    gray_level,
+    results_path,
+    figures,
+    out,
+    keep_earlier,
 ):
     """RFs of the readout through which LAYER's feedback trains the layers below it. A RAF
     layer sends them conv2d_input(Q, P delta): the gradient of <P delta, z> for the readout
@@ -248,17 +279,28 @@ def feedback_rfs_cmd(
         readout_dataset,
         readout_table,
     )
+    from analysis.stacking import with_earlier_runs
     from retina_raf.errors import DataError
 
     check_runs_or_experiment(runs, experiment, runs_dir)
     if results_path is not None:
         netcdf_path(results_path, "--results")
+    if keep_earlier and results_path is None:
+        raise click.UsageError("--keep-earlier needs --results (the file whose runs to keep)")
+    earlier = open_earlier(results_path, keep_earlier) if results_path else None
+    planned = None
     if experiment:
+        from retina_raf.sweep import expand, load_experiment
+
+        planned = [run.run_id for run in expand(load_experiment(experiment))]
         runs = experiment_runs_with_readout(experiment, runs_dir, layer)
-        if not runs:
+        if not runs and earlier is None:
             raise DataError(f"no run of {experiment} in {runs_dir} has a checkpoint yet")
     rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {"base": base}
-    readout = readout_dataset(list(runs), layer, method, **rf_options)
+    readout = readout_dataset(list(runs), layer, method, **rf_options) if runs else None
+    if earlier is not None:
+        readout = with_earlier_runs(readout, earlier, keep=planned, order=planned)
+        report_kept(readout, results_path)
     if results_path is not None:
         from analysis.results import write_results
 

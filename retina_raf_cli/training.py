@@ -14,6 +14,7 @@ from retina_raf_cli.options import (
     device_option,
     emit,
     experiment_options,
+    history_option,
     markdown_out_option,
     method_option,
     netcdf_path,
@@ -288,31 +289,37 @@ def sweep_command(
     "Instead of RUNS: the runs of this experiment file under --runs-dir whose LAYER learns Q "
     "by Kolen-Pollack and that have a checkpoint."
 )
+@history_option(
+    "Also keep these rows in this CSV file (replacing the row of the same run) and show "
+    "every run it holds: a run whose folder is gone keeps its last row."
+)
 @markdown_out_option("the table")
-def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
+def kp_decay_cmd(runs, layer, experiment, runs_dir, history, out):
     """Can weight decay align Kolen-Pollack's feedback? For each RUN (finished or in flight,
     RMSprop), from its checkpoint: the decay of Q - P W per step (lr * lambda / sqrt(v) at
     the median sqrt(v) of Q), its e-folding time in epochs, the share of Q - P W that decay
     can still remove in the run's epochs and in any number of epochs, and the angle between
     B = QP and W^T now. A Markdown table."""
-    from analysis.alignment import experiment_runs_with_learned_feedback, weight_decay_alignment
+    from analysis.alignment import (
+        experiment_runs_with_learned_feedback,
+        kp_decay_frame,
+        kp_decay_markdown,
+        update_kp_decay_history,
+        weight_decay_alignment,
+    )
 
     check_runs_or_experiment(runs, experiment, runs_dir)
     if experiment:
         runs = experiment_runs_with_learned_feedback(experiment, runs_dir, layer)
-    header = ["run", "epoch", "lr", "median sqrt(v)", "decay per step", "e-folding (epochs)",
-              "removable in the run", "removable ever", "norm(Q - PW) / norm(PW)",
-              "B vs W^T"]  # fmt: skip
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in runs:
-        r = weight_decay_alignment(run, layer)
-        cells = [os.path.basename(os.path.normpath(run)), str(int(r["epoch"])), f"{r['lr']:.3g}",
-                 f"{r['median_sqrt_v']:.3g}", f"{r['decay_per_step']:.3g}",
-                 f"{r['efolding_epochs']:.3g}", f"{r['shrink_remaining']:.2%}",
-                 f"{r['shrink_bound']:.2%}", f"{r['d_relative']:.3g}",
-                 f"{r['alignment_deg']:.1f}\u00b0"]  # fmt: skip
-        rows.append("| " + " | ".join(cells) + " |")
-    emit("\n".join(rows), out)
+    frame = kp_decay_frame(
+        [
+            (os.path.basename(os.path.normpath(run)), weight_decay_alignment(run, layer))
+            for run in runs
+        ]  # fmt: skip
+    )
+    if history is not None:
+        frame = update_kp_decay_history(history, frame)
+    emit(kp_decay_markdown(frame), out)
 
 
 # ------------------------------------------------------------------- error-subspace
@@ -330,13 +337,9 @@ def kp_decay_cmd(runs, layer, experiment, runs_dir, out):
     type=click.IntRange(1),
     help="How many of the error's leading eigenvectors [default: the rank + 2].",
 )
-@click.option(
-    "--history",
-    default=None,
-    callback=writable,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="Also keep these rows in this CSV file (replacing those of the same run and epoch) "
-    "and show every epoch it holds: run after each epoch, it records where P was at each.",
+@history_option(
+    "Also keep these rows in this CSV file (replacing those of the same run and epoch) "
+    "and show every epoch it holds: run after each epoch, it records where P was at each."
 )
 @click.option(
     "--figure",

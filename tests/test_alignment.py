@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -86,6 +87,34 @@ def test_the_command_writes_its_table_to_a_file(raf_run, run_cli, tmp_path):
     code, written, err = run_cli("kp-decay", raf_run, "--out", tmp_path / "kp_decay.md")
     assert code == 0, err
     assert written == "" and (tmp_path / "kp_decay.md").read_text() == printed
+
+
+def test_a_history_keeps_the_row_of_a_run_whose_folder_is_gone(raf_run, run_cli, tmp_path):
+    """--history CSV: each run's latest row replaces its earlier one, and a run that is not
+    read now (its folder gone) keeps the row the file holds, in the table too."""
+    import shutil
+
+    from analysis.alignment import KP_DECAY_COLUMNS
+
+    history = tmp_path / "kp_decay.csv"
+    other = tmp_path / "raf-r2-s1-copy"
+    shutil.copytree(raf_run, other)
+    code, both, err = run_cli("kp-decay", raf_run, other, "--history", history)
+    assert code == 0, err
+    code, again, err = run_cli("kp-decay", raf_run, "--history", history)  # other is gone
+    assert code == 0, err
+    assert again == both  # same rows: raf_run's replaced by itself, other's kept
+    frame = pd.read_csv(history)
+    assert list(frame.columns) == list(KP_DECAY_COLUMNS)
+    assert sorted(frame["run"]) == sorted([raf_run.name, other.name])
+    frame.loc[frame["run"] == raf_run.name, "alignment_deg"] = 1.0  # an older row of raf_run
+    frame.to_csv(history, index=False)
+    code, printed, err = run_cli("kp-decay", raf_run, "--history", history)
+    assert code == 0, err
+    assert printed == both and "| 1.0\u00b0 |" not in printed  # replaced by the checkpoint's
+    history.write_text("run,epoch\nx,1\n")
+    code, _, err = run_cli("kp-decay", raf_run, "--history", history)
+    assert code != 0 and "is not a kp-decay history" in err
 
 
 def test_the_command_takes_the_runs_of_an_experiment_that_learn_their_feedback(tmp_path, run_cli):

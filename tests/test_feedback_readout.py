@@ -10,6 +10,7 @@ bias. A dRAF model and a layer of another kind have no such readout and are refu
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -140,3 +141,36 @@ def test_the_command_refuses_a_results_file_that_is_not_netcdf_before_any_mappin
     code, _, err = run_cli("feedback-rfs", raf, "--results", tmp_path / "readout.txt")
     assert code == 2 and ".nc" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "readout.txt").exists()
+
+
+def test_the_command_keeps_the_readout_of_a_run_whose_folder_is_gone(
+    trained_runs, run_cli, tmp_path
+):
+    """With --keep-earlier, the runs of the existing --results file that are not read now
+    keep their published readout (in_runs_dir False); without it, the file holds only the
+    runs read now; --keep-earlier without --results is refused."""
+    from analysis.results import open_results
+
+    raf, bp = trained_runs
+    results = tmp_path / "readout.nc"
+    common = ("--results", results, "--method", "gradient")
+    code, first_table, err = run_cli("feedback-rfs", raf, bp, *common)
+    assert code == 0, err
+    with open_results(results) as first:
+        raf_rf = first["rf"].isel(run=0).where(first["present"].isel(run=0), drop=True)
+    code, printed, err = run_cli("feedback-rfs", bp, *common, "--keep-earlier")
+    assert code == 0, err
+    assert f"{raf.name}: no run folder to read, kept from" in err
+    with open_results(results) as kept:
+        assert kept["run_id"].values.tolist() == [bp.name, raf.name]
+        assert kept["in_runs_dir"].values.tolist() == [True, False]
+        np.testing.assert_array_equal(
+            kept["rf"].isel(run=1).sel(channel=raf_rf["channel"]).values, raf_rf.values
+        )
+    assert sorted(printed.strip().splitlines()[2:]) == sorted(first_table.strip().splitlines()[2:])
+    code, _, err = run_cli("feedback-rfs", bp, *common)
+    assert code == 0, err
+    with open_results(results) as without:
+        assert without["run_id"].values.tolist() == [bp.name]
+    code, _, err = run_cli("feedback-rfs", bp, "--keep-earlier")
+    assert code == 2 and "--keep-earlier needs --results" in err

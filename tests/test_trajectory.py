@@ -404,3 +404,60 @@ def test_a_run_with_only_its_initial_snapshot_counts_as_not_started(inflight, tm
     ds = experiment_trajectories(experiment, copy, "retina_2", "gradient")
     assert ds["run_id"].values.tolist() == [raf.run_id, bp.run_id]
     assert ds.attrs["missing_runs"] == just_started.run_id
+
+
+def test_a_run_whose_folder_is_gone_keeps_its_published_record(inflight, tmp_path, run_cli):
+    """Published with --keep-earlier, a run whose folder has gone (with the machine that
+    trained it) keeps the record the earlier file holds, says it has no checkpoint to resume
+    from, and is not listed as not started; a run whose folder is there is read from it."""
+    import shutil
+
+    from analysis.results import open_results, write_results
+    from retina_raf.sweep import run_dir
+
+    experiment, out, (raf, bp, not_started) = inflight
+    path = tmp_path / "trajectories.nc"
+    options = ("--experiment", experiment, "--out", path, "--base", "gray", "--gray-level", "0.5")
+    code, _, err = run_cli("trajectory", "--runs-dir", out, *options)
+    assert code == 0, err
+    with open_results(path) as first:
+        published = first.load()
+    copy = tmp_path / "runs"
+    copy.mkdir()
+    shutil.copytree(run_dir(out, bp), run_dir(copy, bp))  # raf's folder is gone
+
+    code, _, err = run_cli("trajectory", "--runs-dir", copy, *options)  # without: raf is lost
+    assert code == 0, err
+    with open_results(path) as forgotten:
+        assert forgotten["run_id"].values.tolist() == [bp.run_id]
+    shutil.copy(tmp_path / "trajectories.nc", tmp_path / "bp_only.nc")
+    write_results(published, path)
+    code, _, err = run_cli("trajectory", "--runs-dir", copy, *options, "--keep-earlier")
+    assert code == 0, err
+    assert f"{raf.run_id}: no run folder to read, kept from" in err
+    kept = open_results(path)
+    assert kept["run_id"].values.tolist() == [raf.run_id, bp.run_id]  # the experiment's order
+    assert kept["in_runs_dir"].values.tolist() == [False, True]
+    assert kept.attrs["missing_runs"] == not_started.run_id
+    for name in ("symmetry", "rf_class", "test_acc"):
+        np.testing.assert_array_equal(kept[name].values[0], published[name].values[0])
+    with open_results(tmp_path / "bp_only.nc") as bp_only:
+        bp_epochs = kept["symmetry"].isel(run=1).sel(epoch=bp_only["epoch"])  # padded to raf's
+        np.testing.assert_array_equal(bp_epochs.values, bp_only["symmetry"].values[0])
+    code, printed, err = run_cli("findings", path)
+    assert code == 0, err
+    rows = printed.strip().splitlines()
+    assert rows[2].startswith("| raf-r2 | 0 | finished | 2 |")  # finished: nothing to resume
+    assert rows[3].startswith("| bp | 0 | stopped (1 of 2) | 1 |")
+
+    # the raf run stopped before it was lost: it has no checkpoint to resume from
+    published = published.assign_coords(finished=("run", [False, False]))
+    write_results(published, path)
+    shutil.rmtree(run_dir(copy, bp))
+    code, _, err = run_cli("trajectory", "--runs-dir", copy, *options, "--keep-earlier")
+    assert code == 0, err
+    code, printed, err = run_cli("findings", path)
+    assert "| raf-r2 | 0 | stopped (2 of 2), no checkpoint | 2 |" in printed
+    assert "| bp | 0 | stopped (1 of 2), no checkpoint | 1 |" in printed
+    code, _, err = run_cli("trajectory", "--runs-dir", tmp_path / "empty", *options)
+    assert code != 0 and "has finished an epoch yet" in err
