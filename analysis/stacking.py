@@ -165,6 +165,7 @@ def with_earlier_runs(
     earlier: xr.Dataset,
     keep: Sequence[str] | None = None,
     order: Sequence[str] | None = None,
+    prefer_earlier: Sequence[str] = (),
 ) -> xr.Dataset:
     """``current`` (a stacked dataset, or None) with the runs of ``earlier`` (a file of the
     same kind, published before) that it lacks: the record of a run whose folder is gone
@@ -176,6 +177,8 @@ def with_earlier_runs(
         keep: run ids that may be kept (e.g. the runs an experiment plans); default any.
         order: run ids in the order of ``run`` in the result (e.g. the experiment's); runs
             not in it follow in their own order.
+        prefer_earlier: run ids whose record in ``earlier`` replaces the one in ``current``
+            (e.g. a run started again from scratch that has not caught up with its record).
 
     Returns:
         The stacked runs with a coordinate ``in_runs_dir`` (run): False for a run kept from
@@ -185,9 +188,14 @@ def with_earlier_runs(
     Raises:
         DataError: neither ``current`` nor any run to keep.
     """
+    earlier_ids = [str(i) for i in earlier["run_id"].values]
+    if current is not None:
+        replaced = set(prefer_earlier) & set(earlier_ids)
+        stays = [i for i, run_id in enumerate(current["run_id"].values.astype(str))
+                 if run_id not in replaced]  # fmt: skip
+        current = current.isel(run=stays) if stays else None
     have = set() if current is None else {str(i) for i in current["run_id"].values}
     allowed = None if keep is None else {str(i) for i in keep}
-    earlier_ids = [str(i) for i in earlier["run_id"].values]
     kept = [i for i, run_id in enumerate(earlier_ids)
             if run_id not in have and (allowed is None or run_id in allowed)]  # fmt: skip
     parts = []

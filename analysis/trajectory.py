@@ -239,11 +239,11 @@ def experiment_trajectories(
     Runs in flight are read as they stand: each snapshot is written whole after its epoch.
 
     ``earlier``: the same experiment's trajectories as published before (a file read with
-    :func:`analysis.results.open_results`): a run it holds that has not started in
-    ``runs_dir`` (its folder is gone, e.g. with the machine that trained it, or was started
-    again and has not finished an epoch) keeps its earlier record, with ``in_runs_dir``
-    False (:func:`analysis.stacking.with_earlier_runs`; :func:`run_status` says it has no
-    checkpoint).
+    :func:`analysis.results.open_results`): a run it holds whose folder in ``runs_dir`` is
+    gone (e.g. with the machine that trained it), or was started again and has not yet
+    passed the epoch the record reached, keeps its earlier record, with ``in_runs_dir``
+    False (:func:`analysis.stacking.with_earlier_runs`; ``being_trained`` where a process
+    trains the new folder; :func:`run_status` says which).
 
     Raises:
         RunError: no run of the experiment has a snapshot in ``runs_dir`` (or in ``earlier``).
@@ -255,8 +255,13 @@ def experiment_trajectories(
     folders = {run.run_id: run_dir(Path(runs_dir), run) for run in planned}
     started = [run for run in planned
                if max(runs.retina_snapshots(folders[run.run_id]), default=0) >= 1]  # fmt: skip
-    earlier_ids = set() if earlier is None else {str(i) for i in earlier["run_id"].values}
-    kept = [run for run in planned if run not in started and run.run_id in earlier_ids]
+    reached_earlier = {} if earlier is None else epochs_reached(earlier)
+    # a folder started again (its machine replaced) that has not yet caught up with the
+    # published record does not replace it: the record stays until the new run passes it
+    behind = [run for run in started if max(runs.retina_snapshots(folders[run.run_id]))
+              < reached_earlier.get(run.run_id, -1)]  # fmt: skip
+    started = [run for run in started if run not in behind]
+    kept = [run for run in planned if run not in started and run.run_id in reached_earlier]
     if not started and not kept:
         raise RunError(f"no run of {exp.name} in {runs_dir} has finished an epoch yet")
     ds = None
@@ -269,7 +274,15 @@ def experiment_trajectories(
         )
     if kept:
         ds = stacking.with_earlier_runs(ds, earlier, keep=[run.run_id for run in kept],
-                               order=[run.run_id for run in planned])  # fmt: skip
+                                        order=[run.run_id for run in planned])  # fmt: skip
+        # a kept run is trained only where its folder, started again, is held by a process
+        being_trained = [
+            bool(held) if here else runs.lock_holder(folders[run_id]) is not None
+            for run_id, here, held in zip(ds["run_id"].values.astype(str),
+                                          ds["in_runs_dir"].values, ds["being_trained"].values,
+                                          strict=True)
+        ]  # fmt: skip
+        ds = ds.assign_coords(being_trained=("run", being_trained))
     ds.attrs.update(
         experiment=exp.name,
         missing_runs=" ".join(
@@ -323,17 +336,30 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def epochs_reached(trajectories: xr.Dataset) -> dict[str, int]:
+    """Run id -> the last epoch each run of a :func:`combine_trajectories` file reached (where
+    its ``rf_class`` is not the padding "")."""
+    mapped = (trajectories["rf_class"] != "").any("channel").values
+    epochs = trajectories["epoch"].values
+    return {str(run_id): int(epochs[row].max())
+            for run_id, row in zip(trajectories["run_id"].values, mapped, strict=True)
+            if row.any()}  # fmt: skip
+
+
 def run_status(trajectories: xr.Dataset, run: int, epoch: int) -> str:
     """``finished``, or, with the epoch reached of the epochs planned, ``training`` (a process
     was training it when the file was written) or ``stopped`` (none was: it resumes from its
-    checkpoint when started again; ``stopped (E of N), no checkpoint`` where the record was
-    kept from an earlier file without the run's folder, ``in_runs_dir`` False: it trains
-    again from scratch), for one run of :func:`combine_trajectories`. Files written before
-    ``being_trained`` was recorded say ``training`` for every unfinished run."""
+    checkpoint when started again), for one run of :func:`combine_trajectories`. A record
+    kept from an earlier file (``in_runs_dir`` False: no checkpoint) is ``stopped (E of N),
+    no checkpoint``, or ``restarted (first attempt: E of N)`` while its folder, started again
+    from scratch, is being trained. Files written before ``being_trained`` was recorded say
+    ``training`` for every unfinished run."""
     if "finished" not in trajectories.coords or bool(trajectories["finished"].values[run]):
         return "finished"
     planned = int(trajectories["epochs_planned"].values[run])
     if "in_runs_dir" in trajectories.coords and not bool(trajectories["in_runs_dir"].values[run]):
+        if bool(trajectories["being_trained"].values[run]):
+            return f"restarted (first attempt: {epoch} of {planned})"
         return f"stopped ({epoch} of {planned}), no checkpoint"
     if "being_trained" in trajectories.coords and not bool(
         trajectories["being_trained"].values[run]

@@ -149,7 +149,7 @@ def test_the_command_keeps_the_readout_of_a_run_whose_folder_is_gone(
     """With --keep-earlier, the runs of the existing --results file that are not read now
     keep their published readout (in_runs_dir False); without it, the file holds only the
     runs read now; --keep-earlier without --results is refused."""
-    from analysis.results import open_results
+    from analysis.results import open_results, write_results
 
     raf, bp = trained_runs
     results = tmp_path / "readout.nc"
@@ -168,6 +168,15 @@ def test_the_command_keeps_the_readout_of_a_run_whose_folder_is_gone(
             kept["rf"].isel(run=1).sel(channel=raf_rf["channel"]).values, raf_rf.values
         )
     assert sorted(printed.strip().splitlines()[2:]) == sorted(first_table.strip().splitlines()[2:])
+    # raf started again: a readout of an earlier epoch than the file's does not replace it
+    with open_results(results) as kept:
+        ahead = kept.load().assign(readout_epoch=("run", [1, 5]))
+    write_results(ahead, results)
+    code, printed, err = run_cli("feedback-rfs", bp, raf, *common, "--keep-earlier")
+    assert code == 0, err
+    with open_results(results) as behind:
+        assert behind["readout_epoch"].values.tolist() == [1, 5]
+        assert behind["in_runs_dir"].values.tolist() == [True, False]
     code, _, err = run_cli("feedback-rfs", bp, *common)
     assert code == 0, err
     with open_results(results) as without:

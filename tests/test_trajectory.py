@@ -461,3 +461,17 @@ def test_a_run_whose_folder_is_gone_keeps_its_published_record(inflight, tmp_pat
     assert "| bp | 0 | stopped (1 of 2), no checkpoint | 1 |" in printed
     code, _, err = run_cli("trajectory", "--runs-dir", tmp_path / "empty", *options)
     assert code != 0 and "has finished an epoch yet" in err
+
+    # raf started again from scratch and behind its record (epoch 1 of the 2 published): the
+    # record stays, and while a process trains the new folder the run is 'restarted'
+    from analysis.trajectory import experiment_trajectories, findings_table
+    from retina_raf.sweep import run_lock
+
+    again = run_dir(copy, raf)
+    shutil.copytree(run_dir(out, raf), again)
+    (again / "snapshots" / "epoch_002.pt").unlink()
+    with open_results(path) as earlier, run_lock(copy, raf) as mine:
+        assert mine
+        ds = experiment_trajectories(experiment, copy, earlier=earlier.load(), **RF_OPTIONS)
+    assert ds["in_runs_dir"].values.tolist() == [False, False]
+    assert "| raf-r2 | 0 | restarted (first attempt: 2 of 2) | 2 |" in findings_table(ds)
