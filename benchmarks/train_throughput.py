@@ -49,7 +49,7 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Sequential:
             plain.load_state_dict({"weight": linear.weight, "bias": linear.bias})
             layers += [torch.nn.Flatten(), plain]
             if name != "fc_2":
-                layers += [torch.nn.ReLU(), torch.nn.Dropout(model.cfg.dropout)]
+                layers += [torch.nn.ReLU(), torch.nn.Dropout(model.cfg.retina.dropout)]
     return torch.nn.Sequential(*layers)
 
 

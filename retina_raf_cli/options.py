@@ -111,7 +111,8 @@ def report_kept(ds, what: str) -> None:
         return
     for run_id, here in zip(ds["run_id"].values, ds["in_runs_dir"].values, strict=True):
         if not bool(here):
-            click.echo(f"note: {run_id}: no run folder to read, kept from {what}", err=True)
+            click.echo(f"note: {run_id}: kept from {what} (its run folder is gone, or was "
+                       "started again and is behind it)", err=True)  # fmt: skip
 
 
 def history_option(help: str):

@@ -185,7 +185,13 @@ def plot_rf_montage(
         ax.text(pad - 0.5 + scale_bar_px + 1, bar_y, f"{scale_bar_px} px", ha="left",
                 va="center", fontsize=label_size, color="0.1")  # fmt: skip
         colorbar = fig.colorbar(
-            shown, ax=ax, shrink=0.8 if nrows == 1 else 0.6, aspect=15, pad=0.02, ticks=[-1, 0, 1]
+            shown,
+            ax=ax,
+            shrink=0.8 if nrows == 1 else 0.6,
+            aspect=15,
+            pad=0.02,
+            ticks=[-1, 0, 1],
+            panchor=False,  # a narrow montage (one RF) stays centred under its title
         )
         colorbar.ax.set_yticklabels(["\u22121", "0", "+1"])
         colorbar.outline.set_linewidth(0.4)
