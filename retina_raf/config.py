@@ -180,7 +180,8 @@ class TrainConfig:
     amp: bool = spec(
         False,
         doc="bf16 autocast (CUDA, or a CPU: weights, optimizer state and the feedback layers' "
-        "Gram matrices stay float32; with conv_impl auto a CPU then convolves directly)",
+        "Gram matrices stay float32; with conv_impl auto a CPU then convolves directly, "
+        "faster only on a CPU with AMX: docs/performance.md)",
     )
     channels_last: bool = spec(True, doc="channels_last memory format on CUDA")
     deterministic: bool = spec(True, doc="deterministic algorithms on the CPU")
