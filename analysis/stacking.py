@@ -182,8 +182,8 @@ def with_earlier_runs(
 
     Returns:
         The stacked runs with a coordinate ``in_runs_dir`` (run): False for a run kept from
-        ``earlier`` (no folder to resume it from), True otherwise; ``current``'s attributes,
-        or ``earlier``'s where ``current`` is None.
+        ``earlier`` (no folder to resume it from; its ``being_trained`` False too), True
+        otherwise; ``current``'s attributes, or ``earlier``'s where ``current`` is None.
 
     Raises:
         DataError: neither ``current`` nor any run to keep.
@@ -205,7 +205,11 @@ def with_earlier_runs(
             flags, current.sizes["run"]).astype(bool))))  # fmt: skip
     if kept:
         old = earlier.isel(run=kept).load()
-        parts.append(old.assign_coords(in_runs_dir=("run", np.zeros(len(kept), dtype=bool))))
+        no = ("run", np.zeros(len(kept), dtype=bool))
+        old = old.assign_coords(in_runs_dir=no)
+        if "being_trained" in old.coords:  # it was, when the earlier file was written
+            old = old.assign_coords(being_trained=no)
+        parts.append(old)
     if not parts:
         raise DataError("no runs: none read from the run folders and none to keep")
     if len(parts) == 1:

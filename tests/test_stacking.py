@@ -293,3 +293,41 @@ def test_published_files_open_through_the_readers_with_their_values(relative):
     if kind == KIND_ACCURACY:
         loaded = load_accuracy(path)
         np.testing.assert_array_equal(loaded["test_acc"].values, ds["test_acc"].values)
+
+
+def _runs(ids: list[str], channels: int, value: float, being_trained: bool) -> xr.Dataset:
+    """Stacked runs of ``channels`` units whose metric is ``value`` everywhere."""
+    n = len(ids)
+    return xr.Dataset(
+        {"symmetry": (("run", "channel"), np.full((n, channels), value)),
+         "rf_class": (("run", "channel"), np.full((n, channels), "oriented")),
+         "present": (("run", "channel"), np.ones((n, channels), dtype=bool))},
+        coords={"run_id": ("run", ids), "channel": np.arange(channels),
+                "being_trained": ("run", [being_trained] * n)},
+    )  # fmt: skip
+
+
+def test_earlier_runs_fill_in_what_the_folders_no_longer_give():
+    """with_earlier_runs: the earlier file's runs that the current dataset lacks are added
+    (padded to the wider runs, in the given order), marked in_runs_dir False and not being
+    trained; a run in both stays as read now unless the earlier record is preferred; keep
+    limits what may be added; nothing at all is refused."""
+    from analysis.stacking import with_earlier_runs
+    from retina_raf.errors import DataError
+
+    current = _runs(["b"], channels=1, value=2.0, being_trained=True)
+    earlier = _runs(["a", "b", "c"], channels=3, value=1.0, being_trained=True)
+    both = with_earlier_runs(current, earlier, keep=["a", "b"], order=["a", "b", "c"])
+    assert both["run_id"].values.tolist() == ["a", "b"]  # c may not be kept
+    assert both["in_runs_dir"].values.tolist() == [False, True]
+    assert both["being_trained"].values.tolist() == [False, True]
+    assert both["symmetry"].sel(channel=0).values.tolist() == [1.0, 2.0]  # b as read now
+    assert both["present"].values.tolist() == [[True] * 3, [True, False, False]]
+    assert both["rf_class"].values[1].tolist() == ["oriented", "", ""]  # padding, not NaN
+    preferred = with_earlier_runs(current, earlier, prefer_earlier=["b"])
+    assert preferred["run_id"].values.tolist() == ["a", "b", "c"]
+    assert preferred["symmetry"].sel(channel=0).values.tolist() == [1.0, 1.0, 1.0]
+    assert not preferred["in_runs_dir"].values.any()
+    assert with_earlier_runs(None, earlier, keep=["c"])["run_id"].values.tolist() == ["c"]
+    with pytest.raises(DataError, match="none to keep"):
+        with_earlier_runs(None, earlier, keep=[])
