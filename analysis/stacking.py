@@ -124,8 +124,8 @@ def stack_runs(
         _run_part(run, reduce(run), identity(run), config)
         for run in tqdm(opened, desc=desc, unit="run", disable=bars)
     ]
-    # coords="different": a coordinate without `run` that differs between runs (actmax's
-    # n_active_starts per epoch) gets `run`, one that all runs share stays as it is
+    # coords="different": a scalar coordinate that differs between runs gets `run`, one that
+    # all runs share stays as it is (a run's own coordinates have `run` already, _run_part)
     stacked = xr.concat(parts, dim="run", join="outer", data_vars="all", coords="different",
                         compat="equals", combine_attrs="drop_conflicts")  # fmt: skip
     stacked = _fill_padding(stacked, parts)
@@ -140,6 +140,11 @@ def _run_part(run: Run, ds: xr.Dataset, identity: Mapping, config: bool) -> xr.D
     if "channel" in ds.dims and "present" not in ds:
         ds = ds.assign(present=("channel", np.ones(ds.sizes["channel"], dtype=bool)))
     ds = ds.expand_dims("run")
+    # a coordinate of the run's own (actmax's n_active_starts per epoch and channel) gets
+    # `run` here, so that concat stacks it as it does the data: xarray's coords="different"
+    # cannot compare it when only the first runs have a dimension (`layer`, feedback runs)
+    ds = ds.assign_coords({name: ds[name].expand_dims("run") for name in ds.coords
+                           if name not in ds.dims and ds[name].ndim > 0})  # fmt: skip
     ds = ds.assign_coords({name: ("run", [value]) for name, value in identity.items()})
     if config:  # the recipe, with no folder of the machine that trained it
         ds["config"] = ("run", [runs.published_config(run.config)])

@@ -387,6 +387,24 @@ def test_a_file_can_keep_the_rf_maps_at_milestones_and_every_metric(inflight, tm
             [True, False, True], [True, True, False]]  # fmt: skip
 
 
+def test_actmax_trajectories_stack_a_feedback_run_before_a_backprop_run(inflight):
+    """A RAF run (feedback diagnostics along `layer`) first, then a backprop run without
+    them and with fewer epochs: actmax's per-epoch n_active_starts of each run is stacked
+    along run, each run's own (xarray could not compare it across the two)."""
+    from retina_raf.sweep import run_dir
+
+    _, out, (raf, bp, _) = inflight
+    ds = combine_trajectories([run_dir(out, raf), run_dir(out, bp)], method="actmax",
+                              base="gray", gray_level=0.5)  # fmt: skip
+    assert ds["n_active_starts"].dims == ("run", "epoch", "channel")
+    alone = rf_trajectory(run_dir(out, bp), method="actmax", base="gray", gray_level=0.5)
+    np.testing.assert_array_equal(
+        ds["n_active_starts"].isel(run=1).sel(epoch=alone["epoch"]).values,
+        alone["n_active_starts"].values,
+    )
+    assert "layer" in ds.dims and ds["alignment_deg"].isel(run=1).isnull().all()
+
+
 def test_a_run_with_only_its_initial_snapshot_counts_as_not_started(inflight, tmp_path):
     """A run that has just started (its epoch-0 snapshot written, no epoch finished, no
     history) is listed with the runs not started, not stacked without its history."""
