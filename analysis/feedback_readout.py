@@ -203,6 +203,27 @@ def experiment_runs_with_readout(
     return [run for run in found if runs.load_config(run).model.direct_target is None]
 
 
+def with_earlier_readouts(
+    readout: xr.Dataset | None, earlier: xr.Dataset, planned: Sequence[str] | None = None
+) -> xr.Dataset:
+    """:func:`readout_dataset` of the runs read now (or None) with the runs of an earlier
+    readout file that it lacks (:func:`analysis.stacking.with_earlier_runs`; ``planned``:
+    the run ids that may be kept, in their order). A run read now at an earlier epoch than
+    the earlier file's (started again from scratch) keeps the earlier readout until it has
+    caught up with it."""
+    from analysis.stacking import with_earlier_runs
+
+    published = dict(zip(earlier["run_id"].values.astype(str),
+                         earlier["readout_epoch"].values.astype(int), strict=True))  # fmt: skip
+    behind = [] if readout is None else [
+        run_id for run_id, epoch in zip(readout["run_id"].values.astype(str),
+                                        readout["readout_epoch"].values, strict=True)
+        if epoch < published.get(run_id, -1)
+    ]  # fmt: skip
+    return with_earlier_runs(readout, earlier, keep=planned, order=planned,
+                             prefer_earlier=behind)  # fmt: skip
+
+
 def readout_table(readout: xr.Dataset) -> str:
     """A Markdown table of :func:`readout_dataset`: per run its condition, seed, epoch, the
     rule of the layer, the readout's units and how many respond, their mean symmetry and

@@ -255,7 +255,11 @@ def experiment_trajectories(
     folders = {run.run_id: run_dir(Path(runs_dir), run) for run in planned}
     started = [run for run in planned
                if max(runs.retina_snapshots(folders[run.run_id]), default=0) >= 1]  # fmt: skip
-    reached_earlier = {} if earlier is None else epochs_reached(earlier)
+    reached_earlier = (
+        {}
+        if earlier is None
+        else dict(zip(earlier["run_id"].values.astype(str), epochs_shown(earlier), strict=True))
+    )
     # a folder started again (its machine replaced) that has not yet caught up with the
     # published record does not replace it: the record stays until the new run passes it
     behind = [run for run in started if max(runs.retina_snapshots(folders[run.run_id]))
@@ -334,16 +338,6 @@ def trajectory_summary(trajectory: xr.Dataset) -> xr.Dataset:
     out.attrs = {k: trajectory.attrs[k] for k in ("preset", "seed", "run_dir")
                  if k in trajectory.attrs}  # fmt: skip
     return out
-
-
-def epochs_reached(trajectories: xr.Dataset) -> dict[str, int]:
-    """Run id -> the last epoch each run of a :func:`combine_trajectories` file reached (where
-    its ``rf_class`` is not the padding "")."""
-    mapped = (trajectories["rf_class"] != "").any("channel").values
-    epochs = trajectories["epoch"].values
-    return {str(run_id): int(epochs[row].max())
-            for run_id, row in zip(trajectories["run_id"].values, mapped, strict=True)
-            if row.any()}  # fmt: skip
 
 
 def run_status(trajectories: xr.Dataset, run: int, epoch: int) -> str:

@@ -278,8 +278,8 @@ def feedback_rfs_cmd(
         experiment_runs_with_readout,
         readout_dataset,
         readout_table,
+        with_earlier_readouts,
     )
-    from analysis.stacking import with_earlier_runs
     from retina_raf.errors import DataError
 
     check_runs_or_experiment(runs, experiment, runs_dir)
@@ -299,16 +299,7 @@ def feedback_rfs_cmd(
     rf_options = {"base": base, "gray_level": gray_level} if base == "gray" else {"base": base}
     readout = readout_dataset(list(runs), layer, method, **rf_options) if runs else None
     if earlier is not None:
-        # a run started again from scratch keeps its readout until it has caught up with it
-        published = dict(zip(earlier["run_id"].values.astype(str),
-                             earlier["readout_epoch"].values.astype(int), strict=True))  # fmt: skip
-        behind = [] if readout is None else [
-            run_id for run_id, epoch in zip(readout["run_id"].values.astype(str),
-                                            readout["readout_epoch"].values, strict=True)
-            if epoch < published.get(run_id, -1)
-        ]  # fmt: skip
-        readout = with_earlier_runs(readout, earlier, keep=planned, order=planned,
-                                    prefer_earlier=behind)  # fmt: skip
+        readout = with_earlier_readouts(readout, earlier, planned)
         report_kept(readout, results_path)
     if results_path is not None:
         from analysis.results import write_results
